@@ -1,0 +1,154 @@
+/*
+ * core/config.h — the resolved run configuration.
+ *
+ * INI files (libinih) with `include = other.ini`, then `--section.key=value` overrides. Every key is
+ * declared once, in the table of core/config_keys.c, with its type, default and meaning; the parser,
+ * the printer and the documentation all read that table. Integers take decimal suffixes K M B T
+ * (11T = 11e12). Unknown sections and keys are input errors with a did-you-mean hint. Cross-key
+ * consistency is checked once, by loom_config_validate().
+ */
+#ifndef LOOM_CORE_CONFIG_H
+#define LOOM_CORE_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------------------------------------- */
+/* enums: the order of each matches the `choices` string of its key                                */
+
+enum loom_attention { LOOM_ATTENTION_MLA, LOOM_ATTENTION_MHA };                /* "mla|mha" */
+enum loom_rope_style { LOOM_ROPE_INTERLEAVED, LOOM_ROPE_HALF };               /* "interleaved|half" */
+enum loom_schedule_kind {                                                      /* "constant|cosine|linear|wsd" */
+    LOOM_SCHEDULE_CONSTANT, LOOM_SCHEDULE_COSINE, LOOM_SCHEDULE_LINEAR, LOOM_SCHEDULE_WSD
+};
+enum loom_data_kind { LOOM_DATA_SHARDS, LOOM_DATA_RANDOM };                    /* "shards|random" */
+
+/* ---------------------------------------------------------------------------------------------- */
+
+struct loom_model_config {
+    int attention;                 /* enum loom_attention */
+    int64_t vocab_size;
+    int64_t hidden_size;           /* C */
+    int64_t num_layers;            /* L */
+    int64_t num_heads;             /* NH */
+    int64_t num_kv_heads;          /* MHA/GQA only; 0 = num_heads */
+    int64_t head_dim;              /* MHA q/k head width; 0 = hidden_size / num_heads */
+    int64_t v_head_dim;            /* value head width; 0 = head_dim (MHA) */
+    int64_t q_lora_rank;           /* MLA: query latent width; 0 = no query compression */
+    int64_t kv_lora_rank;          /* MLA: key/value latent width */
+    int64_t qk_nope_head_dim;      /* MLA: per-head q/k width without RoPE */
+    int64_t qk_rope_head_dim;      /* MLA: per-head q/k width with RoPE (one shared rope key) */
+    int64_t intermediate_size;     /* SwiGLU width */
+    double rope_theta;
+    int rope_style;                /* enum loom_rope_style */
+    double rms_norm_eps;
+    int tie_word_embeddings;
+    int qk_norm;                   /* MHA: RMSNorm over head_dim on q and k before RoPE */
+    double init_std;
+    double embed_init_std;         /* 0 = init_std */
+};
+
+struct loom_train_config {
+    int64_t steps;
+    int64_t seed;
+    int64_t seq_len;               /* T */
+    int64_t micro_batch;           /* sequences per forward/backward on one rank */
+    int64_t global_batch;          /* sequences per optimizer step */
+    char *run_dir;
+    int64_t threads;               /* OpenMP threads; 0 = all cores */
+};
+
+struct loom_optim_config {
+    double beta1, beta2, eps;
+    double weight_decay;
+    int decay_norms;               /* apply weight decay to norm weights */
+    int decay_embeddings;          /* apply weight decay to the embedding (and a tied head) */
+    double grad_clip;              /* global-norm clip; 0 = off */
+};
+
+struct loom_schedule_config {
+    int kind;                      /* enum loom_schedule_kind */
+    double lr;                     /* peak learning rate */
+    double min_lr;                 /* floor for cosine / linear */
+    int64_t warmup_tokens;
+    int64_t decay_tokens;          /* cosine / linear: length of the decay after warmup; 0 = rest of run */
+    int64_t anneal_start;          /* wsd: token count where the first annealing segment begins */
+    char *anneal;                  /* wsd: "TOKENS:LR[:linear|cosine], ..." segments, in order */
+};
+
+struct loom_data_config {
+    int kind;                      /* enum loom_data_kind */
+    char *train;                   /* comma-separated shard files or directories of *.tok */
+};
+
+struct loom_log_config {
+    int64_t every;                 /* progress line every N steps */
+    double peak_tflops;            /* for MFU; 0 = measure a GEMM at start */
+};
+
+struct loom_config {
+    struct loom_model_config model;
+    struct loom_train_config train;
+    struct loom_optim_config optim;
+    struct loom_schedule_config schedule;
+    struct loom_data_config data;
+    struct loom_log_config log;
+};
+
+/* ---------------------------------------------------------------------------------------------- */
+/* the key table                                                                                    */
+
+enum loom_key_type { LOOM_KEY_INT, LOOM_KEY_FLOAT, LOOM_KEY_BOOL, LOOM_KEY_STRING, LOOM_KEY_ENUM };
+
+struct loom_key {
+    const char *section;
+    const char *name;
+    enum loom_key_type type;
+    size_t offset;                 /* into struct loom_config */
+    const char *def;               /* default, as it would be written in a file */
+    const char *choices;           /* LOOM_KEY_ENUM: "a|b|c" in enum order; else NULL */
+    const char *meaning;
+};
+
+extern const struct loom_key loom_config_keys[];
+extern const size_t loom_config_nkeys;
+
+/* ---------------------------------------------------------------------------------------------- */
+
+/* Defaults for every key. */
+void loom_config_init(struct loom_config *cfg);
+void loom_config_free(struct loom_config *cfg);
+
+/* Parse FILE (following includes) on top of what cfg holds. Errors exit 2 naming file and line. */
+void loom_config_load(struct loom_config *cfg, const char *path);
+/* Parse INI text (used for configs stored in files such as reference dumps); name appears in errors. */
+void loom_config_load_string(struct loom_config *cfg, const char *text, const char *name);
+/* Apply one "--section.key=value" (leading dashes optional). Errors exit 2 naming the option. */
+void loom_config_set_arg(struct loom_config *cfg, const char *arg);
+/* Set section.key from its text form; `where` names the origin in error messages. */
+void loom_config_set(struct loom_config *cfg, const char *section, const char *name,
+                     const char *value, const char *where);
+
+/* Parse an integer with optional K M B T decimal suffix ("11T", "1.5B", "4096"). 0 on success. */
+int loom_parse_count(const char *text, int64_t *out);
+
+/* Write the resolved config as INI text that loom_config_load reads back to the same values. */
+void loom_config_write(FILE *f, const struct loom_config *cfg);
+/* The same text in a malloc'd string. */
+char *loom_config_to_string(const struct loom_config *cfg);
+
+/* Cross-key checks, done once before anything is allocated. Exits 2 on the first problem. */
+void loom_config_validate(const struct loom_config *cfg);
+
+/* Name of enum value v of key section.name (for printing). */
+const char *loom_config_choice(const char *section, const char *name, int v);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,73 @@
+/*
+ * core/config_keys.c — every config key, declared once: section, name, type, default, meaning.
+ * The parser, `loom info`, the resolved-config writer and the README's key list read this table.
+ */
+#include "core/config.h"
+
+#include <stddef.h>
+
+#define K(sec, field, type, def, choices, meaning) \
+    { #sec, #field, LOOM_KEY_##type, offsetof(struct loom_config, sec.field), def, choices, meaning }
+
+const struct loom_key loom_config_keys[] = {
+    /* [model] */
+    K(model, attention, ENUM, "mla", "mla|mha", "attention kind: multi-head latent (DeepSeek-V3) or multi-head/GQA"),
+    K(model, vocab_size, INT, "512", NULL, "vocabulary size (embedding and head rows)"),
+    K(model, hidden_size, INT, "256", NULL, "model width C"),
+    K(model, num_layers, INT, "4", NULL, "number of transformer blocks"),
+    K(model, num_heads, INT, "4", NULL, "attention (query) heads"),
+    K(model, num_kv_heads, INT, "0", NULL, "mha: key/value heads for GQA; 0 = num_heads"),
+    K(model, head_dim, INT, "0", NULL, "mha: q/k head width; 0 = hidden_size / num_heads"),
+    K(model, v_head_dim, INT, "0", NULL, "value head width; 0 = head_dim (mha) or qk_nope_head_dim (mla)"),
+    K(model, q_lora_rank, INT, "0", NULL, "mla: query latent width (0 = full-rank q projection)"),
+    K(model, kv_lora_rank, INT, "64", NULL, "mla: key/value latent width"),
+    K(model, qk_nope_head_dim, INT, "32", NULL, "mla: per-head q/k width without RoPE"),
+    K(model, qk_rope_head_dim, INT, "16", NULL, "mla: per-head q/k width with RoPE (one rope key shared by all heads)"),
+    K(model, intermediate_size, INT, "768", NULL, "SwiGLU hidden width"),
+    K(model, rope_theta, FLOAT, "10000", NULL, "RoPE base"),
+    K(model, rope_style, ENUM, "interleaved", "interleaved|half",
+      "RoPE pairing: adjacent pairs (DeepSeek/Youtu) or first half with second half (Llama/dots.llm1)"),
+    K(model, rms_norm_eps, FLOAT, "1e-6", NULL, "RMSNorm epsilon"),
+    K(model, tie_word_embeddings, BOOL, "true", NULL, "LM head shares the embedding matrix"),
+    K(model, qk_norm, BOOL, "false", NULL, "mha: RMSNorm over head_dim on q and k before RoPE (dots.llm1)"),
+    K(model, init_std, FLOAT, "0.02", NULL, "std of the normal init of matrices"),
+    K(model, embed_init_std, FLOAT, "0", NULL, "std of the embedding init; 0 = init_std"),
+
+    /* [train] */
+    K(train, steps, INT, "100", NULL, "optimizer steps to run"),
+    K(train, seed, INT, "1234", NULL, "seed of parameter init and data order"),
+    K(train, seq_len, INT, "256", NULL, "tokens per sequence T"),
+    K(train, micro_batch, INT, "4", NULL, "sequences per forward/backward"),
+    K(train, global_batch, INT, "8", NULL, "sequences per optimizer step (gradient accumulation fills it)"),
+    K(train, run_dir, STRING, "runs/default", NULL, "run folder: resolved config, metrics.jsonl"),
+    K(train, threads, INT, "0", NULL, "CPU threads; 0 = every core"),
+
+    /* [optim] */
+    K(optim, beta1, FLOAT, "0.9", NULL, "AdamW beta1"),
+    K(optim, beta2, FLOAT, "0.95", NULL, "AdamW beta2"),
+    K(optim, eps, FLOAT, "1e-8", NULL, "AdamW epsilon"),
+    K(optim, weight_decay, FLOAT, "0.1", NULL, "decoupled weight decay"),
+    K(optim, decay_norms, BOOL, "false", NULL, "apply weight decay to norm weights"),
+    K(optim, decay_embeddings, BOOL, "false", NULL, "apply weight decay to the embedding (and a tied head)"),
+    K(optim, grad_clip, FLOAT, "1.0", NULL, "clip gradients to this global L2 norm; 0 = off"),
+
+    /* [schedule] */
+    K(schedule, kind, ENUM, "cosine", "constant|cosine|linear|wsd", "learning-rate shape after warmup"),
+    K(schedule, lr, FLOAT, "3e-4", NULL, "peak learning rate"),
+    K(schedule, min_lr, FLOAT, "0", NULL, "cosine/linear: final learning rate"),
+    K(schedule, warmup_tokens, INT, "0", NULL, "linear warmup length in tokens"),
+    K(schedule, decay_tokens, INT, "0", NULL, "cosine/linear: decay length after warmup in tokens; 0 = rest of the run"),
+    K(schedule, anneal_start, INT, "0", NULL, "wsd: token count where annealing begins (end of the stable phase)"),
+    K(schedule, anneal, STRING, "", NULL,
+      "wsd: annealing segments \"TOKENS:LR[:linear|cosine], ...\", each from the previous LR to LR over TOKENS"),
+
+    /* [data] */
+    K(data, kind, ENUM, "shards", "shards|random", "training tokens: shard files, or uniform random ids (benchmarks)"),
+    K(data, train, STRING, "", NULL, "comma-separated shard files (*.tok) or folders of them"),
+
+    /* [log] */
+    K(log, every, INT, "10", NULL, "print the progress line every N steps"),
+    K(log, peak_tflops, FLOAT, "0", NULL, "peak TFLOP/s for MFU; 0 = measure an fp32 GEMM at start"),
+};
+
+const size_t loom_config_nkeys = sizeof loom_config_keys / sizeof loom_config_keys[0];

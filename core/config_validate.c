@@ -1,0 +1,126 @@
+/*
+ * core/config_validate.c — the one validation pass over a resolved config: every cross-key rule,
+ * checked before anything is allocated. The first problem exits 2 naming the key.
+ */
+#include "core/config.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "optim/schedule.h"
+
+static void require_positive(const char *key, int64_t v) {
+    if (v <= 0) loom_input_error(key, NULL, "must be positive, got %lld", (long long)v);
+}
+
+static void require_nonneg(const char *key, int64_t v) {
+    if (v < 0) loom_input_error(key, NULL, "must not be negative, got %lld", (long long)v);
+}
+
+static void require_range(const char *key, double v, double lo, double hi, int lo_open, int hi_open) {
+    int bad = !isfinite(v) || (lo_open ? v <= lo : v < lo) || (hi_open ? v >= hi : v > hi);
+    if (bad)
+        loom_input_error(key, NULL, "%.6g is outside %c%g, %g%c", v, lo_open ? '(' : '[', lo, hi, hi_open ? ')' : ']');
+}
+
+static void validate_model(const struct loom_model_config *m) {
+    require_positive("model.vocab_size", m->vocab_size);
+    require_positive("model.hidden_size", m->hidden_size);
+    require_positive("model.num_layers", m->num_layers);
+    require_positive("model.num_heads", m->num_heads);
+    require_positive("model.intermediate_size", m->intermediate_size);
+    require_nonneg("model.num_kv_heads", m->num_kv_heads);
+    require_nonneg("model.head_dim", m->head_dim);
+    require_nonneg("model.v_head_dim", m->v_head_dim);
+    require_range("model.rope_theta", m->rope_theta, 0, INFINITY, 1, 1);
+    require_range("model.rms_norm_eps", m->rms_norm_eps, 0, 1, 1, 1);
+    require_range("model.init_std", m->init_std, 0, INFINITY, 1, 1);
+    require_range("model.embed_init_std", m->embed_init_std, 0, INFINITY, 0, 1);
+    if (m->vocab_size > 0x7fffffff) loom_input_error("model.vocab_size", NULL, "%lld is too large", (long long)m->vocab_size);
+
+    if (m->attention == LOOM_ATTENTION_MLA) {
+        require_nonneg("model.q_lora_rank", m->q_lora_rank);
+        require_positive("model.kv_lora_rank", m->kv_lora_rank);
+        require_positive("model.qk_nope_head_dim", m->qk_nope_head_dim);
+        require_positive("model.qk_rope_head_dim", m->qk_rope_head_dim);
+        if (m->qk_rope_head_dim % 2)
+            loom_input_error("model.qk_rope_head_dim", "RoPE rotates pairs of values", "%lld is odd",
+                             (long long)m->qk_rope_head_dim);
+        if (m->qk_norm)
+            loom_input_error("model.qk_norm", "QK-norm is an mha option; MLA normalises its latents instead",
+                             "not available with attention = mla");
+        if (m->num_kv_heads && m->num_kv_heads != m->num_heads)
+            loom_input_error("model.num_kv_heads", "leave it 0 with attention = mla",
+                             "MLA has one key/value head per query head (%lld), got %lld", (long long)m->num_heads,
+                             (long long)m->num_kv_heads);
+        return;
+    }
+    if (m->head_dim == 0 && m->hidden_size % m->num_heads)
+        loom_input_error("model.num_heads", "choose heads that divide the width, or set model.head_dim",
+                         "%lld heads do not divide model.hidden_size %lld", (long long)m->num_heads,
+                         (long long)m->hidden_size);
+    int64_t hkv = m->num_kv_heads ? m->num_kv_heads : m->num_heads;
+    if (m->num_heads % hkv)
+        loom_input_error("model.num_kv_heads", "GQA needs num_heads to be a multiple of num_kv_heads",
+                         "%lld does not divide model.num_heads %lld", (long long)hkv, (long long)m->num_heads);
+    int64_t d = m->head_dim ? m->head_dim : m->hidden_size / m->num_heads;
+    if (d % 2)
+        loom_input_error(m->head_dim ? "model.head_dim" : "model.num_heads", "RoPE rotates pairs of values",
+                         "head width %lld is odd", (long long)d);
+}
+
+static void validate_train(const struct loom_train_config *t) {
+    require_positive("train.steps", t->steps);
+    require_positive("train.seq_len", t->seq_len);
+    require_positive("train.micro_batch", t->micro_batch);
+    require_positive("train.global_batch", t->global_batch);
+    require_nonneg("train.seed", t->seed);
+    require_nonneg("train.threads", t->threads);
+    if (t->global_batch % t->micro_batch)
+        loom_input_error("train.global_batch", "the global batch is a whole number of micro-batches",
+                         "%lld is not a multiple of train.micro_batch %lld", (long long)t->global_batch,
+                         (long long)t->micro_batch);
+    if (!t->run_dir || !t->run_dir[0]) loom_input_error("train.run_dir", NULL, "must name a folder");
+}
+
+static void validate_optim(const struct loom_optim_config *o) {
+    require_range("optim.beta1", o->beta1, 0, 1, 0, 1);
+    require_range("optim.beta2", o->beta2, 0, 1, 0, 1);
+    require_range("optim.eps", o->eps, 0, 1, 1, 1);
+    require_range("optim.weight_decay", o->weight_decay, 0, INFINITY, 0, 1);
+    require_range("optim.grad_clip", o->grad_clip, 0, INFINITY, 0, 1);
+}
+
+static void validate_schedule(const struct loom_schedule_config *s) {
+    require_range("schedule.lr", s->lr, 0, INFINITY, 0, 1);
+    require_range("schedule.min_lr", s->min_lr, 0, INFINITY, 0, 1);
+    require_nonneg("schedule.warmup_tokens", s->warmup_tokens);
+    require_nonneg("schedule.decay_tokens", s->decay_tokens);
+    require_nonneg("schedule.anneal_start", s->anneal_start);
+    if (s->min_lr > s->lr)
+        loom_input_error("schedule.min_lr", NULL, "%g is above schedule.lr %g", s->min_lr, s->lr);
+    struct loom_anneal_segment segs[LOOM_SCHEDULE_MAX_SEGMENTS];
+    int n;
+    char err[256];
+    if (loom_schedule_parse_anneal(s->anneal, segs, &n, err, sizeof err))
+        loom_input_error("schedule.anneal", "write segments as TOKENS:LR[:linear|cosine], e.g. 1T:3e-5, 200B:1e-5",
+                         "%s", err);
+    if (n && s->kind != LOOM_SCHEDULE_WSD)
+        loom_input_error("schedule.anneal", "set schedule.kind = wsd", "annealing segments need the wsd schedule");
+    if (s->kind == LOOM_SCHEDULE_WSD && s->anneal_start < s->warmup_tokens)
+        loom_input_error("schedule.anneal_start", NULL, "annealing starts (%lld) before warmup ends (%lld)",
+                         (long long)s->anneal_start, (long long)s->warmup_tokens);
+}
+
+void loom_config_validate(const struct loom_config *cfg) {
+    validate_model(&cfg->model);
+    validate_train(&cfg->train);
+    validate_optim(&cfg->optim);
+    validate_schedule(&cfg->schedule);
+    if (cfg->data.kind == LOOM_DATA_SHARDS && (!cfg->data.train || !cfg->data.train[0]))
+        loom_input_error("data.train", "make shards with `loom data prep` and set data.train = FOLDER (or data.kind = random)",
+                         "no training shards given");
+    require_positive("log.every", cfg->log.every);
+    require_range("log.peak_tflops", cfg->log.peak_tflops, 0, INFINITY, 0, 1);
+}

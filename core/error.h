@@ -1,0 +1,62 @@
+/*
+ * core/error.h — the one error header.
+ *
+ * Two kinds of failure, kept apart:
+ *   - a broken invariant or failed system call (a bug, a full disk): CHECK / MPI_CHECK / ...,
+ *     which print "[rank R] file:line: statement: message" and abort every rank (exit status 1);
+ *   - bad user input (config, command line, data, checkpoint): loom_input_error(), which prints
+ *     "loom: error: <where>: <what>" and an optional "hint: <what to do>" once, and exits with 2.
+ */
+#ifndef LOOM_CORE_ERROR_H
+#define LOOM_CORE_ERROR_H
+
+#include <stdio.h>
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LOOM_EXIT_RUNTIME 1
+#define LOOM_EXIT_INPUT 2
+
+/* Fatal runtime failure: prints and aborts all ranks. Never returns. */
+_Noreturn void loom_fatal(const char *file, int line, const char *stmt, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Bad input: one line "loom: error: WHERE: MESSAGE", then "hint: HINT" when hint is not NULL.
+ * Printed by rank 0 only when `collective` input errors are in force (every rank sees the same
+ * input and fails the same way); otherwise printed by the failing rank, which aborts the rest. */
+_Noreturn void loom_input_error(const char *where, const char *hint, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Rank used in messages; set by the MPI layer (0 before MPI starts). */
+void loom_error_set_rank(int rank, int world_size);
+/* When set, input errors are assumed to be seen by every rank alike: rank 0 prints, all exit 2
+ * cleanly. When clear (the default for rank-local checks such as data files), the failing rank
+ * prints and aborts the others with status 2. */
+void loom_error_set_collective(int collective);
+
+#define CHECK(cond, ...)                                                        \
+    do {                                                                        \
+        if (!(cond)) loom_fatal(__FILE__, __LINE__, #cond, __VA_ARGS__);        \
+    } while (0)
+
+#define MPI_CHECK(call)                                                         \
+    do {                                                                        \
+        int mpi_rc_ = (call);                                                   \
+        if (mpi_rc_ != 0) loom_fatal(__FILE__, __LINE__, #call, "MPI error %d", mpi_rc_); \
+    } while (0)
+
+/* Allocation and file helpers that never return failure. */
+void *loom_malloc_check(size_t size, const char *file, int line);
+void *loom_calloc_check(size_t n, size_t size, const char *file, int line);
+FILE *loom_fopen_check(const char *path, const char *mode, const char *file, int line);
+#define malloc_check(size) loom_malloc_check((size), __FILE__, __LINE__)
+#define calloc_check(n, size) loom_calloc_check((n), (size), __FILE__, __LINE__)
+#define fopen_check(path, mode) loom_fopen_check((path), (mode), __FILE__, __LINE__)
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,488 @@
+/*
+ * model/model.c — forward and backward of the dense transformer, layer by layer, over the backend.
+ *
+ * Legend: B sequences, T tokens each, N = B*T, C width, V vocabulary, F SwiGLU width, H heads,
+ * Hkv key/value heads, Dqk q/k head width, Dv value head width; MLA: rq = q_lora_rank,
+ * rkv = kv_lora_rank, dn = qk_nope_head_dim, dr = qk_rope_head_dim (Dqk = dn + dr).
+ *
+ * Block (pre-norm):  mid = x + Attn(RMSNorm(x));  out = mid + MLP(RMSNorm(mid)).
+ * MLA follows DeepSeek-V3 (report section 2.1.1, inference/model.py): q through an optional
+ * normalised latent, one RoPE key of width dr shared by all heads, RMSNorm on the kv latent only,
+ * per-head [k_nope | v] from kv_b, softmax scale 1/sqrt(dn + dr).
+ */
+#include "model/model.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+
+struct layer_weights {
+    float *ln1, *ln2;
+    float *q_a, *q_a_norm, *q_b, *q, *k, *v, *q_norm, *k_norm;
+    float *kv_a, *kv_norm, *kv_b, *o;
+    float *gate, *up, *down;
+};
+
+struct loom_layer_acts {
+    struct layer_weights w, g;     /* this layer's parameters and their gradients */
+    float *ln1, *rstd1;            /* [N,C], [N] */
+    float *qa, *qa_n, *rstd_qa;    /* mla, rq > 0: [N,rq] x2, [N] */
+    float *q_raw, *k_raw;          /* mha with qk_norm: projections before the norm [N,H*Dqk], [N,Hkv*Dqk] */
+    float *rstd_q, *rstd_k;        /* mha with qk_norm: [N*H], [N*Hkv] */
+    float *kva;                    /* mla: [N, rkv + dr], rope applied in place to the last dr columns */
+    float *c_n, *rstd_kv;          /* mla: normalised latent [N,rkv], [N] */
+    float *kvb;                    /* mla: [N, H*(dn+dv)] */
+    float *q, *k, *v;              /* attention inputs [N,H,Dqk], [N,Hkv,Dqk], [N,Hkv,Dv] (after RoPE) */
+    float *probs;                  /* [B,H,T,T] */
+    float *att;                    /* [N, H*Dv] */
+    float *mid;                    /* residual after attention [N,C] */
+    float *ln2, *rstd2;            /* [N,C], [N] */
+    float *gate, *up, *hmlp;       /* [N,F] x3 */
+};
+
+/* backward work space, shared by all layers */
+struct scratch {
+    float *dres, *dln, *dtmp;                      /* [N,C] */
+    float *datt, *dq, *dk, *dv;                    /* attention */
+    float *dq_raw, *dk_raw;                        /* mha qk_norm */
+    float *dkvb, *dc_n, *dkva, *dqa_n, *dqa;       /* mla */
+    float *dh, *dgate, *dup;                       /* mlp [N,F] */
+};
+
+/* ---------------------------------------------------------------------------------------------- */
+/* allocation                                                                                       */
+
+/* Lays the backward work space out from base; with base NULL only measures. Returns its floats. */
+static size_t scratch_layout(const struct loom_model *m, float *base, struct scratch *s) {
+    const struct loom_model_config *cfg = &m->cfg;
+    size_t N = (size_t)m->B * m->T, C = cfg->hidden_size, F = cfg->intermediate_size;
+    size_t H = cfg->num_heads, Hkv = loom_model_kv_heads(cfg);
+    size_t Dqk = loom_model_qk_head_dim(cfg), Dv = loom_model_v_head_dim(cfg);
+    size_t rq = cfg->q_lora_rank, rkv = cfg->kv_lora_rank, dn = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim;
+    int mla = cfg->attention == LOOM_ATTENTION_MLA;
+    struct scratch unused;
+    if (!s) s = &unused;
+    size_t off = 0;
+#define CARVE(field, n) (s->field = base ? base + off : NULL, off += ((n) + 15) / 16 * 16)
+    CARVE(dres, N * C);
+    CARVE(dln, N * C);
+    CARVE(dtmp, N * C);
+    CARVE(datt, N * H * Dv);
+    CARVE(dq, N * H * Dqk);
+    CARVE(dk, N * Hkv * Dqk);
+    CARVE(dv, N * Hkv * Dv);
+    CARVE(dq_raw, cfg->qk_norm ? N * H * Dqk : 0);
+    CARVE(dk_raw, cfg->qk_norm ? N * Hkv * Dqk : 0);
+    CARVE(dkvb, mla ? N * H * (dn + Dv) : 0);
+    CARVE(dc_n, mla ? N * rkv : 0);
+    CARVE(dkva, mla ? N * (rkv + dr) : 0);
+    CARVE(dqa_n, mla ? N * rq : 0);
+    CARVE(dqa, mla ? N * rq : 0);
+    CARVE(dh, N * F);
+    CARVE(dgate, N * F);
+    CARVE(dup, N * F);
+#undef CARVE
+    return off;
+}
+
+/* with m->ops == NULL only counts, so `loom info` can size a run without allocating it */
+static float *act_alloc(struct loom_model *m, size_t n) {
+    m->act_floats += n;
+    return m->ops ? m->ops->alloc(sizeof(float) * n) : NULL;
+}
+
+/* the saved activations of one micro-batch (m->acts may be NULL when only counting) */
+static void alloc_activations(struct loom_model *m) {
+    const struct loom_model_config *cfg = &m->cfg;
+    int B = m->B, T = m->T;
+    size_t N = (size_t)B * T, C = cfg->hidden_size, F = cfg->intermediate_size, V = cfg->vocab_size;
+    size_t H = cfg->num_heads, Hkv = loom_model_kv_heads(cfg);
+    size_t Dqk = loom_model_qk_head_dim(cfg), Dv = loom_model_v_head_dim(cfg);
+    size_t rq = cfg->q_lora_rank, rkv = cfg->kv_lora_rank, dn = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim;
+    int mla = cfg->attention == LOOM_ATTENTION_MLA;
+    int L = (int)cfg->num_layers;
+
+    m->res = act_alloc(m, (size_t)(L + 1) * N * C);
+    for (int l = 0; l < L; l++) {
+        struct loom_layer_acts dry, *a = m->acts ? &m->acts[l] : &dry;
+        a->ln1 = act_alloc(m, N * C);
+        a->rstd1 = act_alloc(m, N);
+        if (mla) {
+            if (rq > 0) {
+                a->qa = act_alloc(m, N * rq);
+                a->qa_n = act_alloc(m, N * rq);
+                a->rstd_qa = act_alloc(m, N);
+            }
+            a->kva = act_alloc(m, N * (rkv + dr));
+            a->c_n = act_alloc(m, N * rkv);
+            a->rstd_kv = act_alloc(m, N);
+            a->kvb = act_alloc(m, N * H * (dn + Dv));
+        } else if (cfg->qk_norm) {
+            a->q_raw = act_alloc(m, N * H * Dqk);
+            a->k_raw = act_alloc(m, N * Hkv * Dqk);
+            a->rstd_q = act_alloc(m, N * H);
+            a->rstd_k = act_alloc(m, N * Hkv);
+        }
+        a->q = act_alloc(m, N * H * Dqk);
+        a->k = act_alloc(m, N * Hkv * Dqk);
+        a->v = act_alloc(m, N * Hkv * Dv);
+        a->probs = act_alloc(m, (size_t)B * H * T * T);
+        a->att = act_alloc(m, N * H * Dv);
+        a->mid = act_alloc(m, N * C);
+        a->ln2 = act_alloc(m, N * C);
+        a->rstd2 = act_alloc(m, N);
+        a->gate = act_alloc(m, N * F);
+        a->up = act_alloc(m, N * F);
+        a->hmlp = act_alloc(m, N * F);
+    }
+    m->lnf = act_alloc(m, N * C);
+    m->rstdf = act_alloc(m, N);
+    m->logits = act_alloc(m, N * V);
+    m->losses = act_alloc(m, N);
+}
+
+size_t loom_model_activation_floats(const struct loom_model_config *cfg, int B, int T) {
+    struct loom_model m;
+    memset(&m, 0, sizeof m);
+    m.cfg = *cfg;
+    m.B = B;
+    m.T = T;
+    alloc_activations(&m);
+    return m.act_floats;
+}
+
+static float *resolve(const struct loom_model *m, float *base, int layer, const char *name) {
+    char full[LOOM_PARAM_NAME_MAX];
+    snprintf(full, sizeof full, "layers.%d.%s.weight", layer, name);
+    int i = loom_params_find(&m->table, full);
+    return i < 0 ? NULL : base + m->table.params[i].offset;
+}
+
+static void resolve_layer(const struct loom_model *m, struct layer_weights *w, float *base, int l) {
+    w->ln1 = resolve(m, base, l, "input_layernorm");
+    w->ln2 = resolve(m, base, l, "post_attention_layernorm");
+    w->q_a = resolve(m, base, l, "self_attn.q_a_proj");
+    w->q_a_norm = resolve(m, base, l, "self_attn.q_a_layernorm");
+    w->q_b = resolve(m, base, l, "self_attn.q_b_proj");
+    w->q = resolve(m, base, l, "self_attn.q_proj");
+    w->k = resolve(m, base, l, "self_attn.k_proj");
+    w->v = resolve(m, base, l, "self_attn.v_proj");
+    w->q_norm = resolve(m, base, l, "self_attn.q_norm");
+    w->k_norm = resolve(m, base, l, "self_attn.k_norm");
+    w->kv_a = resolve(m, base, l, "self_attn.kv_a_proj_with_mqa");
+    w->kv_norm = resolve(m, base, l, "self_attn.kv_a_layernorm");
+    w->kv_b = resolve(m, base, l, "self_attn.kv_b_proj");
+    w->o = resolve(m, base, l, "self_attn.o_proj");
+    w->gate = resolve(m, base, l, "mlp.gate_proj");
+    w->up = resolve(m, base, l, "mlp.up_proj");
+    w->down = resolve(m, base, l, "mlp.down_proj");
+}
+
+static float *param_ptr(const struct loom_model *m, float *base, const char *name) {
+    int i = loom_params_find(&m->table, name);
+    return i < 0 ? NULL : base + m->table.params[i].offset;
+}
+
+void loom_model_create(struct loom_model *m, const struct loom_ops *ops, const struct loom_model_config *cfg,
+                       const struct loom_optim_config *optim, int B, int T) {
+    memset(m, 0, sizeof *m);
+    m->ops = ops;
+    m->cfg = *cfg;
+    m->B = B;
+    m->T = T;
+    loom_params_build(&m->table, cfg, optim);
+    m->params = ops->alloc(sizeof(float) * m->table.total);
+    m->grads = ops->alloc(sizeof(float) * m->table.total);
+
+    m->inputs = ops->alloc(sizeof(int) * (size_t)B * T);
+    m->targets = ops->alloc(sizeof(int) * (size_t)B * T);
+    m->acts = calloc_check((size_t)cfg->num_layers, sizeof(struct loom_layer_acts));
+    for (int l = 0; l < cfg->num_layers; l++) {
+        resolve_layer(m, &m->acts[l].w, m->params, l);
+        resolve_layer(m, &m->acts[l].g, m->grads, l);
+    }
+    alloc_activations(m);
+
+    /* one backward work space, carved from a single allocation */
+    m->scratch_floats = scratch_layout(m, NULL, NULL);
+    m->scratch = ops->alloc(sizeof(float) * m->scratch_floats);
+}
+
+void loom_model_destroy(struct loom_model *m) {
+    const struct loom_ops *ops = m->ops;
+    for (int l = 0; l < m->cfg.num_layers; l++) {
+        struct loom_layer_acts *a = &m->acts[l];
+        float *bufs[] = {a->ln1, a->rstd1, a->qa, a->qa_n, a->rstd_qa, a->q_raw, a->k_raw, a->rstd_q,
+                         a->rstd_k, a->kva, a->c_n, a->rstd_kv, a->kvb, a->q, a->k, a->v, a->probs,
+                         a->att, a->mid, a->ln2, a->rstd2, a->gate, a->up, a->hmlp};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+            if (bufs[i]) ops->free(bufs[i]);
+    }
+    free(m->acts);
+    float *bufs[] = {m->res, m->lnf, m->rstdf, m->logits, m->losses, m->scratch, m->params, m->grads};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) ops->free(bufs[i]);
+    ops->free(m->inputs);
+    ops->free(m->targets);
+    loom_params_free(&m->table);
+    memset(m, 0, sizeof *m);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* parameters                                                                                       */
+
+void loom_model_init_params(struct loom_model *m, uint64_t seed) {
+    float *host = calloc_check(m->table.total, sizeof(float));
+    loom_params_init(&m->table, host, seed);
+    m->ops->from_host(m->params, host, sizeof(float) * m->table.total);
+    free(host);
+}
+
+void loom_model_set_params(struct loom_model *m, const float *host) {
+    m->ops->from_host(m->params, host, sizeof(float) * m->table.total);
+}
+
+void loom_model_get_params(const struct loom_model *m, float *host) {
+    m->ops->to_host(host, m->params, sizeof(float) * m->table.total);
+}
+
+void loom_model_get_grads(const struct loom_model *m, float *host) {
+    m->ops->to_host(host, m->grads, sizeof(float) * m->table.total);
+}
+
+void loom_model_zero_grads(struct loom_model *m) { m->ops->zero(m->grads, sizeof(float) * m->table.total); }
+
+/* ---------------------------------------------------------------------------------------------- */
+/* attention: MLA                                                                                   */
+
+static void mla_forward(const struct loom_model *m, struct loom_layer_acts *a) {
+    const struct loom_ops *ops = m->ops;
+    const struct loom_model_config *cfg = &m->cfg;
+    int B = m->B, T = m->T, N = B * T, C = (int)cfg->hidden_size, H = (int)cfg->num_heads;
+    int rq = (int)cfg->q_lora_rank, rkv = (int)cfg->kv_lora_rank;
+    int dn = (int)cfg->qk_nope_head_dim, dr = (int)cfg->qk_rope_head_dim, dv = (int)loom_model_v_head_dim(cfg);
+    int Dqk = dn + dr, ldkva = rkv + dr, ldkvb = dn + dv;
+    float eps = (float)cfg->rms_norm_eps, theta = (float)cfg->rope_theta;
+    int inter = cfg->rope_style == LOOM_ROPE_INTERLEAVED;
+
+    /* queries: q = W_UQ RMSNorm(W_DQ h) (or W_Q h), per head [q_nope | q_rope], RoPE on q_rope */
+    if (rq > 0) {
+        ops->matmul_forward(a->qa, a->ln1, a->w.q_a, N, C, rq);
+        ops->rmsnorm_forward(a->qa_n, a->rstd_qa, a->qa, a->w.q_a_norm, N, rq, rq, rq, eps);
+        ops->matmul_forward(a->q, a->qa_n, a->w.q_b, N, rq, H * Dqk);
+    } else {
+        ops->matmul_forward(a->q, a->ln1, a->w.q, N, C, H * Dqk);
+    }
+    ops->rope_forward(a->q + dn, N, T, H, H * Dqk, Dqk, dr, theta, inter);
+
+    /* keys/values: [c_kv | k_rope] = W_DKV h; c_kv normalised; one RoPE key shared by all heads */
+    ops->matmul_forward(a->kva, a->ln1, a->w.kv_a, N, C, ldkva);
+    ops->rmsnorm_forward(a->c_n, a->rstd_kv, a->kva, a->w.kv_norm, N, rkv, rkv, ldkva, eps);
+    ops->rope_forward(a->kva + rkv, N, T, 1, ldkva, 0, dr, theta, inter);
+    ops->matmul_forward(a->kvb, a->c_n, a->w.kv_b, N, rkv, H * ldkvb);
+    for (int h = 0; h < H; h++) {
+        ops->copy_2d(a->k + h * Dqk, H * Dqk, a->kvb + h * ldkvb, H * ldkvb, N, dn, 0);
+        ops->copy_2d(a->k + h * Dqk + dn, H * Dqk, a->kva + rkv, ldkva, N, dr, 0);
+        ops->copy_2d(a->v + h * dv, H * dv, a->kvb + h * ldkvb + dn, H * ldkvb, N, dv, 0);
+    }
+    ops->attention_forward(a->att, a->probs, a->q, a->k, a->v, B, T, H, H, Dqk, dv, 1.0f / sqrtf((float)Dqk));
+}
+
+/* d(att) in s->datt -> parameter grads and d(ln1) in s->dln */
+static void mla_backward(const struct loom_model *m, struct loom_layer_acts *a, struct scratch *s) {
+    const struct loom_ops *ops = m->ops;
+    const struct loom_model_config *cfg = &m->cfg;
+    int B = m->B, T = m->T, N = B * T, C = (int)cfg->hidden_size, H = (int)cfg->num_heads;
+    int rq = (int)cfg->q_lora_rank, rkv = (int)cfg->kv_lora_rank;
+    int dn = (int)cfg->qk_nope_head_dim, dr = (int)cfg->qk_rope_head_dim, dv = (int)loom_model_v_head_dim(cfg);
+    int Dqk = dn + dr, ldkva = rkv + dr, ldkvb = dn + dv;
+    float theta = (float)cfg->rope_theta;
+    int inter = cfg->rope_style == LOOM_ROPE_INTERLEAVED;
+
+    ops->attention_backward(s->dq, s->dk, s->dv, s->datt, a->probs, a->q, a->k, a->v, B, T, H, H, Dqk, dv,
+                            1.0f / sqrtf((float)Dqk));
+    /* un-assemble k/v: per-head parts back to kv_b's output; the shared rope key sums over heads */
+    for (int h = 0; h < H; h++) {
+        ops->copy_2d(s->dkvb + h * ldkvb, H * ldkvb, s->dk + h * Dqk, H * Dqk, N, dn, 0);
+        ops->copy_2d(s->dkvb + h * ldkvb + dn, H * ldkvb, s->dv + h * dv, H * dv, N, dv, 0);
+        ops->copy_2d(s->dkva + rkv, ldkva, s->dk + h * Dqk + dn, H * Dqk, N, dr, h > 0);
+    }
+    ops->rope_backward(s->dkva + rkv, N, T, 1, ldkva, 0, dr, theta, inter);
+    ops->matmul_backward_weight(a->g.kv_b, s->dkvb, a->c_n, N, rkv, H * ldkvb);
+    ops->matmul_backward_input(s->dc_n, s->dkvb, a->w.kv_b, N, rkv, H * ldkvb, 0);
+    ops->rmsnorm_backward(s->dkva, a->g.kv_norm, s->dc_n, a->kva, a->w.kv_norm, a->rstd_kv, N, rkv, rkv, ldkva);
+    ops->matmul_backward_weight(a->g.kv_a, s->dkva, a->ln1, N, C, ldkva);
+    ops->matmul_backward_input(s->dln, s->dkva, a->w.kv_a, N, C, ldkva, 0);
+
+    ops->rope_backward(s->dq + dn, N, T, H, H * Dqk, Dqk, dr, theta, inter);
+    if (rq > 0) {
+        ops->matmul_backward_weight(a->g.q_b, s->dq, a->qa_n, N, rq, H * Dqk);
+        ops->matmul_backward_input(s->dqa_n, s->dq, a->w.q_b, N, rq, H * Dqk, 0);
+        ops->rmsnorm_backward(s->dqa, a->g.q_a_norm, s->dqa_n, a->qa, a->w.q_a_norm, a->rstd_qa, N, rq, rq, rq);
+        ops->matmul_backward_weight(a->g.q_a, s->dqa, a->ln1, N, C, rq);
+        ops->matmul_backward_input(s->dln, s->dqa, a->w.q_a, N, C, rq, 1);
+    } else {
+        ops->matmul_backward_weight(a->g.q, s->dq, a->ln1, N, C, H * Dqk);
+        ops->matmul_backward_input(s->dln, s->dq, a->w.q, N, C, H * Dqk, 1);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* attention: MHA / GQA with optional QK-norm (dots.llm1: RMSNorm over head_dim before RoPE)         */
+
+static void mha_forward(const struct loom_model *m, struct loom_layer_acts *a) {
+    const struct loom_ops *ops = m->ops;
+    const struct loom_model_config *cfg = &m->cfg;
+    int B = m->B, T = m->T, N = B * T, C = (int)cfg->hidden_size, H = (int)cfg->num_heads;
+    int Hkv = (int)loom_model_kv_heads(cfg), D = (int)loom_model_qk_head_dim(cfg), Dv = (int)loom_model_v_head_dim(cfg);
+    float eps = (float)cfg->rms_norm_eps, theta = (float)cfg->rope_theta;
+    int inter = cfg->rope_style == LOOM_ROPE_INTERLEAVED;
+
+    if (cfg->qk_norm) {
+        ops->matmul_forward(a->q_raw, a->ln1, a->w.q, N, C, H * D);
+        ops->matmul_forward(a->k_raw, a->ln1, a->w.k, N, C, Hkv * D);
+        ops->rmsnorm_forward(a->q, a->rstd_q, a->q_raw, a->w.q_norm, N * H, D, D, D, eps);
+        ops->rmsnorm_forward(a->k, a->rstd_k, a->k_raw, a->w.k_norm, N * Hkv, D, D, D, eps);
+    } else {
+        ops->matmul_forward(a->q, a->ln1, a->w.q, N, C, H * D);
+        ops->matmul_forward(a->k, a->ln1, a->w.k, N, C, Hkv * D);
+    }
+    ops->matmul_forward(a->v, a->ln1, a->w.v, N, C, Hkv * Dv);
+    ops->rope_forward(a->q, N, T, H, H * D, D, D, theta, inter);
+    ops->rope_forward(a->k, N, T, Hkv, Hkv * D, D, D, theta, inter);
+    ops->attention_forward(a->att, a->probs, a->q, a->k, a->v, B, T, H, Hkv, D, Dv, 1.0f / sqrtf((float)D));
+}
+
+static void mha_backward(const struct loom_model *m, struct loom_layer_acts *a, struct scratch *s) {
+    const struct loom_ops *ops = m->ops;
+    const struct loom_model_config *cfg = &m->cfg;
+    int B = m->B, T = m->T, N = B * T, C = (int)cfg->hidden_size, H = (int)cfg->num_heads;
+    int Hkv = (int)loom_model_kv_heads(cfg), D = (int)loom_model_qk_head_dim(cfg), Dv = (int)loom_model_v_head_dim(cfg);
+    float theta = (float)cfg->rope_theta;
+    int inter = cfg->rope_style == LOOM_ROPE_INTERLEAVED;
+
+    ops->attention_backward(s->dq, s->dk, s->dv, s->datt, a->probs, a->q, a->k, a->v, B, T, H, Hkv, D, Dv,
+                            1.0f / sqrtf((float)D));
+    ops->rope_backward(s->dq, N, T, H, H * D, D, D, theta, inter);
+    ops->rope_backward(s->dk, N, T, Hkv, Hkv * D, D, D, theta, inter);
+    float *dq = s->dq, *dk = s->dk;
+    const float *ln1 = a->ln1;
+    if (cfg->qk_norm) {
+        ops->rmsnorm_backward(s->dq_raw, a->g.q_norm, s->dq, a->q_raw, a->w.q_norm, a->rstd_q, N * H, D, D, D);
+        ops->rmsnorm_backward(s->dk_raw, a->g.k_norm, s->dk, a->k_raw, a->w.k_norm, a->rstd_k, N * Hkv, D, D, D);
+        dq = s->dq_raw;
+        dk = s->dk_raw;
+    }
+    ops->matmul_backward_weight(a->g.q, dq, ln1, N, C, H * D);
+    ops->matmul_backward_weight(a->g.k, dk, ln1, N, C, Hkv * D);
+    ops->matmul_backward_weight(a->g.v, s->dv, ln1, N, C, Hkv * Dv);
+    ops->matmul_backward_input(s->dln, dq, a->w.q, N, C, H * D, 0);
+    ops->matmul_backward_input(s->dln, dk, a->w.k, N, C, Hkv * D, 1);
+    ops->matmul_backward_input(s->dln, s->dv, a->w.v, N, C, Hkv * Dv, 1);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* the block                                                                                        */
+
+static void block_forward(const struct loom_model *m, struct loom_layer_acts *a, const float *x, float *out) {
+    const struct loom_ops *ops = m->ops;
+    const struct loom_model_config *cfg = &m->cfg;
+    int N = m->B * m->T, C = (int)cfg->hidden_size, F = (int)cfg->intermediate_size, H = (int)cfg->num_heads;
+    int Dv = (int)loom_model_v_head_dim(cfg);
+    float eps = (float)cfg->rms_norm_eps;
+
+    ops->rmsnorm_forward(a->ln1, a->rstd1, x, a->w.ln1, N, C, C, C, eps);
+    if (cfg->attention == LOOM_ATTENTION_MLA) mla_forward(m, a);
+    else mha_forward(m, a);
+    ops->matmul_forward(out, a->att, a->w.o, N, H * Dv, C); /* out used as a temporary */
+    ops->add(a->mid, x, out, (size_t)N * C);
+
+    ops->rmsnorm_forward(a->ln2, a->rstd2, a->mid, a->w.ln2, N, C, C, C, eps);
+    ops->matmul_forward(a->gate, a->ln2, a->w.gate, N, C, F);
+    ops->matmul_forward(a->up, a->ln2, a->w.up, N, C, F);
+    ops->swiglu_forward(a->hmlp, a->gate, a->up, N, F);
+    ops->matmul_forward(out, a->hmlp, a->w.down, N, F, C);
+    ops->accumulate(out, a->mid, (size_t)N * C);
+}
+
+/* s->dres holds d(out); on return it holds d(x). */
+static void block_backward(const struct loom_model *m, struct loom_layer_acts *a, const float *x,
+                           struct scratch *s) {
+    const struct loom_ops *ops = m->ops;
+    const struct loom_model_config *cfg = &m->cfg;
+    int N = m->B * m->T, C = (int)cfg->hidden_size, F = (int)cfg->intermediate_size, H = (int)cfg->num_heads;
+    int Dv = (int)loom_model_v_head_dim(cfg);
+
+    /* MLP */
+    ops->matmul_backward_weight(a->g.down, s->dres, a->hmlp, N, F, C);
+    ops->matmul_backward_input(s->dh, s->dres, a->w.down, N, F, C, 0);
+    ops->swiglu_backward(s->dgate, s->dup, s->dh, a->gate, a->up, N, F);
+    ops->matmul_backward_weight(a->g.gate, s->dgate, a->ln2, N, C, F);
+    ops->matmul_backward_weight(a->g.up, s->dup, a->ln2, N, C, F);
+    ops->matmul_backward_input(s->dln, s->dgate, a->w.gate, N, C, F, 0);
+    ops->matmul_backward_input(s->dln, s->dup, a->w.up, N, C, F, 1);
+    ops->rmsnorm_backward(s->dtmp, a->g.ln2, s->dln, a->mid, a->w.ln2, a->rstd2, N, C, C, C);
+    ops->accumulate(s->dres, s->dtmp, (size_t)N * C);
+
+    /* attention */
+    ops->matmul_backward_weight(a->g.o, s->dres, a->att, N, H * Dv, C);
+    ops->matmul_backward_input(s->datt, s->dres, a->w.o, N, H * Dv, C, 0);
+    if (cfg->attention == LOOM_ATTENTION_MLA) mla_backward(m, a, s);
+    else mha_backward(m, a, s);
+    ops->rmsnorm_backward(s->dtmp, a->g.ln1, s->dln, x, a->w.ln1, a->rstd1, N, C, C, C);
+    ops->accumulate(s->dres, s->dtmp, (size_t)N * C);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* the model                                                                                        */
+
+static float *head_weight(const struct loom_model *m, float *base) {
+    return param_ptr(m, base, m->cfg.tie_word_embeddings ? "embed_tokens.weight" : "lm_head.weight");
+}
+
+double loom_model_forward(struct loom_model *m, const int *ids, const int *targets, float dloss, long *count) {
+    const struct loom_ops *ops = m->ops;
+    const struct loom_model_config *cfg = &m->cfg;
+    int N = m->B * m->T, C = (int)cfg->hidden_size, V = (int)cfg->vocab_size, L = (int)cfg->num_layers;
+    size_t NC = (size_t)N * C;
+
+    ops->from_host(m->inputs, ids, sizeof(int) * N);
+    ops->from_host(m->targets, targets, sizeof(int) * N);
+    ops->embedding_forward(m->res, m->inputs, param_ptr(m, m->params, "embed_tokens.weight"), N, C);
+    for (int l = 0; l < L; l++) block_forward(m, &m->acts[l], m->res + l * NC, m->res + (l + 1) * NC);
+    ops->rmsnorm_forward(m->lnf, m->rstdf, m->res + L * NC, param_ptr(m, m->params, "norm.weight"), N, C, C, C,
+                         (float)cfg->rms_norm_eps);
+    ops->matmul_forward(m->logits, m->lnf, head_weight(m, m->params), N, C, V);
+    ops->cross_entropy(m->losses, dloss > 0 ? m->logits : NULL, m->logits, m->targets, N, V, dloss);
+
+    float *losses = malloc_check(sizeof(float) * N);
+    ops->to_host(losses, m->losses, sizeof(float) * N);
+    double sum = 0;
+    long n = 0;
+    for (int i = 0; i < N; i++) {
+        if (targets[i] < 0) continue;
+        sum += losses[i];
+        n++;
+    }
+    free(losses);
+    if (count) *count = n;
+    return sum;
+}
+
+void loom_model_backward(struct loom_model *m) {
+    const struct loom_ops *ops = m->ops;
+    const struct loom_model_config *cfg = &m->cfg;
+    int N = m->B * m->T, C = (int)cfg->hidden_size, V = (int)cfg->vocab_size, L = (int)cfg->num_layers;
+    size_t NC = (size_t)N * C;
+    struct scratch s;
+    scratch_layout(m, m->scratch, &s);
+
+    /* head and final norm; m->logits holds d(loss)/d(logits) */
+    ops->matmul_backward_weight(head_weight(m, m->grads), m->logits, m->lnf, N, C, V);
+    ops->matmul_backward_input(s.dln, m->logits, head_weight(m, m->params), N, C, V, 0);
+    ops->rmsnorm_backward(s.dres, param_ptr(m, m->grads, "norm.weight"), s.dln, m->res + L * NC,
+                          param_ptr(m, m->params, "norm.weight"), m->rstdf, N, C, C, C);
+    for (int l = L - 1; l >= 0; l--) block_backward(m, &m->acts[l], m->res + l * NC, &s);
+    ops->embedding_backward(param_ptr(m, m->grads, "embed_tokens.weight"), s.dres, m->inputs, N, C);
+}

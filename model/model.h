@@ -1,0 +1,70 @@
+/*
+ * model/model.h — a dense decoder-only transformer (MLA or MHA/GQA attention, SwiGLU MLP, pre-norm
+ * RMSNorm, RoPE, tied or untied LM head) over one backend.
+ *
+ * The model owns its parameters, gradients (same layout, see params.h) and the activations of one
+ * micro-batch of B sequences of T tokens. loom_model_forward runs the micro-batch through to the
+ * loss and, when asked, leaves d(loss)/d(logits) ready; loom_model_backward then accumulates every
+ * parameter gradient (+=), so several micro-batches add up before one optimizer step.
+ */
+#ifndef LOOM_MODEL_MODEL_H
+#define LOOM_MODEL_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/config.h"
+#include "model/ops.h"
+#include "model/params.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct loom_layer_acts;
+
+struct loom_model {
+    const struct loom_ops *ops;
+    struct loom_model_config cfg;
+    struct loom_param_table table;
+    float *params;                 /* backend memory, table.total floats */
+    float *grads;                  /* same layout */
+    int B, T;                      /* micro-batch shape the activations are sized for */
+    int *inputs, *targets;         /* [B*T] backend memory */
+    struct loom_layer_acts *acts;  /* per layer */
+    float *res;                    /* residual stream at each layer boundary, [(L+1), N, C] */
+    float *lnf, *rstdf;            /* final norm output [N,C], its rstd [N] */
+    float *logits;                 /* [N,V]; after a forward with grad, d(loss)/d(logits) */
+    float *losses;                 /* [N] */
+    float *scratch;                /* backward work space */
+    size_t scratch_floats;
+    size_t act_floats;             /* activation memory in floats (for reports) */
+};
+
+/* Build the table, allocate params/grads/activations on the backend. Parameters are zero until
+ * loom_model_init_params or loom_model_set_params. */
+void loom_model_create(struct loom_model *m, const struct loom_ops *ops, const struct loom_model_config *cfg,
+                       const struct loom_optim_config *optim, int B, int T);
+void loom_model_destroy(struct loom_model *m);
+/* Floats of saved activations for a micro-batch of B x T (what loom_model_create allocates). */
+size_t loom_model_activation_floats(const struct loom_model_config *cfg, int B, int T);
+
+void loom_model_init_params(struct loom_model *m, uint64_t seed);
+/* Copy all parameters from / to host memory laid out as the table says. */
+void loom_model_set_params(struct loom_model *m, const float *host);
+void loom_model_get_params(const struct loom_model *m, float *host);
+void loom_model_get_grads(const struct loom_model *m, float *host);
+void loom_model_zero_grads(struct loom_model *m);
+
+/* Forward over host ids/targets [B*T] (target < 0: not in the loss). Returns the sum of the token
+ * losses in double; *count gets the number of counted tokens. When dloss > 0, the logits buffer is
+ * left holding d(loss)/d(logits) with each token's loss weighted by dloss (1 / tokens in the global
+ * batch, for a mean over the global batch). */
+double loom_model_forward(struct loom_model *m, const int *ids, const int *targets, float dloss, long *count);
+/* Backward after a forward with dloss > 0: grads += d(loss)/d(params). */
+void loom_model_backward(struct loom_model *m);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

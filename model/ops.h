@@ -1,0 +1,119 @@
+/*
+ * model/ops.h — the backend interface: every op the model and optimizer run, as one function table.
+ *
+ * Model, optimizer and parallel code call a backend only through `struct loom_ops`; the CPU backend
+ * (model/ops_cpu.c, fp32, OpenBLAS + OpenMP) is the reference, and a CUDA backend fills the same table
+ * with device pointers. No file outside a backend dereferences a pointer it got from `alloc`.
+ *
+ * Legend: N tokens (B*T), B sequences, T sequence length, C width, OC output width, V vocabulary,
+ * H query heads, Hkv key/value heads, Dqk q/k head width, Dv value head width, F SwiGLU width.
+ * Matrices are row-major; a linear layer's weight is [OC, C] and computes y = x W^T.
+ *
+ * Gradient rule: parameter gradients accumulate (+=); activation gradients assign (=) unless the op
+ * takes an `accumulate` flag (inputs that fan out to several consumers); the residual stream
+ * accumulates. Weight-gradient and input-gradient backward are separate calls so schedules can split.
+ */
+#ifndef LOOM_MODEL_OPS_H
+#define LOOM_MODEL_OPS_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct loom_ops {
+    const char *name;
+
+    /* memory ------------------------------------------------------------------------------------ */
+    void *(*alloc)(size_t bytes);                               /* zero-filled */
+    void (*free)(void *p);
+    void (*zero)(void *p, size_t bytes);
+    void (*to_host)(void *host, const void *dev, size_t bytes);
+    void (*from_host)(void *dev, const void *host, size_t bytes);
+
+    /* linear ------------------------------------------------------------------------------------ */
+    /* out[N,OC] = inp[N,C] @ weight[OC,C]^T */
+    void (*matmul_forward)(float *out, const float *inp, const float *weight, int N, int C, int OC);
+    /* dinp[N,C] = (or += when accumulate) dout[N,OC] @ weight[OC,C] */
+    void (*matmul_backward_input)(float *dinp, const float *dout, const float *weight,
+                                  int N, int C, int OC, int accumulate);
+    /* dweight[OC,C] += dout[N,OC]^T @ inp[N,C] */
+    void (*matmul_backward_weight)(float *dweight, const float *dout, const float *inp,
+                                   int N, int C, int OC);
+
+    /* embedding --------------------------------------------------------------------------------- */
+    /* out[N,C] = wte[ids[n], :] */
+    void (*embedding_forward)(float *out, const int *ids, const float *wte, int N, int C);
+    /* dwte[ids[n], :] += dout[n, :] */
+    void (*embedding_backward)(float *dwte, const float *dout, const int *ids, int N, int C);
+
+    /* RMSNorm over the first C columns of each row -------------------------------------------- */
+    /* out[n, 0:C] (row stride ld_out) = inp[n, 0:C] (row stride ld_inp) * rstd[n] * weight[0:C],
+     * rstd[n] = 1 / sqrt(mean(inp[n]^2) + eps) saved for backward */
+    void (*rmsnorm_forward)(float *out, float *rstd, const float *inp, const float *weight,
+                            int N, int C, int ld_out, int ld_inp, float eps);
+    /* dinp[n, 0:C] (row stride ld_inp) =; dweight[0:C] += */
+    void (*rmsnorm_backward)(float *dinp, float *dweight, const float *dout, const float *inp,
+                             const float *weight, const float *rstd, int N, int C, int ld_out, int ld_inp);
+
+    /* RoPE, in place ------------------------------------------------------------------------------ */
+    /* Row n (stride ld) holds H heads, head h starting at x + n*ld + h*head_stride; its first D values
+     * are rotated by the angle of position (n % T) with frequencies theta^(-2i/D), i < D/2.
+     * interleaved: pairs (2i, 2i+1) (DeepSeek, Youtu); half: pairs (i, i + D/2) (Llama, dots.llm1).
+     * rope_backward applies the inverse rotation to the gradient in place. */
+    void (*rope_forward)(float *x, int N, int T, int H, int ld, int head_stride, int D,
+                         float theta, int interleaved);
+    void (*rope_backward)(float *dx, int N, int T, int H, int ld, int head_stride, int D,
+                          float theta, int interleaved);
+
+    /* causal attention ---------------------------------------------------------------------------- */
+    /* out[B,T,H,Dv]; probs[B,H,T,T] softmax weights saved for backward;
+     * q[B,T,H,Dqk], k[B,T,Hkv,Dqk], v[B,T,Hkv,Dv]; query head h reads kv head h / (H / Hkv). */
+    void (*attention_forward)(float *out, float *probs, const float *q, const float *k, const float *v,
+                              int B, int T, int H, int Hkv, int Dqk, int Dv, float scale);
+    /* dq, dk, dv assigned */
+    void (*attention_backward)(float *dq, float *dk, float *dv, const float *dout, const float *probs,
+                               const float *q, const float *k, const float *v,
+                               int B, int T, int H, int Hkv, int Dqk, int Dv, float scale);
+
+    /* SwiGLU ------------------------------------------------------------------------------------ */
+    /* out[N,F] = silu(gate) * up */
+    void (*swiglu_forward)(float *out, const float *gate, const float *up, int N, int F);
+    /* dgate, dup assigned */
+    void (*swiglu_backward)(float *dgate, float *dup, const float *dout, const float *gate,
+                            const float *up, int N, int F);
+
+    /* element-wise ------------------------------------------------------------------------------ */
+    void (*add)(float *out, const float *a, const float *b, size_t n);        /* out = a + b */
+    void (*accumulate)(float *dst, const float *src, size_t n);               /* dst += src  */
+    void (*scale)(float *x, float s, size_t n);                               /* x *= s      */
+    /* dst[r, 0:cols] (row stride ld_dst) = (or += when accumulate) src[r, 0:cols] (row stride ld_src) */
+    void (*copy_2d)(float *dst, int ld_dst, const float *src, int ld_src, int rows, int cols,
+                    int accumulate);
+
+    /* loss ---------------------------------------------------------------------------------------- */
+    /* losses[n] = logsumexp(logits[n]) - logits[n, targets[n]] (0 where targets[n] < 0).
+     * When dlogits is not NULL: dlogits[n] = (softmax(logits[n]) - onehot(targets[n])) * dloss
+     * (0 rows where targets[n] < 0); dlogits may alias logits. */
+    void (*cross_entropy)(float *losses, float *dlogits, const float *logits, const int *targets,
+                          int N, int V, float dloss);
+
+    /* optimizer ----------------------------------------------------------------------------------- */
+    /* sum of x[i]^2 in double, deterministic for a given n */
+    double (*sum_squares)(const float *x, size_t n);
+    /* AdamW (Loshchilov & Hutter; the PyTorch AdamW update): g = grad * grad_scale;
+     * p -= lr * weight_decay * p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+     * p -= lr * (m / (1 - b1^step)) / (sqrt(v / (1 - b2^step)) + eps).  step counts from 1. */
+    void (*adamw_update)(float *param, const float *grad, float *m, float *v, size_t n,
+                         float lr, float beta1, float beta2, float eps, float weight_decay,
+                         float grad_scale, long step);
+};
+
+/* The CPU backend. `threads` = 0 uses every core. */
+const struct loom_ops *loom_ops_cpu(int threads);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,403 @@
+/*
+ * model/ops_cpu.c — the CPU backend: fp32, OpenBLAS sgemm for the matmuls, OpenMP for the rest.
+ *
+ * This is the reference every other backend is checked against. Every loop is deterministic for a
+ * fixed thread count: OpenMP schedules are static and no reduction depends on thread timing
+ * (sums are formed per fixed chunk and combined in order). Gradient rule: see model/ops.h.
+ */
+#include "model/ops.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+#include <omp.h>
+
+#include "core/error.h"
+
+/* ---------------------------------------------------------------------------------------------- */
+/* memory                                                                                           */
+
+static void *cpu_alloc(size_t bytes) {
+    /* 64-byte aligned for vector loads */
+    size_t rounded = (bytes + 63) / 64 * 64;
+    void *p = aligned_alloc(64, rounded ? rounded : 64);
+    CHECK(p != NULL, "out of memory allocating %zu bytes", bytes);
+    memset(p, 0, rounded ? rounded : 64);
+    return p;
+}
+
+static void cpu_free(void *p) { free(p); }
+static void cpu_zero(void *p, size_t bytes) { memset(p, 0, bytes); }
+static void cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
+
+/* ---------------------------------------------------------------------------------------------- */
+/* linear                                                                                           */
+
+static void cpu_matmul_forward(float *out, const float *inp, const float *weight, int N, int C, int OC) {
+    /* out[N,OC] = inp[N,C] @ weight[OC,C]^T */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, C, 1.0f, inp, C, weight, C, 0.0f, out, OC);
+}
+
+static void cpu_matmul_backward_input(float *dinp, const float *dout, const float *weight, int N, int C,
+                                      int OC, int accumulate) {
+    /* dinp[N,C] = dout[N,OC] @ weight[OC,C] */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1.0f, dout, OC, weight, C,
+                accumulate ? 1.0f : 0.0f, dinp, C);
+}
+
+static void cpu_matmul_backward_weight(float *dweight, const float *dout, const float *inp, int N, int C,
+                                       int OC) {
+    /* dweight[OC,C] += dout[N,OC]^T @ inp[N,C] */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* embedding                                                                                        */
+
+static void cpu_embedding_forward(float *out, const int *ids, const float *wte, int N, int C) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) memcpy(out + (size_t)n * C, wte + (size_t)ids[n] * C, sizeof(float) * C);
+}
+
+static void cpu_embedding_backward(float *dwte, const float *dout, const int *ids, int N, int C) {
+    /* split over columns, so each row of dwte is summed in token order whatever the thread count */
+#pragma omp parallel
+    {
+        int nt = omp_get_num_threads(), t = omp_get_thread_num();
+        int c0 = (int)((long)C * t / nt), c1 = (int)((long)C * (t + 1) / nt);
+        for (int n = 0; n < N; n++) {
+            float *row = dwte + (size_t)ids[n] * C;
+            const float *g = dout + (size_t)n * C;
+            for (int c = c0; c < c1; c++) row[c] += g[c];
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* RMSNorm (Zhang & Sennrich 2019): y = x * rstd * w, rstd = 1/sqrt(mean(x^2) + eps)                */
+
+static void cpu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C,
+                                int ld_out, int ld_inp, float eps) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * ld_inp;
+        float *y = out + (size_t)n * ld_out;
+        double ss = 0;
+        for (int c = 0; c < C; c++) ss += (double)x[c] * x[c];
+        float r = (float)(1.0 / sqrt(ss / C + eps));
+        for (int c = 0; c < C; c++) y[c] = x[c] * r * weight[c];
+        rstd[n] = r;
+    }
+}
+
+static void cpu_rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp,
+                                 const float *weight, const float *rstd, int N, int C, int ld_out, int ld_inp) {
+    /* dx = rstd * (w*dy - xhat * mean(xhat * w*dy)),  xhat = x * rstd ; dw += sum_n dy * xhat */
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * ld_inp;
+        const float *dy = dout + (size_t)n * ld_out;
+        float *dx = dinp + (size_t)n * ld_inp;
+        float r = rstd[n];
+        double dot = 0;
+        for (int c = 0; c < C; c++) dot += (double)dy[c] * weight[c] * x[c] * r;
+        float m = (float)(dot / C);
+        for (int c = 0; c < C; c++) dx[c] = r * (dy[c] * weight[c] - x[c] * r * m);
+    }
+    /* weight gradient split over columns, summed over rows in order */
+#pragma omp parallel
+    {
+        int nt = omp_get_num_threads(), t = omp_get_thread_num();
+        int c0 = (int)((long)C * t / nt), c1 = (int)((long)C * (t + 1) / nt);
+        for (int n = 0; n < N; n++) {
+            const float *x = inp + (size_t)n * ld_inp;
+            const float *dy = dout + (size_t)n * ld_out;
+            float r = rstd[n];
+            for (int c = c0; c < c1; c++) dweight[c] += dy[c] * x[c] * r;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* RoPE (Su et al. 2021). interleaved pairs (2i, 2i+1) as DeepSeek-V3 inference/model.py;
+ * half-split pairs (i, i + D/2) as Llama's rotate_half. Frequencies theta^(-2i/D).                */
+
+static void rope_apply(float *x, int N, int T, int H, int ld, int head_stride, int D, float theta,
+                       int interleaved, float sign) {
+    int half = D / 2;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        int pos = n % T;
+        for (int i = 0; i < half; i++) {
+            double freq = pow((double)theta, -2.0 * i / D);
+            double ang = pos * freq;
+            float c = (float)cos(ang), s = sign * (float)sin(ang);
+            int a = interleaved ? 2 * i : i;
+            int b = interleaved ? 2 * i + 1 : i + half;
+            for (int h = 0; h < H; h++) {
+                float *v = x + (size_t)n * ld + (size_t)h * head_stride;
+                float x0 = v[a], x1 = v[b];
+                v[a] = x0 * c - x1 * s;
+                v[b] = x0 * s + x1 * c;
+            }
+        }
+    }
+}
+
+static void cpu_rope_forward(float *x, int N, int T, int H, int ld, int head_stride, int D, float theta,
+                             int interleaved) {
+    rope_apply(x, N, T, H, ld, head_stride, D, theta, interleaved, 1.0f);
+}
+
+static void cpu_rope_backward(float *dx, int N, int T, int H, int ld, int head_stride, int D, float theta,
+                              int interleaved) {
+    /* the rotation is orthogonal: its gradient is the inverse rotation */
+    rope_apply(dx, N, T, H, ld, head_stride, D, theta, interleaved, -1.0f);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* causal attention, softmax weights kept [B,H,T,T] (rows beyond the diagonal are zero)            */
+
+static void cpu_attention_forward(float *out, float *probs, const float *q, const float *k, const float *v,
+                                  int B, int T, int H, int Hkv, int Dqk, int Dv, float scale) {
+    int group = H / Hkv;
+#pragma omp parallel for collapse(3) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int t = 0; t < T; t++) {
+                int hk = h / group;
+                const float *qt = q + (((size_t)b * T + t) * H + h) * Dqk;
+                float *p = probs + (((size_t)b * H + h) * T + t) * T;
+                float maxv = -INFINITY;
+                for (int j = 0; j <= t; j++) {
+                    const float *kj = k + (((size_t)b * T + j) * Hkv + hk) * Dqk;
+                    float s = 0;
+                    for (int d = 0; d < Dqk; d++) s += qt[d] * kj[d];
+                    s *= scale;
+                    p[j] = s;
+                    if (s > maxv) maxv = s;
+                }
+                float sum = 0;
+                for (int j = 0; j <= t; j++) {
+                    p[j] = expf(p[j] - maxv);
+                    sum += p[j];
+                }
+                float inv = 1.0f / sum;
+                for (int j = 0; j <= t; j++) p[j] *= inv;
+                for (int j = t + 1; j < T; j++) p[j] = 0;
+                float *o = out + (((size_t)b * T + t) * H + h) * Dv;
+                for (int d = 0; d < Dv; d++) o[d] = 0;
+                for (int j = 0; j <= t; j++) {
+                    const float *vj = v + (((size_t)b * T + j) * Hkv + hk) * Dv;
+                    float pj = p[j];
+                    for (int d = 0; d < Dv; d++) o[d] += pj * vj[d];
+                }
+            }
+}
+
+static void cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *probs,
+                                   const float *q, const float *k, const float *v,
+                                   int B, int T, int H, int Hkv, int Dqk, int Dv, float scale) {
+    /* dP = dO V^T; dS = P * (dP - rowsum(P * dP)); dQ = scale dS K; dK = scale dS^T Q; dV = P^T dO.
+     * One task per (b, kv head) so the heads of a GQA group add into dk/dv without races. */
+    int group = H / Hkv;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int hk = 0; hk < Hkv; hk++) {
+            float *ds = malloc_check(sizeof(float) * T);
+            for (int t = 0; t < T; t++) {
+                memset(dk + (((size_t)b * T + t) * Hkv + hk) * Dqk, 0, sizeof(float) * Dqk);
+                memset(dv + (((size_t)b * T + t) * Hkv + hk) * Dv, 0, sizeof(float) * Dv);
+            }
+            for (int h = hk * group; h < (hk + 1) * group; h++)
+                for (int t = 0; t < T; t++) {
+                    const float *p = probs + (((size_t)b * H + h) * T + t) * T;
+                    const float *dot = dout + (((size_t)b * T + t) * H + h) * Dv;
+                    const float *qt = q + (((size_t)b * T + t) * H + h) * Dqk;
+                    float *dqt = dq + (((size_t)b * T + t) * H + h) * Dqk;
+                    float rowsum = 0;
+                    for (int j = 0; j <= t; j++) {
+                        const float *vj = v + (((size_t)b * T + j) * Hkv + hk) * Dv;
+                        float s = 0;
+                        for (int d = 0; d < Dv; d++) s += dot[d] * vj[d];
+                        ds[j] = s;
+                        rowsum += p[j] * s;
+                    }
+                    for (int d = 0; d < Dqk; d++) dqt[d] = 0;
+                    for (int j = 0; j <= t; j++) {
+                        float g = p[j] * (ds[j] - rowsum) * scale;
+                        const float *kj = k + (((size_t)b * T + j) * Hkv + hk) * Dqk;
+                        float *dkj = dk + (((size_t)b * T + j) * Hkv + hk) * Dqk;
+                        float *dvj = dv + (((size_t)b * T + j) * Hkv + hk) * Dv;
+                        for (int d = 0; d < Dqk; d++) {
+                            dqt[d] += g * kj[d];
+                            dkj[d] += g * qt[d];
+                        }
+                        for (int d = 0; d < Dv; d++) dvj[d] += p[j] * dot[d];
+                    }
+                }
+            free(ds);
+        }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* SwiGLU (Shazeer 2020): out = silu(gate) * up                                                     */
+
+static void cpu_swiglu_forward(float *out, const float *gate, const float *up, int N, int F) {
+    size_t n = (size_t)N * F;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+static void cpu_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
+                                const float *up, int N, int F) {
+    size_t n = (size_t)N * F;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i];
+        float sig = 1.0f / (1.0f + expf(-g));
+        float silu = g * sig;
+        float dy = dout[i];
+        dup[i] = dy * silu;
+        dgate[i] = dy * up[i] * sig * (1.0f + g * (1.0f - sig));
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* element-wise                                                                                     */
+
+static void cpu_add(float *out, const float *a, const float *b, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+static void cpu_accumulate(float *dst, const float *src, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) dst[i] += src[i];
+}
+
+static void cpu_scale(float *x, float s, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) x[i] *= s;
+}
+
+static void cpu_copy_2d(float *dst, int ld_dst, const float *src, int ld_src, int rows, int cols,
+                        int accumulate) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        float *d = dst + (size_t)r * ld_dst;
+        const float *s = src + (size_t)r * ld_src;
+        if (accumulate)
+            for (int c = 0; c < cols; c++) d[c] += s[c];
+        else
+            memcpy(d, s, sizeof(float) * cols);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* fused softmax cross-entropy                                                                      */
+
+static void cpu_cross_entropy(float *losses, float *dlogits, const float *logits, const int *targets, int N,
+                              int V, float dloss) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = logits + (size_t)n * V;
+        int tgt = targets[n];
+        float maxv = -INFINITY;
+        for (int i = 0; i < V; i++) maxv = x[i] > maxv ? x[i] : maxv;
+        double sum = 0;
+        for (int i = 0; i < V; i++) sum += exp((double)(x[i] - maxv));
+        double lse = maxv + log(sum);
+        float xt = tgt >= 0 ? x[tgt] : 0.0f;
+        losses[n] = tgt >= 0 ? (float)(lse - xt) : 0.0f;
+        if (!dlogits) continue;
+        float *dx = dlogits + (size_t)n * V;
+        if (tgt < 0) {
+            memset(dx, 0, sizeof(float) * V);
+            continue;
+        }
+        float inv = (float)(1.0 / sum);
+        for (int i = 0; i < V; i++) dx[i] = expf(x[i] - maxv) * inv * dloss;
+        dx[tgt] -= dloss;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* optimizer                                                                                        */
+
+enum { SUM_CHUNK = 1 << 14 };
+
+static double cpu_sum_squares(const float *x, size_t n) {
+    /* fixed chunks summed in double, then combined in chunk order: independent of the thread count */
+    size_t nchunks = (n + SUM_CHUNK - 1) / SUM_CHUNK;
+    double *partial = malloc_check(sizeof(double) * (nchunks ? nchunks : 1));
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < nchunks; c++) {
+        size_t i0 = c * SUM_CHUNK, i1 = i0 + SUM_CHUNK < n ? i0 + SUM_CHUNK : n;
+        double s = 0;
+        for (size_t i = i0; i < i1; i++) s += (double)x[i] * x[i];
+        partial[c] = s;
+    }
+    double total = 0;
+    for (size_t c = 0; c < nchunks; c++) total += partial[c];
+    free(partial);
+    return total;
+}
+
+static void cpu_adamw_update(float *param, const float *grad, float *m, float *v, size_t n, float lr,
+                             float beta1, float beta2, float eps, float weight_decay, float grad_scale,
+                             long step) {
+    float bc1 = 1.0f - (float)pow(beta1, (double)step);
+    float bc2 = 1.0f - (float)pow(beta2, (double)step);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float g = grad[i] * grad_scale;
+        float p = param[i] - lr * weight_decay * param[i];
+        float mi = beta1 * m[i] + (1.0f - beta1) * g;
+        float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+        m[i] = mi;
+        v[i] = vi;
+        param[i] = p - lr * (mi / bc1) / (sqrtf(vi / bc2) + eps);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+
+static const struct loom_ops cpu_ops = {
+    .name = "cpu",
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .zero = cpu_zero,
+    .to_host = cpu_copy,
+    .from_host = cpu_copy,
+    .matmul_forward = cpu_matmul_forward,
+    .matmul_backward_input = cpu_matmul_backward_input,
+    .matmul_backward_weight = cpu_matmul_backward_weight,
+    .embedding_forward = cpu_embedding_forward,
+    .embedding_backward = cpu_embedding_backward,
+    .rmsnorm_forward = cpu_rmsnorm_forward,
+    .rmsnorm_backward = cpu_rmsnorm_backward,
+    .rope_forward = cpu_rope_forward,
+    .rope_backward = cpu_rope_backward,
+    .attention_forward = cpu_attention_forward,
+    .attention_backward = cpu_attention_backward,
+    .swiglu_forward = cpu_swiglu_forward,
+    .swiglu_backward = cpu_swiglu_backward,
+    .add = cpu_add,
+    .accumulate = cpu_accumulate,
+    .scale = cpu_scale,
+    .copy_2d = cpu_copy_2d,
+    .cross_entropy = cpu_cross_entropy,
+    .sum_squares = cpu_sum_squares,
+    .adamw_update = cpu_adamw_update,
+};
+
+const struct loom_ops *loom_ops_cpu(int threads) {
+    if (threads > 0) omp_set_num_threads(threads);
+    return &cpu_ops;
+}

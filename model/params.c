@@ -1,0 +1,186 @@
+/*
+ * model/params.c — builds the parameter table for a dense MLA or MHA/GQA transformer.
+ */
+#include "model/params.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "core/rng.h"
+
+/* ---------------------------------------------------------------------------------------------- */
+/* derived widths                                                                                   */
+
+int64_t loom_model_qk_head_dim(const struct loom_model_config *m) {
+    if (m->attention == LOOM_ATTENTION_MLA) return m->qk_nope_head_dim + m->qk_rope_head_dim;
+    return m->head_dim ? m->head_dim : m->hidden_size / m->num_heads;
+}
+
+int64_t loom_model_v_head_dim(const struct loom_model_config *m) {
+    if (m->v_head_dim) return m->v_head_dim;
+    if (m->attention == LOOM_ATTENTION_MLA) return m->qk_nope_head_dim;
+    return loom_model_qk_head_dim(m);
+}
+
+int64_t loom_model_kv_heads(const struct loom_model_config *m) {
+    if (m->attention == LOOM_ATTENTION_MLA) return m->num_heads;
+    return m->num_kv_heads ? m->num_kv_heads : m->num_heads;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* building                                                                                         */
+
+struct builder {
+    struct loom_param_table *t;
+    int cap;
+    const struct loom_model_config *m;
+    const struct loom_optim_config *o;
+};
+
+static void add_param(struct builder *b, int64_t rows, int64_t cols, enum loom_init init,
+                      enum loom_shard_style shard, const char *fmt, ...) {
+    struct loom_param_table *t = b->t;
+    if (t->count == b->cap) {
+        b->cap = b->cap ? 2 * b->cap : 64;
+        t->params = realloc(t->params, sizeof(struct loom_param) * b->cap);
+        CHECK(t->params != NULL, "out of memory growing the parameter table");
+    }
+    struct loom_param *p = &t->params[t->count++];
+    memset(p, 0, sizeof *p);
+    va_list ap;
+    va_start(ap, fmt);
+    int len = vsnprintf(p->name, sizeof p->name, fmt, ap);
+    va_end(ap);
+    CHECK(len < (int)sizeof p->name, "parameter name too long");
+    p->rows = rows;
+    p->cols = cols;
+    p->numel = (size_t)(rows * cols);
+    p->offset = t->total;
+    /* keep every tensor 16-float aligned so backends can vector-load any of them */
+    t->total += (p->numel + 15) / 16 * 16;
+    p->init = init;
+    p->shard = shard;
+    p->matmul = init == LOOM_INIT_NORMAL;
+    if (init == LOOM_INIT_ONES) {
+        p->init_std = 0;
+        p->decay = b->o->decay_norms;
+    } else {
+        p->init_std = (float)b->m->init_std;
+        p->decay = 1;
+    }
+}
+
+static void add_matrix(struct builder *b, int64_t rows, int64_t cols, enum loom_shard_style shard,
+                       const char *name, int layer) {
+    add_param(b, rows, cols, LOOM_INIT_NORMAL, shard, "layers.%d.%s.weight", layer, name);
+}
+
+static void add_norm(struct builder *b, int64_t n, const char *name, int layer) {
+    add_param(b, n, 1, LOOM_INIT_ONES, LOOM_SHARD_REPLICATED, "layers.%d.%s.weight", layer, name);
+}
+
+static void add_attention(struct builder *b, int l) {
+    const struct loom_model_config *m = b->m;
+    int64_t C = m->hidden_size, H = m->num_heads;
+    int64_t dqk = loom_model_qk_head_dim(m), dv = loom_model_v_head_dim(m);
+    if (m->attention == LOOM_ATTENTION_MLA) {
+        int64_t rq = m->q_lora_rank, rkv = m->kv_lora_rank, dn = m->qk_nope_head_dim, dr = m->qk_rope_head_dim;
+        if (rq > 0) {
+            add_matrix(b, rq, C, LOOM_SHARD_REPLICATED, "self_attn.q_a_proj", l);
+            add_norm(b, rq, "self_attn.q_a_layernorm", l);
+            add_matrix(b, H * dqk, rq, LOOM_SHARD_COLUMN, "self_attn.q_b_proj", l);
+        } else {
+            add_matrix(b, H * dqk, C, LOOM_SHARD_COLUMN, "self_attn.q_proj", l);
+        }
+        add_matrix(b, rkv + dr, C, LOOM_SHARD_REPLICATED, "self_attn.kv_a_proj_with_mqa", l);
+        add_norm(b, rkv, "self_attn.kv_a_layernorm", l);
+        add_matrix(b, H * (dn + dv), rkv, LOOM_SHARD_COLUMN, "self_attn.kv_b_proj", l);
+    } else {
+        int64_t Hkv = loom_model_kv_heads(m);
+        add_matrix(b, H * dqk, C, LOOM_SHARD_COLUMN, "self_attn.q_proj", l);
+        add_matrix(b, Hkv * dqk, C, LOOM_SHARD_COLUMN, "self_attn.k_proj", l);
+        add_matrix(b, Hkv * dv, C, LOOM_SHARD_COLUMN, "self_attn.v_proj", l);
+        if (m->qk_norm) {
+            add_norm(b, dqk, "self_attn.q_norm", l);
+            add_norm(b, dqk, "self_attn.k_norm", l);
+        }
+    }
+    add_matrix(b, C, H * dv, LOOM_SHARD_ROW, "self_attn.o_proj", l);
+}
+
+void loom_params_build(struct loom_param_table *t, const struct loom_model_config *m,
+                       const struct loom_optim_config *o) {
+    memset(t, 0, sizeof *t);
+    struct builder b = {.t = t, .cap = 0, .m = m, .o = o};
+    int64_t C = m->hidden_size, F = m->intermediate_size, V = m->vocab_size;
+
+    add_param(&b, V, C, LOOM_INIT_NORMAL, LOOM_SHARD_VOCAB, "embed_tokens.weight");
+    struct loom_param *emb = &t->params[0];
+    emb->init_std = (float)(m->embed_init_std > 0 ? m->embed_init_std : m->init_std);
+    emb->decay = o->decay_embeddings;
+    emb->matmul = m->tie_word_embeddings; /* the lookup is free; a tied head is a matmul */
+
+    for (int l = 0; l < m->num_layers; l++) {
+        add_norm(&b, C, "input_layernorm", l);
+        add_attention(&b, l);
+        add_norm(&b, C, "post_attention_layernorm", l);
+        add_matrix(&b, F, C, LOOM_SHARD_COLUMN, "mlp.gate_proj", l);
+        add_matrix(&b, F, C, LOOM_SHARD_COLUMN, "mlp.up_proj", l);
+        add_matrix(&b, C, F, LOOM_SHARD_ROW, "mlp.down_proj", l);
+    }
+    add_param(&b, C, 1, LOOM_INIT_ONES, LOOM_SHARD_REPLICATED, "norm.weight");
+    if (!m->tie_word_embeddings) add_param(&b, V, C, LOOM_INIT_NORMAL, LOOM_SHARD_VOCAB, "lm_head.weight");
+}
+
+void loom_params_free(struct loom_param_table *t) {
+    free(t->params);
+    memset(t, 0, sizeof *t);
+}
+
+int loom_params_find(const struct loom_param_table *t, const char *name) {
+    for (int i = 0; i < t->count; i++)
+        if (strcmp(t->params[i].name, name) == 0) return i;
+    return -1;
+}
+
+void loom_params_init(const struct loom_param_table *t, float *params, uint64_t seed) {
+    for (int i = 0; i < t->count; i++) {
+        const struct loom_param *p = &t->params[i];
+        float *x = params + p->offset;
+        if (p->init == LOOM_INIT_ONES) {
+            for (size_t j = 0; j < p->numel; j++) x[j] = 1.0f;
+        } else {
+            loom_rng_normal_fill(x, p->numel, seed, (uint64_t)i, 0, 0.0f, p->init_std);
+        }
+    }
+}
+
+const char *loom_shard_style_name(enum loom_shard_style s) {
+    switch (s) {
+    case LOOM_SHARD_REPLICATED: return "replicated";
+    case LOOM_SHARD_COLUMN: return "column";
+    case LOOM_SHARD_ROW: return "row";
+    case LOOM_SHARD_VOCAB: return "vocab";
+    }
+    return "?";
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* counts                                                                                           */
+
+void loom_model_count(struct loom_model_counts *c, const struct loom_param_table *t,
+                      const struct loom_model_config *m, int64_t seq_len) {
+    memset(c, 0, sizeof *c);
+    for (int i = 0; i < t->count; i++) {
+        const struct loom_param *p = &t->params[i];
+        c->total_params += (int64_t)p->numel;
+        if (p->matmul) c->matmul_params += (int64_t)p->numel;
+    }
+    c->active_params = c->total_params;
+    double attn = 6.0 * (double)m->num_layers * (double)seq_len * (double)m->num_heads *
+                  (double)(loom_model_qk_head_dim(m) + loom_model_v_head_dim(m)) / 2.0;
+    c->flops_per_token = 6.0 * (double)c->matmul_params + attn;
+}

@@ -1,0 +1,78 @@
+/*
+ * model/params.h — the parameter table.
+ *
+ * One table of named tensors drives everything about the parameters: their place in the one flat
+ * allocation (params and grads share the layout), initialisation, checkpoint names, how each is
+ * sharded under tensor parallelism, whether weight decay applies, and which count as matmul FLOPs.
+ * Names follow the Hugging Face checkpoints of the two reference models.
+ */
+#ifndef LOOM_MODEL_PARAMS_H
+#define LOOM_MODEL_PARAMS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/config.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum loom_shard_style {
+    LOOM_SHARD_REPLICATED, /* every tp rank holds it whole; its gradient is reduced over tp */
+    LOOM_SHARD_COLUMN,     /* output rows split over tp (q/k/v, q_b, kv_b, gate, up) */
+    LOOM_SHARD_ROW,        /* input columns split over tp (o, down) */
+    LOOM_SHARD_VOCAB,      /* vocabulary rows split over tp (embedding, LM head) */
+};
+
+enum loom_init { LOOM_INIT_NORMAL, LOOM_INIT_ONES };
+
+enum { LOOM_PARAM_NAME_MAX = 96 };
+
+struct loom_param {
+    char name[LOOM_PARAM_NAME_MAX];
+    int64_t rows, cols;            /* [rows, cols]; vectors have cols = 1 */
+    size_t offset;                 /* in floats, into the flat buffer */
+    size_t numel;
+    enum loom_init init;
+    float init_std;
+    enum loom_shard_style shard;
+    int decay;                     /* AdamW weight decay applies */
+    int matmul;                    /* used as a matmul weight per token (FLOPs); the tied embedding counts once */
+};
+
+struct loom_param_table {
+    struct loom_param *params;
+    int count;
+    size_t total;                  /* floats */
+};
+
+void loom_params_build(struct loom_param_table *t, const struct loom_model_config *m,
+                       const struct loom_optim_config *o);
+void loom_params_free(struct loom_param_table *t);
+/* Index of the named parameter, or -1. */
+int loom_params_find(const struct loom_param_table *t, const char *name);
+/* Initialise every parameter in host memory (params: t->total floats) from (seed, parameter index). */
+void loom_params_init(const struct loom_param_table *t, float *params, uint64_t seed);
+
+const char *loom_shard_style_name(enum loom_shard_style s);
+
+/* Counts for `loom info` and MFU. */
+struct loom_model_counts {
+    int64_t total_params;          /* every parameter (tied embedding once) */
+    int64_t active_params;         /* parameters used per token (dense: all) */
+    int64_t matmul_params;         /* weights of per-token matmuls, LM head included, embedding lookup excluded */
+    double flops_per_token;        /* 6 * matmul_params + 6 * L * T * H * (d_qk + d_v) / 2 */
+};
+void loom_model_count(struct loom_model_counts *c, const struct loom_param_table *t,
+                      const struct loom_model_config *m, int64_t seq_len);
+
+/* Derived head widths. */
+int64_t loom_model_qk_head_dim(const struct loom_model_config *m);
+int64_t loom_model_v_head_dim(const struct loom_model_config *m);
+int64_t loom_model_kv_heads(const struct loom_model_config *m);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

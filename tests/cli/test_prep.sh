@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# tests/cli/test_prep.sh — `loom data prep` from the command line: shards appear with plausible sizes and
+# counts, bad input exits 2 with a `loom: error:` line naming the culprit, and existing shards are never
+# overwritten. Run from the repository root with ./loom built: bash tests/cli/test_prep.sh
+set -u
+LOOM=./loom
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+failures=0
+ok() { echo "ok $1"; }
+fail() {
+    echo "FAIL $1: $2"
+    failures=$((failures + 1))
+}
+
+# run NAME ARGS...: runs ./loom ARGS, leaves the exit status in $rc and stderr in $tmp/err
+run() {
+    "$LOOM" "$@" >"$tmp/out.txt" 2>"$tmp/err"
+    rc=$?
+}
+
+printf 'hello world\nsecond line\n' >"$tmp/a.txt"
+seq 1 1000 >"$tmp/b.txt"
+size_a=$(wc -c <"$tmp/a.txt")
+size_b=$(wc -c <"$tmp/b.txt")
+
+# ---------------------------------------------------------------------------------------------------
+# two files into one shard
+
+run data prep --tokenizer bytes --source demo --in "$tmp/a.txt" "$tmp/b.txt" --out "$tmp/shards"
+shard="$tmp/shards/demo-00000.tok"
+tokens=$((size_a + size_b + 2))
+if [ "$rc" -eq 0 ] && [ -f "$shard" ]; then
+    ok prep/shard_written
+else
+    fail prep/shard_written "exit status $rc, shard $shard $( [ -f "$shard" ] && echo present || echo missing ); stderr: $(cat "$tmp/err")"
+fi
+
+if [ -f "$shard" ]; then
+    size=$(wc -c <"$shard")
+    # header 64 + footer 24 + one frame index entry 16 + two document starts 16 = 120 bytes of structure;
+    # the tokens compress, but not below a few bytes, and never grow far past 2 bytes each
+    if [ "$size" -gt 130 ] && [ "$size" -lt $((120 + 2 * tokens + 256)) ]; then
+        ok prep/shard_size
+    else
+        fail prep/shard_size "$size bytes for $tokens tokens"
+    fi
+    magic=$(head -c 8 "$shard")
+    [ "$magic" = "LOOMTOK1" ] && ok prep/shard_magic || fail prep/shard_magic "first 8 bytes '$magic'"
+fi
+
+if grep -q "prep demo: $tokens tokens in 2 documents -> 1 shards in $tmp/shards" "$tmp/err"; then
+    ok prep/summary
+else
+    fail prep/summary "want '$tokens tokens in 2 documents -> 1 shards'; stderr: $(tr '\r' '\n' <"$tmp/err")"
+fi
+
+leftover=$(find "$tmp/shards" -name '*.tmp' | wc -l)
+[ "$leftover" -eq 0 ] && ok prep/no_tmp_left || fail prep/no_tmp_left "$leftover .tmp files in $tmp/shards"
+
+# ---------------------------------------------------------------------------------------------------
+# --shard-tokens splits the stream: b.txt + eos over 1K-token shards
+
+run data prep --tokenizer bytes --source split --in "$tmp/b.txt" --out "$tmp/shards" --shard-tokens 1K \
+    --frame-tokens 100
+want=$(((size_b + 1 + 999) / 1000))
+got=$(find "$tmp/shards" -name 'split-*.tok' | wc -l)
+if [ "$rc" -eq 0 ] && [ "$got" -eq "$want" ] && [ -f "$tmp/shards/split-$(printf '%05d' $((want - 1))).tok" ]; then
+    ok prep/shard_split
+else
+    fail prep/shard_split "exit status $rc, $got shards (want $want); stderr: $(cat "$tmp/err")"
+fi
+
+# ---------------------------------------------------------------------------------------------------
+# bad input
+
+run data prep --tokenizer bytes --source demo2 --in "$tmp/a.txt" "$tmp/nope.txt" --out "$tmp/other"
+if [ "$rc" -eq 2 ] && grep -q "loom: error: $tmp/nope.txt" "$tmp/err" && [ ! -e "$tmp/other/demo2-00000.tok" ]; then
+    ok prep/missing_input
+else
+    fail prep/missing_input "exit status $rc (want 2); stderr: $(cat "$tmp/err")"
+fi
+
+run data prep --tokenizer gpt2 --source demo2 --in "$tmp/a.txt" --out "$tmp/other"
+if [ "$rc" -eq 2 ] && grep -q "loom: error: --tokenizer" "$tmp/err"; then
+    ok prep/unknown_tokenizer
+else
+    fail prep/unknown_tokenizer "exit status $rc (want 2); stderr: $(cat "$tmp/err")"
+fi
+
+run data prep --tokenizer bytes --source demo2 --in "$tmp/a.txt" --out "$tmp/other" --frobnicate 3
+if [ "$rc" -eq 2 ] && grep -q "loom: error: --frobnicate" "$tmp/err" && grep -q "^hint:" "$tmp/err"; then
+    ok prep/unknown_option
+else
+    fail prep/unknown_option "exit status $rc (want 2); stderr: $(cat "$tmp/err")"
+fi
+
+run data prep --tokenizer bytes --source demo2 --in "$tmp/a.txt"
+if [ "$rc" -eq 2 ] && grep -q "loom: error: --out" "$tmp/err"; then
+    ok prep/missing_out
+else
+    fail prep/missing_out "exit status $rc (want 2); stderr: $(cat "$tmp/err")"
+fi
+
+run data prep --tokenizer bytes --source demo2 --in "$tmp/a.txt" --out "$tmp/other" --shard-tokens 12Q
+if [ "$rc" -eq 2 ] && grep -q "loom: error: --shard-tokens" "$tmp/err"; then
+    ok prep/bad_count
+else
+    fail prep/bad_count "exit status $rc (want 2); stderr: $(cat "$tmp/err")"
+fi
+
+run data prep --help
+if [ "$rc" -eq 0 ] && grep -q "usage: loom data prep" "$tmp/out.txt"; then
+    ok prep/help
+else
+    fail prep/help "exit status $rc (want 0); stdout: $(cat "$tmp/out.txt")"
+fi
+
+# ---------------------------------------------------------------------------------------------------
+# a second prep of the same source into the same directory is refused and changes nothing
+
+cp "$shard" "$tmp/first.tok"
+run data prep --tokenizer bytes --source demo --in "$tmp/b.txt" --out "$tmp/shards"
+if [ "$rc" -eq 2 ] && grep -q "loom: error: .*demo-0000" "$tmp/err" && cmp -s "$shard" "$tmp/first.tok"; then
+    ok prep/no_overwrite
+else
+    fail prep/no_overwrite "exit status $rc (want 2), shard $(cmp -s "$shard" "$tmp/first.tok" && echo unchanged || echo CHANGED); stderr: $(cat "$tmp/err")"
+fi
+
+[ "$failures" -eq 0 ]

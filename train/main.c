@@ -1,0 +1,37 @@
+/*
+ * train/main.c — the `loom` command: dispatch to the subcommands.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "data/prep.h"
+#include "train/cli.h"
+
+static const char *USAGE =
+    "usage: loom <command> [options]\n"
+    "\n"
+    "  train -c CONFIG [--section.key=value ...]   train a model (under mpirun for several ranks)\n"
+    "  info  -c CONFIG [--section.key=value ...]   resolved config, parameter table, counts, FLOPs, memory\n"
+    "  data prep --tokenizer bytes --source NAME --in FILE... --out DIR\n"
+    "                                              tokenize text into shards\n"
+    "\n"
+    "Exit status: 0 success, 1 runtime failure, 2 bad input.\n";
+
+static int data_main(int argc, char **argv) {
+    if (argc < 2) loom_input_error("loom data", "loom data prep --help", "missing data command");
+    if (strcmp(argv[1], "prep") == 0) return data_prep_main(argc - 1, argv + 1);
+    loom_input_error(argv[1], "the data command here is `prep`", "unknown data command");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0) {
+        fputs(USAGE, argc < 2 ? stderr : stdout);
+        return argc < 2 ? LOOM_EXIT_INPUT : 0;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "train") == 0) return loom_train_main(argc - 1, argv + 1);
+    if (strcmp(cmd, "info") == 0) return loom_info_main(argc - 1, argv + 1);
+    if (strcmp(cmd, "data") == 0) return data_main(argc - 1, argv + 1);
+    loom_input_error(cmd, "commands: train, info, data prep (loom --help)", "unknown command");
+}

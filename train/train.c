@@ -1,0 +1,237 @@
+/*
+ * train/train.c — `loom train -c FILE [--section.key=value ...]`: the training loop.
+ *
+ * Each step fills the global batch with micro-batches (gradient accumulation), averages the loss
+ * over every token of the global batch, clips by global norm, and takes one AdamW step with the
+ * learning rate of the schedule at the tokens consumed. Rank 0 prints the progress line and
+ * appends one JSON object per step to RUN/metrics.jsonl (DESIGN.md section 9); the resolved config
+ * is saved as RUN/config.ini. Same seed and config give bit-identical losses.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <cblas.h>
+#include <mpi.h>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "data/loader.h"
+#include "model/model.h"
+#include "optim/adamw.h"
+#include "optim/schedule.h"
+#include "train/cli.h"
+
+static const char *USAGE = "[mpirun -np N] loom train -c CONFIG [--section.key=value ...]";
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* run folder                                                                                       */
+
+static void make_dirs(const char *path) {
+    char buf[4096];
+    int len = snprintf(buf, sizeof buf, "%s", path);
+    if (len <= 0 || len >= (int)sizeof buf) loom_input_error("train.run_dir", NULL, "path too long");
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+            loom_input_error("train.run_dir", NULL, "cannot create %s (%s)", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+        loom_input_error("train.run_dir", NULL, "cannot create %s (%s)", buf, strerror(errno));
+}
+
+static FILE *open_in_run(const char *run_dir, const char *name, const char *mode) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", run_dir, name);
+    return fopen_check(path, mode);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* MFU: the peak is configured, or measured once as the rate of a large fp32 GEMM                   */
+
+static double measure_peak_flops(void) {
+    enum { S = 1024, REPS = 4 };
+    float *a = calloc_check((size_t)S * S, sizeof(float));
+    float *b = calloc_check((size_t)S * S, sizeof(float));
+    float *c = calloc_check((size_t)S * S, sizeof(float));
+    for (size_t i = 0; i < (size_t)S * S; i++) a[i] = b[i] = (float)(i % 7) * 0.1f;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, S, S, 1.0f, a, S, b, S, 0.0f, c, S);
+    double t0 = now_s();
+    for (int r = 0; r < REPS; r++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, S, S, 1.0f, a, S, b, S, 0.0f, c, S);
+    double dt = now_s() - t0;
+    free(a);
+    free(b);
+    free(c);
+    return 2.0 * S * S * (double)S * REPS / dt;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* progress                                                                                         */
+
+struct step_times {
+    double data, forward, backward, optimizer, total;
+};
+
+static void format_eta(char *buf, size_t n, double seconds) {
+    long s = (long)(seconds + 0.5);
+    if (s >= 3600) snprintf(buf, n, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
+    else snprintf(buf, n, "%ld:%02ld", s / 60, s % 60);
+}
+
+static void format_rate(char *buf, size_t n, double tok_s) {
+    if (tok_s >= 1e6) snprintf(buf, n, "%.2fM", tok_s / 1e6);
+    else if (tok_s >= 1e3) snprintf(buf, n, "%.1fk", tok_s / 1e3);
+    else snprintf(buf, n, "%.0f", tok_s);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+
+int loom_train_main(int argc, char **argv) {
+    MPI_CHECK(MPI_Init(&argc, &argv));
+    int rank = 0, world = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    loom_error_set_rank(rank, world);
+    loom_error_set_collective(1);
+
+    struct loom_config cfg;
+    loom_cli_load_config(&cfg, argc, argv, USAGE);
+    if (world != 1)
+        loom_input_error("mpirun", "run one process until the [parallel] layouts land",
+                         "world size %d: this build trains on a single process", world);
+
+    const struct loom_train_config *tc = &cfg.train;
+    int B = (int)tc->micro_batch, T = (int)tc->seq_len;
+    int accum = (int)(tc->global_batch / tc->micro_batch);
+    int64_t tokens_per_step = tc->global_batch * tc->seq_len;
+    int64_t total_tokens = tokens_per_step * tc->steps;
+
+    /* data first: a bad shard should fail before anything big is allocated */
+    loom_error_set_collective(0);
+    struct loom_loader loader;
+    loom_loader_open(&loader, &cfg);
+    loom_error_set_collective(1);
+
+    make_dirs(tc->run_dir);
+    FILE *f = open_in_run(tc->run_dir, "config.ini", "w");
+    loom_config_write(f, &cfg);
+    CHECK(fclose(f) == 0, "writing %s/config.ini failed", tc->run_dir);
+    FILE *metrics = open_in_run(tc->run_dir, "metrics.jsonl", "w");
+
+    const struct loom_ops *ops = loom_ops_cpu((int)tc->threads);
+    struct loom_model model;
+    loom_model_create(&model, ops, &cfg.model, &cfg.optim, B, T);
+    loom_model_init_params(&model, (uint64_t)tc->seed);
+    struct loom_adamw adamw;
+    loom_adamw_init(&adamw, ops, &cfg.optim, model.table.total);
+    struct loom_schedule sched;
+    loom_schedule_init(&sched, &cfg.schedule, total_tokens);
+
+    struct loom_model_counts counts;
+    loom_model_count(&counts, &model.table, &cfg.model, tc->seq_len);
+    double peak = cfg.log.peak_tflops > 0 ? cfg.log.peak_tflops * 1e12 : measure_peak_flops();
+
+    printf("loom train: %s attention, %lld layers, %.2fM parameters, %.3g FLOPs/token\n",
+           loom_config_choice("model", "attention", cfg.model.attention), (long long)cfg.model.num_layers,
+           counts.total_params / 1e6, counts.flops_per_token);
+    printf("loom train: %lld steps x %lld sequences x %d tokens (%d micro-batches of %d), run folder %s\n",
+           (long long)tc->steps, (long long)tc->global_batch, T, accum, B, tc->run_dir);
+    printf("loom train: MFU against %.3g TFLOP/s (%s)\n", peak / 1e12,
+           cfg.log.peak_tflops > 0 ? "log.peak_tflops" : "measured fp32 GEMM");
+    fflush(stdout);
+
+    size_t N = (size_t)B * T;
+    int *inputs = malloc_check(sizeof(int) * N * accum);
+    int *targets = malloc_check(sizeof(int) * N * accum);
+    int64_t tokens = 0;
+    double run_start = now_s();
+
+    for (int64_t step = 0; step < tc->steps; step++) {
+        struct step_times tm = {0};
+        double t0 = now_s();
+
+        /* the whole global batch is read first: its counted tokens set the loss weight */
+        long counted = 0;
+        for (int a = 0; a < accum; a++)
+            for (int b = 0; b < B; b++) {
+                int64_t g = step * tc->global_batch + (int64_t)a * B + b;
+                loom_loader_sample(&loader, g, inputs + a * N + (size_t)b * T, targets + a * N + (size_t)b * T);
+            }
+        for (size_t i = 0; i < N * accum; i++) counted += targets[i] >= 0;
+        double t1 = now_s();
+        tm.data = t1 - t0;
+
+        loom_model_zero_grads(&model);
+        double loss_sum = 0;
+        float dloss = counted ? 1.0f / (float)counted : 0.0f;
+        for (int a = 0; a < accum; a++) {
+            double ta = now_s();
+            loss_sum += loom_model_forward(&model, inputs + a * N, targets + a * N, dloss, NULL);
+            double tb = now_s();
+            loom_model_backward(&model);
+            tm.forward += tb - ta;
+            tm.backward += now_s() - tb;
+        }
+        double loss = counted ? loss_sum / counted : 0.0;
+
+        double t2 = now_s();
+        double gnorm = loom_grad_norm(ops, &model.table, model.grads);
+        double lr = loom_schedule_lr(&sched, tokens + tokens_per_step);
+        int skipped = !isfinite(gnorm);
+        if (!skipped)
+            loom_adamw_step(&adamw, &model.table, model.params, model.grads, lr,
+                            loom_clip_factor(gnorm, cfg.optim.grad_clip));
+        tokens += tokens_per_step;
+        double t3 = now_s();
+        tm.optimizer = t3 - t2;
+        tm.total = t3 - t0;
+
+        double tok_s = tokens_per_step / tm.total;
+        double mfu = counts.flops_per_token * tok_s / peak;
+        if (rank == 0) {
+            fprintf(metrics,
+                    "{\"step\": %lld, \"tokens\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, "
+                    "\"tok_per_s\": %.6g, \"mfu\": %.6g, \"loss_scale\": 1, \"skipped\": %s, \"phase\": \"default\", "
+                    "\"time\": {\"forward\": %.6g, \"backward\": %.6g, \"comm_exposed\": 0, \"bubble\": 0, "
+                    "\"optimizer\": %.6g, \"data\": %.6g, \"checkpoint\": 0, \"step\": %.6g}}\n",
+                    (long long)(step + 1), (long long)tokens, loss, lr, gnorm, tok_s, mfu, skipped ? "true" : "false",
+                    tm.forward, tm.backward, tm.optimizer, tm.data, tm.total);
+            fflush(metrics);
+            if ((step + 1) % cfg.log.every == 0 || step == 0 || step + 1 == tc->steps) {
+                char eta[32], rate[32];
+                double elapsed = now_s() - run_start;
+                format_eta(eta, sizeof eta, elapsed / (step + 1) * (tc->steps - step - 1));
+                format_rate(rate, sizeof rate, tok_s);
+                printf("step %6lld/%lld | loss %.4f | lr %.3e | gnorm %.3f | %s tok/s | mfu %.1f%% | scale 1 | "
+                       "phase default | eta %s\n",
+                       (long long)(step + 1), (long long)tc->steps, loss, lr, gnorm, rate, 100 * mfu, eta);
+                fflush(stdout);
+            }
+        }
+    }
+    if (rank == 0) printf("loom train: done, %lld tokens in %.1f s; metrics in %s/metrics.jsonl\n",
+                          (long long)tokens, now_s() - run_start, tc->run_dir);
+
+    CHECK(fclose(metrics) == 0, "writing metrics failed");
+    free(inputs);
+    free(targets);
+    loom_adamw_free(&adamw);
+    loom_model_destroy(&model);
+    loom_loader_close(&loader);
+    loom_config_free(&cfg);
+    MPI_Finalize();
+    return 0;
+}
