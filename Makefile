@@ -25,6 +25,7 @@ TEST_EXTRA_OBJS := $(BUILD)/tests/ref/refdump.o
 CLI_TESTS := $(sort $(wildcard tests/cli/test_*.sh))
 
 .PHONY: all deps test demo bench clean
+.SECONDARY: $(TEST_EXTRA_OBJS)
 all: loom
 
 deps:

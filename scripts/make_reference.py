@@ -397,6 +397,7 @@ def build(cfg, keys, seed, B, T, check=True):
     decay_mask = {n: decayed(n, s) for n, s, _ in shapes}
     m = {k: jnp.zeros_like(v) for k, v in P.items()}
     v = {k: jnp.zeros_like(x) for k, x in P.items()}
+
     def train_step(Q, M, Vv, t):
         l, G = jax.value_and_grad(lambda R: loss_fn(cfg, R, ids))(Q)
         Q, M, Vv, gn = adamw_step(Q, G, M, Vv, t, lr, optim, decay_mask)

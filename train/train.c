@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cblas.h>
 #include <mpi.h>
@@ -126,6 +127,11 @@ int loom_train_main(int argc, char **argv) {
     loom_error_set_collective(1);
 
     make_dirs(tc->run_dir);
+    char existing[4096];
+    snprintf(existing, sizeof existing, "%s/metrics.jsonl", tc->run_dir);
+    if (access(existing, F_OK) == 0)
+        loom_input_error("train.run_dir", "choose another --train.run_dir, or remove the old run",
+                         "%s already holds a run (%s exists)", tc->run_dir, existing);
     FILE *f = open_in_run(tc->run_dir, "config.ini", "w");
     loom_config_write(f, &cfg);
     CHECK(fclose(f) == 0, "writing %s/config.ini failed", tc->run_dir);

@@ -126,20 +126,22 @@ static double *plus(const float *base, const double *add, size_t n) {
 /* dst[r*cols + c] = src[r*ld + c]: the [rows, cols] window of a row-strided buffer */
 static float *gather_f(const float *src, int rows, int cols, int ld) {
     float *dst = host_alloc((size_t)rows * cols * sizeof(float));
-    for (int r = 0; r < rows; r++) memcpy(dst + (size_t)r * cols, src + (size_t)r * ld, cols * sizeof(float));
+    for (int r = 0; r < rows; r++)
+        memcpy(dst + (size_t)r * cols, src + (size_t)r * ld, cols * sizeof(float));
     return dst;
 }
 
 static double *gather_d(const double *src, int rows, int cols, int ld) {
     double *dst = dzeros((size_t)rows * cols);
-    for (int r = 0; r < rows; r++) memcpy(dst + (size_t)r * cols, src + (size_t)r * ld, cols * sizeof(double));
+    for (int r = 0; r < rows; r++)
+        memcpy(dst + (size_t)r * cols, src + (size_t)r * ld, cols * sizeof(double));
     return dst;
 }
 
-/* touched[i] = 1 for i in the [rows, cols] window at column col0 of a buffer with row stride ld */
-static unsigned char *window_mask(size_t n, int rows, int ld, int col0, int cols) {
+/* touched[i] = 1 for i in the first cols columns of each row of a buffer with row stride ld */
+static unsigned char *window_mask(size_t n, int rows, int ld, int cols) {
     unsigned char *m = host_alloc(n);
-    for (int r = 0; r < rows; r++) memset(m + (size_t)r * ld + col0, 1, cols);
+    for (int r = 0; r < rows; r++) memset(m + (size_t)r * ld, 1, cols);
     return m;
 }
 
@@ -333,7 +335,10 @@ static double rmsnorm_loss(void *p) {
     rmsnorm_ref(r->out, NULL, r->x, r->w, r->N, r->C, r->ld_out, r->ld_inp, r->eps);
     double s = 0;
     for (int n = 0; n < r->N; n++)
-        for (int c = 0; c < r->C; c++) s += r->wo[(size_t)n * r->ld_out + c] * r->out[(size_t)n * r->ld_out + c];
+        for (int c = 0; c < r->C; c++) {
+            size_t i = (size_t)n * r->ld_out + c;
+            s += r->wo[i] * r->out[i];
+        }
     return s;
 }
 
@@ -369,7 +374,7 @@ static void test_rmsnorm_case(const char *tag, int N, int C, int ld_out, int ld_
     test_close(name("ops.rmsnorm%s.rstd", tag), host_floats(d_rstd, N), want_rstd, N, FWD_ATOL, FWD_RTOL);
     if (ld_out > C)
         check_untouched(name("ops.rmsnorm%s.forward.untouched", tag), out, out0,
-                        window_mask(no, N, ld_out, 0, C), no);
+                        window_mask(no, N, ld_out, C), no);
 
     double *gx = fd_gradient(r.x, nx, rmsnorm_loss, &r);
     double *gw = fd_gradient(r.w, C, rmsnorm_loss, &r);
@@ -378,13 +383,13 @@ static void test_rmsnorm_case(const char *tag, int N, int C, int ld_out, int ld_
     float *d_dx = dev_floats(dx0, nx), *d_dw = dev_floats(winit, C);
     ops->rmsnorm_backward(d_dx, d_dw, d_dout, d_x, d_w, d_rstd, N, C, ld_out, ld_inp);
     float *dx = host_floats(d_dx, nx);
-    test_close(name("ops.rmsnorm%s.backward.dinp", tag), gather_f(dx, N, C, ld_inp), gather_d(gx, N, C, ld_inp),
-               (size_t)N * C, BWD_ATOL, BWD_RTOL);
+    test_close(name("ops.rmsnorm%s.backward.dinp", tag), gather_f(dx, N, C, ld_inp),
+               gather_d(gx, N, C, ld_inp), (size_t)N * C, BWD_ATOL, BWD_RTOL);
     test_close(name("ops.rmsnorm%s.backward.dweight", tag), host_floats(d_dw, C), plus(winit, gw, C), C,
                BWD_ATOL, BWD_RTOL);
     if (ld_inp > C)
         check_untouched(name("ops.rmsnorm%s.backward.untouched", tag), dx, dx0,
-                        window_mask(nx, N, ld_inp, 0, C), nx);
+                        window_mask(nx, N, ld_inp, C), nx);
     release_all();
 }
 
@@ -532,7 +537,8 @@ static void attention_backward_ref(double *dq, double *dk, double *dv, const dou
                 }
                 for (int u = 0; u <= t; u++) {
                     double ds = pt[u] * (dp[u] - rs) * s->scale;
-                    size_t qi = (((size_t)b * T + t) * H + h) * Dqk, ki = (((size_t)b * T + u) * Hkv + hk) * Dqk;
+                    size_t qi = (((size_t)b * T + t) * H + h) * Dqk;
+                    size_t ki = (((size_t)b * T + u) * Hkv + hk) * Dqk;
                     size_t vi = (((size_t)b * T + u) * Hkv + hk) * Dv;
                     for (int i = 0; i < Dqk; i++) {
                         dq[qi + i] += ds * k[ki + i];
@@ -570,7 +576,8 @@ static void test_attention_case(const char *tag, int B, int T, int H, int Hkv, i
     attention_ref(want, want_probs, a.q, a.k, a.v, &s);
     /* probs starts as garbage: only its causal part is specified, the backward check catches an op
      * that reads the rest */
-    float *d_out = dev_floats(rand_floats(no, -100, 100), no), *d_probs = dev_floats(rand_floats(np, -100, 100), np);
+    float *d_out = dev_floats(rand_floats(no, -100, 100), no);
+    float *d_probs = dev_floats(rand_floats(np, -100, 100), np);
     ops->attention_forward(d_out, d_probs, d_q, d_k, d_v, B, T, H, Hkv, Dqk, Dv, (float)s.scale);
     test_close(name("ops.attention%s.forward", tag), host_floats(d_out, no), want, no, FWD_ATOL, FWD_RTOL);
 
@@ -644,7 +651,8 @@ static void test_swiglu(void) {
     test_close("ops.swiglu.forward", host_floats(d_out, n), want, n, FWD_ATOL, FWD_RTOL);
 
     double *gg = fd_gradient(s.gate, n, swiglu_loss, &s), *gu = fd_gradient(s.up, n, swiglu_loss, &s);
-    float *d_dgate = dev_floats(rand_floats(n, -100, 100), n), *d_dup = dev_floats(rand_floats(n, -100, 100), n);
+    float *d_dgate = dev_floats(rand_floats(n, -100, 100), n);
+    float *d_dup = dev_floats(rand_floats(n, -100, 100), n);
     ops->swiglu_backward(d_dgate, d_dup, d_dout, d_gate, d_up, N, F);
     test_close("ops.swiglu.backward.dgate", host_floats(d_dgate, n), gg, n, BWD_ATOL, BWD_RTOL);
     test_close("ops.swiglu.backward.dup", host_floats(d_dup, n), gu, n, BWD_ATOL, BWD_RTOL);
@@ -677,7 +685,7 @@ static void test_elementwise(void) {
     size_t ns = ROWS * LD_SRC, nd = ROWS * LD_DST;
     float *src = strided_rand(ROWS, COLS, LD_SRC, -1, 1, 1e4f), *dst0 = rand_floats(nd, -1, 1);
     float *d_src = dev_floats(src, ns);
-    unsigned char *touched = window_mask(nd, ROWS, LD_DST, 0, COLS);
+    unsigned char *touched = window_mask(nd, ROWS, LD_DST, COLS);
     double *want_copy = dzeros(ROWS * COLS), *want_acc = dzeros(ROWS * COLS);
     for (int r = 0; r < ROWS; r++)
         for (int c = 0; c < COLS; c++) {
@@ -689,8 +697,8 @@ static void test_elementwise(void) {
         float *d_dst = dev_floats(dst0, nd);
         ops->copy_2d(d_dst, LD_DST, d_src, LD_SRC, ROWS, COLS, accumulate);
         float *dst = host_floats(d_dst, nd);
-        test_close(name("ops.copy_2d.%s", mode), gather_f(dst, ROWS, COLS, LD_DST), accumulate ? want_acc : want_copy,
-                   ROWS * COLS, 0, accumulate ? EW_RTOL : 0);
+        test_close(name("ops.copy_2d.%s", mode), gather_f(dst, ROWS, COLS, LD_DST),
+                   accumulate ? want_acc : want_copy, ROWS * COLS, 0, accumulate ? EW_RTOL : 0);
         check_untouched(name("ops.copy_2d.%s.untouched", mode), dst, dst0, touched, nd);
     }
     release_all();
@@ -747,7 +755,8 @@ static void test_cross_entropy(void) {
     d_losses = dev_floats(rand_floats(N, -100, 100), N);
     ops->cross_entropy(d_losses, d_dlogits, d_logits, d_targets, N, V, dloss);
     test_close("ops.cross_entropy.backward.loss", host_floats(d_losses, N), want, N, FWD_ATOL, FWD_RTOL);
-    test_close("ops.cross_entropy.backward.dlogits", host_floats(d_dlogits, N * V), g, N * V, BWD_ATOL, BWD_RTOL);
+    test_close("ops.cross_entropy.backward.dlogits", host_floats(d_dlogits, N * V), g, N * V,
+               BWD_ATOL, BWD_RTOL);
 
     float *d_alias = dev_floats(logits, N * V);
     d_losses = dev_floats(rand_floats(N, -100, 100), N);
@@ -768,8 +777,8 @@ static void test_sum_squares(void) {
     for (size_t i = 0; i < n; i++) want += (double)x[i] * x[i];
     double got = ops->sum_squares(d_x, n), again = ops->sum_squares(d_x, n);
     /* the products of fp32 values are exact in double; only the summation order may differ */
-    test_result(fabs(got - want) <= 1e-11 * want, "ops.sum_squares", "got %.17g want %.17g (rel diff %.3g, rtol 1e-11)",
-                got, want, fabs(got - want) / want);
+    test_result(fabs(got - want) <= 1e-11 * want, "ops.sum_squares",
+                "got %.17g want %.17g (rel diff %.3g, rtol 1e-11)", got, want, fabs(got - want) / want);
     test_result(memcmp(&got, &again, sizeof got) == 0, "ops.sum_squares.deterministic",
                 "two calls gave %.17g and %.17g", got, again);
     double one_thread = loom_ops_cpu(1)->sum_squares(d_x, n);

@@ -1,0 +1,150 @@
+/*
+ * tests/unit/test_model_ref.c — the whole model against an independent implementation.
+ *
+ * tests/ref/tiny-{mla,mha}.bin are written by scripts/make_reference.py (JAX, float64) from the
+ * same weights and batch: logits, loss, the gradient of every parameter, and the losses of ten
+ * AdamW steps with global-norm clipping. loom (fp32, CPU backend) must match each within the stated
+ * tolerance; a failure names the worst element.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "model/model.h"
+#include "optim/adamw.h"
+#include "optim/schedule.h"
+#include "tests/ref/refdump.h"
+#include "tests/test.h"
+
+static const struct loom_ref_entry *need(const struct loom_refdump *d, const char *name) {
+    const struct loom_ref_entry *e = loom_refdump_get(d, name);
+    CHECK(e != NULL, "reference dump has no entry %s", name);
+    return e;
+}
+
+static double *to_double(const struct loom_ref_entry *e) {
+    double *out = malloc_check(sizeof(double) * (size_t)e->count);
+    const float *x = e->data;
+    for (int64_t i = 0; i < e->count; i++) out[i] = x[i];
+    return out;
+}
+
+static double max_abs(const double *x, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) m = fabs(x[i]) > m ? fabs(x[i]) : m;
+    return m;
+}
+
+static void check_variant(const char *variant, const char *path) {
+    struct loom_refdump *d = loom_refdump_load(path);
+    struct loom_config cfg;
+    loom_config_init(&cfg);
+    loom_config_load_string(&cfg, (const char *)need(d, "config")->data, path);
+    cfg.data.kind = LOOM_DATA_RANDOM;
+    loom_config_validate(&cfg);
+
+    const struct loom_ref_entry *ids = need(d, "ids");
+    int B = (int)ids->dims[0], T = (int)ids->dims[1] - 1, N = B * T, V = (int)cfg.model.vocab_size;
+    const int32_t *raw = ids->data;
+    int *inputs = malloc_check(sizeof(int) * N), *targets = malloc_check(sizeof(int) * N);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            inputs[b * T + t] = raw[b * (T + 1) + t];
+            targets[b * T + t] = raw[b * (T + 1) + t + 1];
+        }
+
+    const struct loom_ops *ops = loom_ops_cpu(2);
+    struct loom_model m;
+    loom_model_create(&m, ops, &cfg.model, &cfg.optim, B, T);
+
+    /* parameters by name; every tensor of the table must be in the dump with the same shape */
+    float *host = calloc_check(m.table.total, sizeof(float));
+    char name[160], test[200];
+    int shapes_ok = 1;
+    for (int i = 0; i < m.table.count; i++) {
+        const struct loom_param *p = &m.table.params[i];
+        snprintf(name, sizeof name, "param/%s", p->name);
+        const struct loom_ref_entry *e = need(d, name);
+        if (e->count != (int64_t)p->numel) {
+            printf("FAIL %s.params: %s has %lld values in the dump, %zu in loom\n", variant, p->name,
+                   (long long)e->count, p->numel);
+            shapes_ok = 0;
+            continue;
+        }
+        memcpy(host + p->offset, e->data, sizeof(float) * p->numel);
+    }
+    snprintf(test, sizeof test, "model_ref.%s.param_table", variant);
+    test_result(shapes_ok, test, "parameter shapes differ from the reference");
+    loom_model_set_params(&m, host);
+
+    /* forward only: logits and loss */
+    long counted = 0;
+    double loss_sum = loom_model_forward(&m, inputs, targets, 0.0f, &counted);
+    float *logits = malloc_check(sizeof(float) * (size_t)N * V);
+    ops->to_host(logits, m.logits, sizeof(float) * (size_t)N * V);
+    double *want = to_double(need(d, "logits"));
+    snprintf(test, sizeof test, "model_ref.%s.logits", variant);
+    test_close(test, logits, want, (size_t)N * V, 1e-4, 1e-5);
+    free(want);
+    float loss = (float)(loss_sum / counted);
+    double want_loss = ((const float *)need(d, "loss")->data)[0];
+    snprintf(test, sizeof test, "model_ref.%s.loss", variant);
+    test_close(test, &loss, &want_loss, 1, 0, 1e-5);
+
+    /* backward: every parameter gradient, with a tolerance relative to the tensor's largest value */
+    loom_model_zero_grads(&m);
+    loom_model_forward(&m, inputs, targets, 1.0f / counted, NULL);
+    loom_model_backward(&m);
+    float *grads = calloc_check(m.table.total, sizeof(float));
+    loom_model_get_grads(&m, grads);
+    for (int i = 0; i < m.table.count; i++) {
+        const struct loom_param *p = &m.table.params[i];
+        snprintf(name, sizeof name, "grad/%s", p->name);
+        double *g = to_double(need(d, name));
+        snprintf(test, sizeof test, "model_ref.%s.grad.%s", variant, p->name);
+        test_close(test, grads + p->offset, g, p->numel, 2e-5 * max_abs(g, p->numel) + 1e-9, 1e-3);
+        free(g);
+    }
+
+    /* ten AdamW steps on the same batch, clipped by global norm, constant LR */
+    loom_model_set_params(&m, host);
+    struct loom_adamw opt;
+    loom_adamw_init(&opt, ops, &cfg.optim, m.table.total);
+    struct loom_schedule sched;
+    loom_schedule_init(&sched, &cfg.schedule, 10 * (int64_t)N);
+    const struct loom_ref_entry *ref_losses = need(d, "adamw_losses");
+    int steps = (int)ref_losses->count;
+    float *losses = malloc_check(sizeof(float) * steps);
+    for (int s = 0; s < steps; s++) {
+        loom_model_zero_grads(&m);
+        losses[s] = (float)(loom_model_forward(&m, inputs, targets, 1.0f / counted, NULL) / counted);
+        loom_model_backward(&m);
+        double norm = loom_grad_norm(ops, &m.table, m.grads);
+        loom_adamw_step(&opt, &m.table, m.params, m.grads, loom_schedule_lr(&sched, (int64_t)(s + 1) * N),
+                        loom_clip_factor(norm, cfg.optim.grad_clip));
+    }
+    want = to_double(ref_losses);
+    snprintf(test, sizeof test, "model_ref.%s.adamw_losses", variant);
+    test_close(test, losses, want, steps, 1e-5, 2e-4);
+    free(want);
+
+    free(losses);
+    loom_adamw_free(&opt);
+    free(grads);
+    free(logits);
+    free(host);
+    free(inputs);
+    free(targets);
+    loom_model_destroy(&m);
+    loom_config_free(&cfg);
+    loom_refdump_free(d);
+}
+
+int main(void) {
+    check_variant("mla", "tests/ref/tiny-mla.bin");
+    check_variant("mha", "tests/ref/tiny-mha.bin");
+    return test_exit();
+}
