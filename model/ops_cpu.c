@@ -158,86 +158,84 @@ static void cpu_rope_backward(float *dx, int N, int T, int H, int ld, int head_s
 }
 
 /* ---------------------------------------------------------------------------------------------- */
-/* causal attention, softmax weights kept [B,H,T,T] (rows beyond the diagonal are zero)            */
+/* causal attention, softmax weights kept [B,H,T,T] (entries above the diagonal are zero).
+ * One task per (sequence, head); inside it the products are sgemm calls on strided views of q/k/v
+ * (the OpenMP build of OpenBLAS runs single-threaded inside a parallel region). Scores above the
+ * diagonal are computed and discarded: cheaper in a GEMM than skipping them in scalar loops.      */
 
 static void cpu_attention_forward(float *out, float *probs, const float *q, const float *k, const float *v,
                                   int B, int T, int H, int Hkv, int Dqk, int Dv, float scale) {
     int group = H / Hkv;
-#pragma omp parallel for collapse(3) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++)
-        for (int h = 0; h < H; h++)
+        for (int h = 0; h < H; h++) {
+            int hk = h / group;
+            const float *qb = q + ((size_t)b * T * H + h) * Dqk;     /* rows t, stride H*Dqk */
+            const float *kb = k + ((size_t)b * T * Hkv + hk) * Dqk;  /* rows j, stride Hkv*Dqk */
+            const float *vb = v + ((size_t)b * T * Hkv + hk) * Dv;
+            float *p = probs + ((size_t)b * H + h) * T * T;
+            float *ob = out + ((size_t)b * T * H + h) * Dv;
+            /* S = scale * Q K^T */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, Dqk, scale, qb, H * Dqk, kb, Hkv * Dqk,
+                        0.0f, p, T);
             for (int t = 0; t < T; t++) {
-                int hk = h / group;
-                const float *qt = q + (((size_t)b * T + t) * H + h) * Dqk;
-                float *p = probs + (((size_t)b * H + h) * T + t) * T;
+                float *row = p + (size_t)t * T;
                 float maxv = -INFINITY;
-                for (int j = 0; j <= t; j++) {
-                    const float *kj = k + (((size_t)b * T + j) * Hkv + hk) * Dqk;
-                    float s = 0;
-                    for (int d = 0; d < Dqk; d++) s += qt[d] * kj[d];
-                    s *= scale;
-                    p[j] = s;
-                    if (s > maxv) maxv = s;
-                }
+                for (int j = 0; j <= t; j++) maxv = row[j] > maxv ? row[j] : maxv;
                 float sum = 0;
                 for (int j = 0; j <= t; j++) {
-                    p[j] = expf(p[j] - maxv);
-                    sum += p[j];
+                    row[j] = expf(row[j] - maxv);
+                    sum += row[j];
                 }
                 float inv = 1.0f / sum;
-                for (int j = 0; j <= t; j++) p[j] *= inv;
-                for (int j = t + 1; j < T; j++) p[j] = 0;
-                float *o = out + (((size_t)b * T + t) * H + h) * Dv;
-                for (int d = 0; d < Dv; d++) o[d] = 0;
-                for (int j = 0; j <= t; j++) {
-                    const float *vj = v + (((size_t)b * T + j) * Hkv + hk) * Dv;
-                    float pj = p[j];
-                    for (int d = 0; d < Dv; d++) o[d] += pj * vj[d];
-                }
+                for (int j = 0; j <= t; j++) row[j] *= inv;
+                for (int j = t + 1; j < T; j++) row[j] = 0;
             }
+            /* O = P V */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, Dv, T, 1.0f, p, T, vb, Hkv * Dv, 0.0f, ob,
+                        H * Dv);
+        }
 }
 
 static void cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *probs,
                                    const float *q, const float *k, const float *v,
                                    int B, int T, int H, int Hkv, int Dqk, int Dv, float scale) {
-    /* dP = dO V^T; dS = P * (dP - rowsum(P * dP)); dQ = scale dS K; dK = scale dS^T Q; dV = P^T dO.
-     * One task per (b, kv head) so the heads of a GQA group add into dk/dv without races. */
+    /* dP = dO V^T; dS = P * (dP - rowsum(P * dP)) * scale; dQ = dS K; dK = dS^T Q; dV = P^T dO.
+     * One task per (sequence, kv head), so the query heads of a GQA group add into dk/dv in order. */
     int group = H / Hkv;
 #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++)
         for (int hk = 0; hk < Hkv; hk++) {
-            float *ds = malloc_check(sizeof(float) * T);
-            for (int t = 0; t < T; t++) {
-                memset(dk + (((size_t)b * T + t) * Hkv + hk) * Dqk, 0, sizeof(float) * Dqk);
-                memset(dv + (((size_t)b * T + t) * Hkv + hk) * Dv, 0, sizeof(float) * Dv);
-            }
-            for (int h = hk * group; h < (hk + 1) * group; h++)
+            float *ds = malloc_check(sizeof(float) * (size_t)T * T);
+            const float *kb = k + ((size_t)b * T * Hkv + hk) * Dqk;
+            const float *vb = v + ((size_t)b * T * Hkv + hk) * Dv;
+            float *dkb = dk + ((size_t)b * T * Hkv + hk) * Dqk;
+            float *dvb = dv + ((size_t)b * T * Hkv + hk) * Dv;
+            for (int h = hk * group; h < (hk + 1) * group; h++) {
+                const float *p = probs + ((size_t)b * H + h) * T * T;
+                const float *dob = dout + ((size_t)b * T * H + h) * Dv;
+                const float *qb = q + ((size_t)b * T * H + h) * Dqk;
+                float *dqb = dq + ((size_t)b * T * H + h) * Dqk;
+                float first = h == hk * group ? 0.0f : 1.0f; /* the group's first head assigns dk/dv */
+                /* dP = dO V^T */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, Dv, 1.0f, dob, H * Dv, vb, Hkv * Dv,
+                            0.0f, ds, T);
                 for (int t = 0; t < T; t++) {
-                    const float *p = probs + (((size_t)b * H + h) * T + t) * T;
-                    const float *dot = dout + (((size_t)b * T + t) * H + h) * Dv;
-                    const float *qt = q + (((size_t)b * T + t) * H + h) * Dqk;
-                    float *dqt = dq + (((size_t)b * T + t) * H + h) * Dqk;
+                    const float *pr = p + (size_t)t * T;
+                    float *row = ds + (size_t)t * T;
                     float rowsum = 0;
-                    for (int j = 0; j <= t; j++) {
-                        const float *vj = v + (((size_t)b * T + j) * Hkv + hk) * Dv;
-                        float s = 0;
-                        for (int d = 0; d < Dv; d++) s += dot[d] * vj[d];
-                        ds[j] = s;
-                        rowsum += p[j] * s;
-                    }
-                    for (int d = 0; d < Dqk; d++) dqt[d] = 0;
-                    for (int j = 0; j <= t; j++) {
-                        float g = p[j] * (ds[j] - rowsum) * scale;
-                        const float *kj = k + (((size_t)b * T + j) * Hkv + hk) * Dqk;
-                        float *dkj = dk + (((size_t)b * T + j) * Hkv + hk) * Dqk;
-                        float *dvj = dv + (((size_t)b * T + j) * Hkv + hk) * Dv;
-                        for (int d = 0; d < Dqk; d++) {
-                            dqt[d] += g * kj[d];
-                            dkj[d] += g * qt[d];
-                        }
-                        for (int d = 0; d < Dv; d++) dvj[d] += p[j] * dot[d];
-                    }
+                    for (int j = 0; j <= t; j++) rowsum += pr[j] * row[j];
+                    for (int j = 0; j <= t; j++) row[j] = pr[j] * (row[j] - rowsum) * scale;
+                    for (int j = t + 1; j < T; j++) row[j] = 0;
                 }
+                /* dQ = dS K ; dK (+)= dS^T Q ; dV (+)= P^T dO */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, Dqk, T, 1.0f, ds, T, kb, Hkv * Dqk,
+                            0.0f, dqb, H * Dqk);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, Dqk, T, 1.0f, ds, T, qb, H * Dqk, first,
+                            dkb, Hkv * Dqk);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, Dv, T, 1.0f, p, T, dob, H * Dv, first,
+                            dvb, Hkv * Dv);
+            }
             free(ds);
         }
 }
