@@ -40,7 +40,7 @@ struct builder {
     const struct loom_optim_config *o;
 };
 
-static void add_param(struct builder *b, int64_t rows, int64_t cols, enum loom_init init,
+static void add_param(struct builder *b, struct loom_shape shape, enum loom_init init,
                       enum loom_shard_style shard, const char *fmt, ...) {
     struct loom_param_table *t = b->t;
     if (t->count == b->cap) {
@@ -55,9 +55,8 @@ static void add_param(struct builder *b, int64_t rows, int64_t cols, enum loom_i
     int len = vsnprintf(p->name, sizeof p->name, fmt, ap);
     va_end(ap);
     CHECK(len < (int)sizeof p->name, "parameter name too long");
-    p->rows = rows;
-    p->cols = cols;
-    p->numel = (size_t)(rows * cols);
+    p->shape = shape;
+    p->numel = (size_t)loom_shape_numel(&shape);
     p->offset = t->total;
     /* keep every tensor 16-float aligned so backends can vector-load any of them */
     t->total += (p->numel + 15) / 16 * 16;
@@ -75,11 +74,11 @@ static void add_param(struct builder *b, int64_t rows, int64_t cols, enum loom_i
 
 static void add_matrix(struct builder *b, int64_t rows, int64_t cols, enum loom_shard_style shard,
                        const char *name, int layer) {
-    add_param(b, rows, cols, LOOM_INIT_NORMAL, shard, "layers.%d.%s.weight", layer, name);
+    add_param(b, loom_shape_2d(rows, cols), LOOM_INIT_NORMAL, shard, "layers.%d.%s.weight", layer, name);
 }
 
 static void add_norm(struct builder *b, int64_t n, const char *name, int layer) {
-    add_param(b, n, 1, LOOM_INIT_ONES, LOOM_SHARD_REPLICATED, "layers.%d.%s.weight", layer, name);
+    add_param(b, loom_shape_1d(n), LOOM_INIT_ONES, LOOM_SHARD_REPLICATED, "layers.%d.%s.weight", layer, name);
 }
 
 static void add_attention(struct builder *b, int l) {
@@ -117,7 +116,7 @@ void loom_params_build(struct loom_param_table *t, const struct loom_model_confi
     struct builder b = {.t = t, .cap = 0, .m = m, .o = o};
     int64_t C = m->hidden_size, F = m->intermediate_size, V = m->vocab_size;
 
-    add_param(&b, V, C, LOOM_INIT_NORMAL, LOOM_SHARD_VOCAB, "embed_tokens.weight");
+    add_param(&b, loom_shape_2d(V, C), LOOM_INIT_NORMAL, LOOM_SHARD_VOCAB, "embed_tokens.weight");
     struct loom_param *emb = &t->params[0];
     emb->init_std = (float)(m->embed_init_std > 0 ? m->embed_init_std : m->init_std);
     emb->decay = o->decay_embeddings;
@@ -131,8 +130,8 @@ void loom_params_build(struct loom_param_table *t, const struct loom_model_confi
         add_matrix(&b, F, C, LOOM_SHARD_COLUMN, "mlp.up_proj", l);
         add_matrix(&b, C, F, LOOM_SHARD_ROW, "mlp.down_proj", l);
     }
-    add_param(&b, C, 1, LOOM_INIT_ONES, LOOM_SHARD_REPLICATED, "norm.weight");
-    if (!m->tie_word_embeddings) add_param(&b, V, C, LOOM_INIT_NORMAL, LOOM_SHARD_VOCAB, "lm_head.weight");
+    add_param(&b, loom_shape_1d(C), LOOM_INIT_ONES, LOOM_SHARD_REPLICATED, "norm.weight");
+    if (!m->tie_word_embeddings) add_param(&b, loom_shape_2d(V, C), LOOM_INIT_NORMAL, LOOM_SHARD_VOCAB, "lm_head.weight");
 }
 
 void loom_params_free(struct loom_param_table *t) {

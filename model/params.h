@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "core/config.h"
+#include "core/tensor.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -31,7 +32,7 @@ enum { LOOM_PARAM_NAME_MAX = 96 };
 
 struct loom_param {
     char name[LOOM_PARAM_NAME_MAX];
-    int64_t rows, cols;            /* [rows, cols]; vectors have cols = 1 */
+    struct loom_shape shape;       /* [rows, cols], or [n] for vectors */
     size_t offset;                 /* in floats, into the flat buffer */
     size_t numel;
     enum loom_init init;

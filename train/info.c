@@ -36,8 +36,7 @@ int loom_info_main(int argc, char **argv) {
     for (int i = 0; i < t.count; i++) {
         const struct loom_param *p = &t.params[i];
         char shape[32];
-        if (p->cols == 1) snprintf(shape, sizeof shape, "[%lld]", (long long)p->rows);
-        else snprintf(shape, sizeof shape, "[%lld, %lld]", (long long)p->rows, (long long)p->cols);
+        loom_shape_format(&p->shape, shape, sizeof shape);
         char init[16];
         if (p->init == LOOM_INIT_ONES) snprintf(init, sizeof init, "ones");
         else snprintf(init, sizeof init, "N(%.3g)", p->init_std);

@@ -19,6 +19,7 @@
 
 #include "core/dtype.h"
 #include "core/rng.h"
+#include "core/tensor.h"
 #include "tests/test.h"
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -511,7 +512,29 @@ static void test_normal_fill(void) {
 
 /* ---------------------------------------------------------------------------------------------- */
 
+/* ---------------------------------------------------------------------------------------------- */
+/* shapes                                                                                           */
+
+static void test_shapes(void) {
+    struct loom_shape a = loom_shape_2d(2048, 6144), b = loom_shape_1d(2048);
+    struct loom_shape c = {.ndim = 4, .dims = {2, 3, 5, 7}};
+    test_result(loom_shape_numel(&a) == 2048LL * 6144, "tensor.numel.2d", "got %lld", (long long)loom_shape_numel(&a));
+    test_result(loom_shape_numel(&c) == 210, "tensor.numel.4d", "got %lld", (long long)loom_shape_numel(&c));
+    test_result(!loom_shape_equal(&a, &b) && loom_shape_equal(&a, &a), "tensor.equal", "equality is wrong");
+    char buf[64];
+    int len = loom_shape_format(&a, buf, sizeof buf);
+    test_result(strcmp(buf, "[2048, 6144]") == 0 && len == 12, "tensor.format.2d", "got \"%s\" (%d)", buf, len);
+    loom_shape_format(&b, buf, sizeof buf);
+    test_result(strcmp(buf, "[2048]") == 0, "tensor.format.1d", "got \"%s\"", buf);
+    char small[6];
+    len = loom_shape_format(&c, small, sizeof small);
+    test_result(len == 12 && strcmp(small, "[2, 3") == 0, "tensor.format.truncated", "got \"%s\" (%d)", small, len);
+    struct loom_tensor t = {.data = NULL, .dtype = LOOM_BF16, .shape = c};
+    test_result(loom_tensor_bytes(&t) == 420, "tensor.bytes.bf16", "got %zu", loom_tensor_bytes(&t));
+}
+
 int main(void) {
+    test_shapes();
     test_bf16_edges();
     test_bf16_decode_all();
     test_bf16_random();
