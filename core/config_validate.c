@@ -5,6 +5,7 @@
 #include "core/config.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "core/error.h"
@@ -24,7 +25,25 @@ static void require_range(const char *key, double v, double lo, double hi, int l
         loom_input_error(key, NULL, "%.6g is outside %c%g, %g%c", v, lo_open ? '(' : '[', lo, hi, hi_open ? ')' : ']');
 }
 
+/* sizes are kept small enough that every product the run forms fits its integer type */
+enum { SIZE_LIMIT = 1 << 24 };
+
+static void require_size(const char *key, int64_t v) {
+    if (v > SIZE_LIMIT) loom_input_error(key, NULL, "%lld is larger than the supported %d", (long long)v, SIZE_LIMIT);
+}
+
 static void validate_model(const struct loom_model_config *m) {
+    require_size("model.hidden_size", m->hidden_size);
+    require_size("model.num_layers", m->num_layers);
+    require_size("model.num_heads", m->num_heads);
+    require_size("model.num_kv_heads", m->num_kv_heads);
+    require_size("model.head_dim", m->head_dim);
+    require_size("model.v_head_dim", m->v_head_dim);
+    require_size("model.q_lora_rank", m->q_lora_rank);
+    require_size("model.kv_lora_rank", m->kv_lora_rank);
+    require_size("model.qk_nope_head_dim", m->qk_nope_head_dim);
+    require_size("model.qk_rope_head_dim", m->qk_rope_head_dim);
+    require_size("model.intermediate_size", m->intermediate_size);
     require_positive("model.vocab_size", m->vocab_size);
     require_positive("model.hidden_size", m->hidden_size);
     require_positive("model.num_layers", m->num_layers);
@@ -77,6 +96,15 @@ static void validate_train(const struct loom_train_config *t) {
     require_positive("train.global_batch", t->global_batch);
     require_nonneg("train.seed", t->seed);
     require_nonneg("train.threads", t->threads);
+    require_size("train.seq_len", t->seq_len);
+    require_size("train.micro_batch", t->micro_batch);
+    if (t->micro_batch * t->seq_len > INT32_MAX)
+        loom_input_error("train.micro_batch", "use a smaller micro-batch and more accumulation",
+                         "%lld sequences of %lld tokens exceed %d tokens per micro-batch", (long long)t->micro_batch,
+                         (long long)t->seq_len, INT32_MAX);
+    if (t->global_batch > INT64_MAX / t->seq_len / t->steps)
+        loom_input_error("train.steps", NULL, "%lld steps of %lld x %lld tokens overflow the token counter",
+                         (long long)t->steps, (long long)t->global_batch, (long long)t->seq_len);
     if (t->global_batch % t->micro_batch)
         loom_input_error("train.global_batch", "the global batch is a whole number of micro-batches",
                          "%lld is not a multiple of train.micro_batch %lld", (long long)t->global_batch,

@@ -19,7 +19,7 @@ static void print_bytes(const char *what, double bytes) {
 }
 
 static void print_count(const char *what, int64_t n) {
-    printf("  %-34s %'16lld  (%.3f B)\n", what, (long long)n, n / 1e9);
+    printf("  %-34s %16lld  (%.3f B)\n", what, (long long)n, n / 1e9);
 }
 
 int loom_info_main(int argc, char **argv) {
@@ -54,8 +54,8 @@ int loom_info_main(int argc, char **argv) {
     printf("  %-34s %16.4g  (6 x matmul params + causal attention at seq_len %lld)\n", "FLOPs per token",
            c.flops_per_token, (long long)cfg.train.seq_len);
     printf("  %-34s %16.4g\n", "FLOPs per step", c.flops_per_token * (double)tokens_per_step);
-    printf("  %-34s %'16lld\n", "tokens per step", (long long)tokens_per_step);
-    printf("  %-34s %'16lld\n", "tokens in the run", (long long)(tokens_per_step * cfg.train.steps));
+    printf("  %-34s %16lld\n", "tokens per step", (long long)tokens_per_step);
+    printf("  %-34s %16lld\n", "tokens in the run", (long long)(tokens_per_step * cfg.train.steps));
 
     double act = (double)loom_model_activation_floats(&cfg.model, (int)cfg.train.micro_batch,
                                                       (int)cfg.train.seq_len) * 4.0;

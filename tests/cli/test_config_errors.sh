@@ -41,7 +41,8 @@ expect_error() {
     [ "${args[0]}" = train ] && args+=("--train.run_dir=$run")
     "$LOOM" "${args[@]}" >"$tmp/out" 2>"$tmp/err"
     local rc=$?
-    local what="\`loom ${args[*]}\` exit status $rc; stdout: $(head -c 600 "$tmp/out"); stderr: $(head -c 1200 "$tmp/err")"
+    local what
+    what="\`loom ${args[*]}\` exit status $rc; stdout: $(head -c 600 "$tmp/out"); stderr: $(head -c 1200 "$tmp/err")"
     local nerr nhint nother errline
     nerr=$(grep -c '^loom: error: ' "$tmp/err")
     nhint=$(grep -c '^hint: ' "$tmp/err")
@@ -77,8 +78,11 @@ both() {
 
 printf 'include = %s\n[model]\nhiden_size = 64\n' "$ROOT/$DEBUG" >"$tmp/unknown_key.ini"
 both unknown_key_file "$tmp/unknown_key.ini" '^hint:.*model\.hidden_size' -- -c "$tmp/unknown_key.ini"
-grep -q '^loom: error: .*hiden_size' "$tmp/err" && ok config_errors/unknown_key_file/names_key ||
+if grep -q '^loom: error: .*hiden_size' "$tmp/err"; then
+    ok config_errors/unknown_key_file/names_key
+else
     fail config_errors/unknown_key_file/names_key "error line does not name hiden_size: $(cat "$tmp/err")"
+fi
 
 printf 'include = %s\n[modle]\nhidden_size = 64\n' "$ROOT/$DEBUG" >"$tmp/unknown_section.ini"
 both unknown_section_file "$tmp/unknown_section.ini" '^loom: error: .*modle.*' -- -c "$tmp/unknown_section.ini"
@@ -117,6 +121,8 @@ both anneal_needs_wsd "schedule.anneal" 'wsd' -- -c "$DEBUG" --schedule.anneal=1
 both anneal_malformed "schedule.anneal" '1K-1e-5' -- \
     -c "$DEBUG" --schedule.kind=wsd --schedule.anneal_start=1K --schedule.anneal=1K-1e-5
 both shards_without_train "data.train" '' -- -c "$MLA"
+both seq_len_too_large "train.seq_len" 'larger than the supported' -- -c "$DEBUG" --train.seq_len=4B
+both token_counter_overflow "train.steps" 'overflow' -- -c "$DEBUG" --train.global_batch=4B --train.steps=1T
 
 # ---------------------------------------------------------------------------------------------------
 # config files and commands
@@ -162,7 +168,7 @@ else
         f="$tmp/flip-$pos.tok"
         cp "$shard" "$f"
         byte=$(od -An -tu1 -j "$pos" -N1 "$f" | tr -d ' ')
-        printf "$(printf '\\%03o' $((byte ^ 64)))" | dd of="$f" bs=1 seek="$pos" conv=notrunc status=none
+        printf '%b' "$(printf '\\0%03o' $((byte ^ 64)))" | dd of="$f" bs=1 seek="$pos" conv=notrunc status=none
         if cmp -s "$f" "$shard"; then
             fail "config_errors/data_flipped_$pos" "could not flip byte $pos of $f"
             continue
@@ -177,8 +183,11 @@ else
 
     expect_error config_errors/data_vocab_too_large "$shard" 'model\.vocab_size' -- \
         train "${SH[@]}" --data.train="$shard" --model.vocab_size=200
-    grep -q '259' "$tmp/err" && ok config_errors/data_vocab_too_large/names_vocab ||
+    if grep -q '259' "$tmp/err"; then
+        ok config_errors/data_vocab_too_large/names_vocab
+    else
         fail config_errors/data_vocab_too_large/names_vocab "stderr does not name the shard vocabulary 259: $(cat "$tmp/err")"
+    fi
 fi
 
 # ---------------------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ done
 run train -c "$DEBUG" --train.run_dir="$tmp/a"
 cp "$tmp/out" "$tmp/out_a"
 rc_a=$rc
-[ "$rc_a" -eq 0 ] && ok train/debug_run || fail train/debug_run "$(show train -c "$DEBUG" --train.run_dir="$tmp/a")"
+if [ "$rc_a" -eq 0 ]; then ok train/debug_run; else fail train/debug_run "$(show train -c "$DEBUG" --train.run_dir="$tmp/a")"; fi
 run train -c "$DEBUG" --train.run_dir="$tmp/b"
 rc_b=$rc
 run train -c "$DEBUG" --train.run_dir="$tmp/c" --train.seed=43
@@ -76,17 +76,17 @@ if [ "$rc_a" -eq 0 ] && [ "$rc_b" -eq 0 ] && [ -s "$tmp/a/metrics.jsonl" ] && [ 
     if [ "$(echo "$la" | wc -l)" -eq "$steps" ] && [ "$la" = "$lb" ] && [ "$ga" = "$gb_" ]; then
         ok train/deterministic
     else
-        fail train/deterministic "two runs of $DEBUG differ; losses a: $(echo $la) b: $(echo $lb); grad norms a: $(echo $ga) b: $(echo $gb_)"
+        fail train/deterministic "two runs of $DEBUG differ; losses a: $(tr '\n' ' ' <<<"$la") b: $(tr '\n' ' ' <<<"$lb"); grad norms a: $(tr '\n' ' ' <<<"$ga") b: $(tr '\n' ' ' <<<"$gb_")"
     fi
 else
-    fail train/deterministic "runs a/b exit status $rc_a/$rc_b, metrics $(ls "$tmp/a" "$tmp/b" 2>&1 | tr '\n' ' ')"
+    fail train/deterministic "runs a/b exit status $rc_a/$rc_b; files: $(find "$tmp/a" "$tmp/b" 2>&1 | tr '\n' ' ')"
 fi
 if [ "$rc_c" -eq 0 ] && [ -s "$tmp/c/metrics.jsonl" ]; then
     lc=$(field "$tmp/c/metrics.jsonl" loss)
     if [ "$(echo "$lc" | wc -l)" -eq "$steps" ] && [ "$lc" != "$(field "$tmp/a/metrics.jsonl" loss)" ]; then
         ok train/seed_changes_losses
     else
-        fail train/seed_changes_losses "--train.seed=43 gives the losses of seed 42: $(echo $lc)"
+        fail train/seed_changes_losses "--train.seed=43 gives the losses of seed 42: $(tr '\n' ' ' <<<"$lc")"
     fi
 else
     fail train/seed_changes_losses "$(show train -c "$DEBUG" --train.run_dir="$tmp/c" --train.seed=43)"
@@ -188,8 +188,11 @@ fi
 printed=$(grep -E "$PROGRESS" "$tmp/out_a" | sed -E 's/.*\| loss ([0-9.]+) .*/\1/' | tr '\n' ' ')
 fromjson=$(python3 -c 'import json,sys; print(" ".join("%.4f" % json.loads(l)["loss"] for l in open(sys.argv[1])), end=" ")' \
     "$tmp/a/metrics.jsonl" 2>/dev/null)
-[ -n "$printed" ] && [ "$printed" = "$fromjson" ] && ok train/progress_matches_metrics ||
+if [ -n "$printed" ] && [ "$printed" = "$fromjson" ]; then
+    ok train/progress_matches_metrics
+else
     fail train/progress_matches_metrics "printed losses '$printed', metrics.jsonl losses '$fromjson'"
+fi
 
 # ---------------------------------------------------------------------------------------------------
 # the tiny MHA model trains too
@@ -238,8 +241,11 @@ EOF
         ok*) ok train/loss_falls ;;
         *) fail train/loss_falls "$verdict" ;;
         esac
-        [ "$(grep -cE "$PROGRESS" "$tmp/out")" -eq 4 ] && ok train/progress_every ||
+        if [ "$(grep -cE "$PROGRESS" "$tmp/out")" -eq 4 ]; then
+            ok train/progress_every
+        else
             fail train/progress_every "log.every=20 over 60 steps: want 4 progress lines (1, 20, 40, 60): $(grep '^step' "$tmp/out")"
+        fi
     fi
 fi
 
