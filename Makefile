@@ -13,7 +13,7 @@ BLAS_DIR  := /usr/lib/x86_64-linux-gnu/openblas-openmp
 BLAS_INC  := /usr/include/x86_64-linux-gnu/openblas-openmp
 CFLAGS    ?= -O2 -g
 CFLAGS    += -std=c11 -D_GNU_SOURCE -fopenmp -Wall -Wextra -MMD -MP -I. -I$(BLAS_INC)
-LDLIBS    := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -linih -lzstd -lxxhash -lm
+LDLIBS    := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -linih -lzstd -lxxhash -lpcre2-8 -lcjson -lpthread -lm
 BUILD     := build
 
 LIB_SRCS  := $(wildcard core/*.c model/*.c optim/*.c data/*.c parallel/*.c checkpoints/*.c) \

@@ -9,6 +9,8 @@ packages=(
     libinih-dev                       # INI config files
     libzstd-dev                       # token shard frames
     libxxhash-dev                     # shard checksums
+    libpcre2-dev                      # Unicode classes for BPE pre-tokenization
+    libcjson-dev                      # tokenizer.json, JSONL input
     bible-kjv                         # public-domain English text for `make demo`
 )
 

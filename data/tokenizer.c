@@ -1,0 +1,74 @@
+/*
+ * data/tokenizer.c — the tokenizer handle (see tokenizer.h): the built-in byte tokenizer here.
+ */
+#include "data/tokenizer.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "data/bytetok.h"
+
+struct loom_tokenizer {
+    int bytes; /* the built-in byte tokenizer */
+};
+
+void loom_ids_push(struct loom_ids *v, int32_t id) {
+    if (v->n == v->cap) {
+        v->cap = v->cap ? 2 * v->cap : 1024;
+        v->ids = realloc(v->ids, sizeof(int32_t) * v->cap);
+        CHECK(v->ids != NULL, "out of memory growing an id buffer to %zu", v->cap);
+    }
+    v->ids[v->n++] = id;
+}
+
+void loom_ids_free(struct loom_ids *v) {
+    free(v->ids);
+    memset(v, 0, sizeof *v);
+}
+
+struct loom_tokenizer *loom_tokenizer_load(const char *name_or_path) {
+    if (strcmp(name_or_path, "bytes") != 0)
+        loom_input_error(name_or_path, "the built-in tokenizer is `bytes`", "unknown tokenizer");
+    struct loom_tokenizer *t = calloc_check(1, sizeof *t);
+    t->bytes = 1;
+    return t;
+}
+
+void loom_tokenizer_free(struct loom_tokenizer *t) { free(t); }
+
+uint32_t loom_tokenizer_vocab_size(const struct loom_tokenizer *t) {
+    (void)t;
+    return LOOM_BYTES_VOCAB;
+}
+
+uint64_t loom_tokenizer_hash(const struct loom_tokenizer *t) {
+    (void)t;
+    return loom_bytetok_hash();
+}
+
+int32_t loom_tokenizer_special(const struct loom_tokenizer *t, const char *text) {
+    (void)t;
+    if (strcmp(text, "<|bos|>") == 0) return LOOM_BYTES_BOS;
+    if (strcmp(text, "<|eos|>") == 0) return LOOM_BYTES_EOS;
+    if (strcmp(text, "<|pad|>") == 0) return LOOM_BYTES_PAD;
+    return -1;
+}
+
+int32_t loom_tokenizer_bos(const struct loom_tokenizer *t) { return loom_tokenizer_special(t, "<|bos|>"); }
+int32_t loom_tokenizer_eos(const struct loom_tokenizer *t) { return loom_tokenizer_special(t, "<|eos|>"); }
+int32_t loom_tokenizer_pad(const struct loom_tokenizer *t) { return loom_tokenizer_special(t, "<|pad|>"); }
+
+void loom_tokenizer_encode(const struct loom_tokenizer *t, const char *text, size_t len, struct loom_ids *out) {
+    (void)t;
+    for (size_t i = 0; i < len; i++) loom_ids_push(out, (unsigned char)text[i]);
+}
+
+char *loom_tokenizer_decode(const struct loom_tokenizer *t, const int32_t *ids, size_t n, size_t *len) {
+    (void)t;
+    unsigned char *out = malloc_check(LOOM_BYTES_DECODE_MAX * n + 1);
+    size_t m = loom_bytetok_decode(ids, n, out);
+    out[m] = 0;
+    if (len) *len = m;
+    return (char *)out;
+}
