@@ -58,9 +58,8 @@ static void str_append(char *buf, size_t cap, const char *fmt, ...) {
     va_end(ap);
 }
 
-static void *key_field(const struct loom_key *k, const struct loom_config *cfg) {
-    return (char *)cfg + k->offset;
-}
+/* base: the config for a plain key, the section's element for a named one */
+static void *key_field(const struct loom_key *k, const void *base) { return (char *)base + k->offset; }
 
 /* Optimal string alignment distance (Levenshtein plus adjacent transpositions), so that the typo
  * "modle" is one edit from "model". Strings longer than 127 characters count as far from all. */
@@ -99,32 +98,79 @@ static int close_enough(int distance, const char *typed) {
 /* ---------------------------------------------------------------------------------------------- */
 /* the key table                                                                                    */
 
+/* The named-section kind of "source.web" (and of the bare prefix "source"), or NULL; *inst is set to
+ * the instance name ("web", or "" for the bare prefix). */
+static const struct loom_named_section *named_split(const char *section, const char **inst) {
+    const char *dot = strchr(section, '.');
+    size_t n = dot ? (size_t)(dot - section) : strlen(section);
+    for (size_t i = 0; i < loom_config_nnamed; i++) {
+        const struct loom_named_section *ns = &loom_config_named[i];
+        if (strlen(ns->prefix) == n && strncmp(ns->prefix, section, n) == 0) {
+            *inst = dot ? dot + 1 : "";
+            return ns;
+        }
+    }
+    return NULL;
+}
+
+static int instance_name_ok(const char *inst) {
+    if (!inst[0] || strlen(inst) >= LOOM_SECTION_NAME_MAX) return 0;
+    for (const char *c = inst; *c; c++)
+        if (!isalnum((unsigned char)*c) && *c != '_' && *c != '-') return 0;
+    return 1;
+}
+
 static const struct loom_key *key_find(const char *section, const char *name) {
+    const char *inst;
+    const struct loom_named_section *ns = named_split(section, &inst);
+    const char *want = ns ? ns->prefix : section;
     for (size_t i = 0; i < loom_config_nkeys; i++) {
         const struct loom_key *k = &loom_config_keys[i];
-        if (strcmp(k->section, section) == 0 && strcmp(k->name, name) == 0) return k;
+        if (k->named == (ns != NULL) && strcmp(k->section, want) == 0 && strcmp(k->name, name) == 0) return k;
     }
     return NULL;
 }
 
 static int section_known(const char *section) {
+    const char *inst;
+    if (named_split(section, &inst)) return instance_name_ok(inst);
     for (size_t i = 0; i < loom_config_nkeys; i++)
-        if (strcmp(loom_config_keys[i].section, section) == 0) return 1;
+        if (!loom_config_keys[i].named && strcmp(loom_config_keys[i].section, section) == 0) return 1;
     return 0;
 }
 
+/* Instance `inst` of a named section: found, or (when create) made with every key's default. */
+static void *instance_get(struct loom_config *cfg, const struct loom_named_section *ns, const char *inst,
+                          const char *where);
+
 /* The known section nearest to `section`, or NULL when none is close. */
 static const char *section_nearest(const char *section) {
+    static char suggestion[256];
+    const char *dot = strchr(section, '.');
     const char *best = NULL;
     int best_d = INT_MAX;
     for (size_t i = 0; i < loom_config_nkeys; i++) {
-        int d = edit_distance(section, loom_config_keys[i].section);
+        const struct loom_key *k = &loom_config_keys[i];
+        int d;
+        if (k->named && dot) {
+            char head[128];
+            snprintf(head, sizeof head, "%.*s", (int)(dot - section), section);
+            d = edit_distance(head, k->section);
+        } else {
+            d = edit_distance(section, k->section) + (k->named ? 1 : 0);
+        }
         if (d < best_d) {
             best_d = d;
-            best = loom_config_keys[i].section;
+            best = k->section;
         }
     }
-    return best && close_enough(best_d, section) ? best : NULL;
+    if (!best || !close_enough(best_d, section)) return NULL;
+    const char *inst;
+    if (named_split(best, &inst)) {
+        snprintf(suggestion, sizeof suggestion, "%s.%s", best, dot ? dot + 1 : "NAME");
+        return suggestion;
+    }
+    return best;
 }
 
 /* The key nearest to section.name: by the whole dotted name, or by the bare name at one extra edit
@@ -148,19 +194,26 @@ static const struct loom_key *key_nearest(const char *section, const char *name)
     return best && close_enough(best_d, name) ? best : NULL;
 }
 
-/* "model, train, ..." in table order. */
+/* "model, train, ..., source.NAME, ..." in table order. */
 static void sections_list(char *buf, size_t cap) {
     const char *last = NULL;
     for (size_t i = 0; i < loom_config_nkeys; i++) {
-        const char *s = loom_config_keys[i].section;
-        if (last && strcmp(last, s) == 0) continue;
-        str_append(buf, cap, "%s%s", last ? ", " : "", s);
-        last = s;
+        const struct loom_key *k = &loom_config_keys[i];
+        if (last && strcmp(last, k->section) == 0) continue;
+        str_append(buf, cap, "%s%s%s", last ? ", " : "", k->section, k->named ? ".NAME" : "");
+        last = k->section;
     }
 }
 
 _Noreturn static void key_unknown(const char *section, const char *name, const char *where) {
     char hint[HINT_MAX] = "";
+    const char *inst;
+    const struct loom_named_section *ns = named_split(section, &inst);
+    if (ns && !instance_name_ok(inst)) {
+        str_append(hint, sizeof hint, "name it [%s.NAME], NAME of letters, digits, _ and - (at most %d)", ns->prefix,
+                   LOOM_SECTION_NAME_MAX - 1);
+        loom_input_error(where, hint, "[%s] needs a name", section);
+    }
     if (!section_known(section)) {
         const char *near = section_nearest(section);
         if (near) {
@@ -176,10 +229,11 @@ _Noreturn static void key_unknown(const char *section, const char *name, const c
         str_append(hint, sizeof hint, "did you mean %s.%s?", near->section, near->name);
     } else {
         str_append(hint, sizeof hint, "the keys of [%s] are", section);
+        const char *want = ns ? ns->prefix : section;
         int first = 1;
         for (size_t i = 0; i < loom_config_nkeys; i++) {
             const struct loom_key *k = &loom_config_keys[i];
-            if (strcmp(k->section, section) != 0) continue;
+            if (k->named != (ns != NULL) || strcmp(k->section, want) != 0) continue;
             str_append(hint, sizeof hint, "%s %s", first ? "" : ",", k->name);
             first = 0;
         }
@@ -317,9 +371,8 @@ static int string_check(const struct loom_key *k, const char *text, char *why, s
 }
 
 /* Store the value of `text` in cfg. 0 on success; else -1, with what was expected written to why. */
-static int value_parse(const struct loom_key *k, const char *text, struct loom_config *cfg, char *why,
-                       size_t cap) {
-    void *field = key_field(k, cfg);
+static int value_parse(const struct loom_key *k, const char *text, void *base, char *why, size_t cap) {
+    void *field = key_field(k, base);
     switch (k->type) {
     case LOOM_KEY_INT: {
         int64_t v;
@@ -378,28 +431,69 @@ void loom_config_init(struct loom_config *cfg) {
     memset(cfg, 0, sizeof *cfg);
     for (size_t i = 0; i < loom_config_nkeys; i++) {
         const struct loom_key *k = &loom_config_keys[i];
+        if (k->named) continue;
         char why[256];
         CHECK(value_parse(k, k->def, cfg, why, sizeof why) == 0, "default of %s.%s = \"%s\" does not parse: %s",
               k->section, k->name, k->def, why);
     }
 }
 
-void loom_config_free(struct loom_config *cfg) {
+static char *instance_at(const struct loom_config *cfg, const struct loom_named_section *ns, int i) {
+    return (char *)cfg + ns->array_offset + (size_t)i * ns->elem_size;
+}
+
+static int *instance_count(const struct loom_config *cfg, const struct loom_named_section *ns) {
+    return (int *)((char *)cfg + ns->count_offset);
+}
+
+static void *instance_get(struct loom_config *cfg, const struct loom_named_section *ns, const char *inst,
+                          const char *where) {
+    int *count = instance_count(cfg, ns);
+    for (int i = 0; i < *count; i++)
+        if (strcmp(instance_at(cfg, ns, i), inst) == 0) return instance_at(cfg, ns, i);
+    if (*count == ns->max)
+        loom_input_error(where, NULL, "more than %d [%s.NAME] sections", ns->max, ns->prefix);
+    char *elem = instance_at(cfg, ns, (*count)++);
+    memset(elem, 0, ns->elem_size);
+    snprintf(elem, LOOM_SECTION_NAME_MAX, "%s", inst);
     for (size_t i = 0; i < loom_config_nkeys; i++) {
         const struct loom_key *k = &loom_config_keys[i];
-        if (k->type != LOOM_KEY_STRING) continue;
-        char **s = key_field(k, cfg);
+        if (!k->named || strcmp(k->section, ns->prefix) != 0) continue;
+        char why[256];
+        CHECK(value_parse(k, k->def, elem, why, sizeof why) == 0, "default of %s.%s = \"%s\" does not parse: %s",
+              k->section, k->name, k->def, why);
+    }
+    return elem;
+}
+
+static void strings_free(void *base, int named, const char *section) {
+    for (size_t i = 0; i < loom_config_nkeys; i++) {
+        const struct loom_key *k = &loom_config_keys[i];
+        if (k->type != LOOM_KEY_STRING || k->named != named || (section && strcmp(k->section, section) != 0)) continue;
+        char **s = key_field(k, base);
         free(*s);
         *s = NULL;
+    }
+}
+
+void loom_config_free(struct loom_config *cfg) {
+    strings_free(cfg, 0, NULL);
+    for (size_t n = 0; n < loom_config_nnamed; n++) {
+        const struct loom_named_section *ns = &loom_config_named[n];
+        for (int i = 0; i < *instance_count(cfg, ns); i++) strings_free(instance_at(cfg, ns, i), 1, ns->prefix);
+        *instance_count(cfg, ns) = 0;
     }
 }
 
 void loom_config_set(struct loom_config *cfg, const char *section, const char *name, const char *value,
                      const char *where) {
     const struct loom_key *k = key_find(section, name);
-    if (!k) key_unknown(section, name, where);
+    if (!k || !section_known(section)) key_unknown(section, name, where);
+    const char *inst;
+    const struct loom_named_section *ns = named_split(section, &inst);
+    void *base = ns ? instance_get(cfg, ns, inst, where) : cfg;
     char why[256];
-    if (value_parse(k, value, cfg, why, sizeof why) == 0) return;
+    if (value_parse(k, value, base, why, sizeof why) == 0) return;
     char hint[HINT_MAX] = "";
     str_append(hint, sizeof hint, "%s.%s: %s", k->section, k->name, k->meaning);
     loom_input_error(where, hint, "[%s] %s = %s: %s", section, name, value, why);
@@ -637,38 +731,64 @@ static const char *choice_find(const char *choices, int v, size_t *len) {
     return c;
 }
 
+static void write_key(FILE *f, const struct loom_key *k, const void *base) {
+    if (k->type == LOOM_KEY_ENUM) fprintf(f, "# %s (%s)\n", k->meaning, k->choices);
+    else fprintf(f, "# %s\n", k->meaning);
+    const void *field = key_field(k, base);
+    const char *string = k->type == LOOM_KEY_STRING ? *(char *const *)field : NULL;
+    fprintf(f, string && !string[0] ? "%s =" : "%s = ", k->name);
+    char buf[64];
+    switch (k->type) {
+    case LOOM_KEY_INT: fprintf(f, "%" PRId64, *(const int64_t *)field); break;
+    case LOOM_KEY_FLOAT:
+        float_format(buf, sizeof buf, *(const double *)field);
+        fputs(buf, f);
+        break;
+    case LOOM_KEY_BOOL: fputs(*(const int *)field ? "true" : "false", f); break;
+    case LOOM_KEY_ENUM: {
+        size_t len = 0;
+        const char *c = choice_find(k->choices, *(const int *)field, &len);
+        CHECK(c != NULL, "%s.%s holds %d, not an index into %s", k->section, k->name, *(const int *)field,
+              k->choices);
+        fprintf(f, "%.*s", (int)len, c);
+        break;
+    }
+    case LOOM_KEY_STRING: fputs(string ? string : "", f); break;
+    }
+    fputc('\n', f);
+}
+
+/* Every instance of a named section, each with all of its keys. */
+static void write_named(FILE *f, const struct loom_config *cfg, const char *prefix) {
+    const char *inst;
+    const struct loom_named_section *ns = named_split(prefix, &inst);
+    for (int i = 0; i < *instance_count(cfg, ns); i++) {
+        const char *elem = instance_at(cfg, ns, i);
+        fprintf(f, "\n[%s.%s]\n", prefix, elem);
+        for (size_t j = 0; j < loom_config_nkeys; j++) {
+            const struct loom_key *k = &loom_config_keys[j];
+            if (k->named && strcmp(k->section, prefix) == 0) write_key(f, k, elem);
+        }
+    }
+}
+
 void loom_config_write(FILE *f, const struct loom_config *cfg) {
     const char *section = NULL;
+    int first = 1;
     for (size_t i = 0; i < loom_config_nkeys; i++) {
         const struct loom_key *k = &loom_config_keys[i];
-        if (!section || strcmp(section, k->section) != 0) {
-            fprintf(f, "%s[%s]\n", section ? "\n" : "", k->section);
-            section = k->section;
+        if (section && strcmp(section, k->section) == 0) {
+            if (!k->named) write_key(f, k, cfg);
+            continue;
         }
-        if (k->type == LOOM_KEY_ENUM) fprintf(f, "# %s (%s)\n", k->meaning, k->choices);
-        else fprintf(f, "# %s\n", k->meaning);
-        const void *field = key_field(k, cfg);
-        const char *string = k->type == LOOM_KEY_STRING ? *(char *const *)field : NULL;
-        fprintf(f, string && !string[0] ? "%s =" : "%s = ", k->name);
-        char buf[64];
-        switch (k->type) {
-        case LOOM_KEY_INT: fprintf(f, "%" PRId64, *(const int64_t *)field); break;
-        case LOOM_KEY_FLOAT:
-            float_format(buf, sizeof buf, *(const double *)field);
-            fputs(buf, f);
-            break;
-        case LOOM_KEY_BOOL: fputs(*(const int *)field ? "true" : "false", f); break;
-        case LOOM_KEY_ENUM: {
-            size_t len = 0;
-            const char *c = choice_find(k->choices, *(const int *)field, &len);
-            CHECK(c != NULL, "%s.%s holds %d, not an index into %s", k->section, k->name, *(const int *)field,
-                  k->choices);
-            fprintf(f, "%.*s", (int)len, c);
-            break;
+        section = k->section;
+        if (k->named) {
+            write_named(f, cfg, k->section);
+            continue;
         }
-        case LOOM_KEY_STRING: fputs(string ? string : "", f); break;
-        }
-        fputc('\n', f);
+        fprintf(f, "%s[%s]\n", first ? "" : "\n", k->section);
+        first = 0;
+        write_key(f, k, cfg);
     }
 }
 

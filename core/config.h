@@ -27,6 +27,9 @@ enum loom_schedule_kind {                                                      /
     LOOM_SCHEDULE_CONSTANT, LOOM_SCHEDULE_COSINE, LOOM_SCHEDULE_LINEAR, LOOM_SCHEDULE_WSD
 };
 enum loom_data_kind { LOOM_DATA_SHARDS, LOOM_DATA_RANDOM };                    /* "shards|random" */
+enum loom_loss_mask { LOOM_LOSS_MASK_ALL, LOOM_LOSS_MASK_ASSISTANT };          /* "all|assistant" */
+
+enum { LOOM_MAX_SOURCES = 32, LOOM_MAX_PHASES = 16, LOOM_SECTION_NAME_MAX = 48 };
 
 /* ---------------------------------------------------------------------------------------------- */
 
@@ -53,6 +56,35 @@ struct loom_model_config {
     double embed_init_std;         /* 0 = init_std */
 };
 
+/* [source.NAME]: one stream of training data */
+struct loom_source_config {
+    char name[LOOM_SECTION_NAME_MAX]; /* first: the instance name of a named section */
+    char *shards;                  /* comma-separated shard files, folders of *.tok, or globs */
+    char *heldout;                 /* held-out shards for [eval], same forms */
+    int loss_mask;                 /* enum loom_loss_mask: which tokens count in the loss */
+    int64_t tokens;                /* size declared for `loom data plan` without the shards; 0 = count them */
+};
+
+/* [phase.NAME]: one stage of the curriculum, ending at `until` tokens */
+struct loom_phase_config {
+    char name[LOOM_SECTION_NAME_MAX];
+    int64_t until;                 /* the phase ends once this many tokens are consumed (last: run end) */
+    char *weights;                 /* "source:weight, ..." (normalised; unnamed sources weigh 0) */
+    int64_t ramp;                  /* blend linearly from the previous phase over this many tokens; 0 = step */
+    int64_t seq_len;               /* 0 = train.seq_len */
+    double rope_theta;             /* 0 = model.rope_theta */
+};
+
+struct loom_curriculum_config {
+    char *phases;                  /* phase names in order; empty = one phase over every source */
+    double max_epochs;             /* `loom data plan` warns above this many passes over a source */
+};
+
+struct loom_eval_config {
+    int64_t every;                 /* held-out loss per source every N steps; 0 = off */
+    int64_t batches;               /* micro-batches per source per evaluation */
+};
+
 struct loom_train_config {
     int64_t steps;
     int64_t seed;
@@ -61,6 +93,7 @@ struct loom_train_config {
     int64_t global_batch;          /* sequences per optimizer step */
     char *run_dir;
     int64_t threads;               /* OpenMP threads; 0 = all cores */
+    char *batch_schedule;          /* "TOKENS:SEQUENCES, ...": global batch from that token count on */
 };
 
 struct loom_optim_config {
@@ -98,6 +131,12 @@ struct loom_config {
     struct loom_schedule_config schedule;
     struct loom_data_config data;
     struct loom_log_config log;
+    struct loom_curriculum_config curriculum;
+    struct loom_eval_config eval;
+    int nsources;
+    struct loom_source_config sources[LOOM_MAX_SOURCES];
+    int nphases;
+    struct loom_phase_config phases[LOOM_MAX_PHASES];
 };
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -106,17 +145,27 @@ struct loom_config {
 enum loom_key_type { LOOM_KEY_INT, LOOM_KEY_FLOAT, LOOM_KEY_BOOL, LOOM_KEY_STRING, LOOM_KEY_ENUM };
 
 struct loom_key {
-    const char *section;
+    const char *section;           /* for a named section ([source.NAME]) the prefix, "source" */
     const char *name;
     enum loom_key_type type;
     size_t offset;                 /* into struct loom_config */
     const char *def;               /* default, as it would be written in a file */
     const char *choices;           /* LOOM_KEY_ENUM: "a|b|c" in enum order; else NULL */
     const char *meaning;
+    int named;                     /* the key of a named section: offset is into its element struct */
 };
 
 extern const struct loom_key loom_config_keys[];
 extern const size_t loom_config_nkeys;
+
+/* Named sections: [PREFIX.NAME] instances live in an array of struct loom_config, in file order. */
+struct loom_named_section {
+    const char *prefix;
+    size_t array_offset, count_offset, elem_size;
+    int max;
+};
+extern const struct loom_named_section loom_config_named[];
+extern const size_t loom_config_nnamed;
 
 /* ---------------------------------------------------------------------------------------------- */
 

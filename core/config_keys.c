@@ -7,7 +7,9 @@
 #include <stddef.h>
 
 #define K(sec, field, type, def, choices, meaning) \
-    { #sec, #field, LOOM_KEY_##type, offsetof(struct loom_config, sec.field), def, choices, meaning }
+    { #sec, #field, LOOM_KEY_##type, offsetof(struct loom_config, sec.field), def, choices, meaning, 0 }
+#define NAMED(sec, elem, field, type, def, choices, meaning) \
+    { #sec, #field, LOOM_KEY_##type, offsetof(struct elem, field), def, choices, meaning, 1 }
 
 const struct loom_key loom_config_keys[] = {
     /* [model] */
@@ -41,6 +43,8 @@ const struct loom_key loom_config_keys[] = {
     K(train, global_batch, INT, "8", NULL, "sequences per optimizer step (gradient accumulation fills it)"),
     K(train, run_dir, STRING, "runs/default", NULL, "run folder: resolved config, metrics.jsonl"),
     K(train, threads, INT, "0", NULL, "CPU threads; 0 = every core"),
+    K(train, batch_schedule, STRING, "", NULL,
+      "global batch ramp \"TOKENS:SEQUENCES, ...\": from TOKENS consumed on, SEQUENCES per step"),
 
     /* [optim] */
     K(optim, beta1, FLOAT, "0.9", NULL, "AdamW beta1"),
@@ -63,7 +67,30 @@ const struct loom_key loom_config_keys[] = {
 
     /* [data] */
     K(data, kind, ENUM, "shards", "shards|random", "training tokens: shard files, or uniform random ids (benchmarks)"),
-    K(data, train, STRING, "", NULL, "comma-separated shard files (*.tok) or folders of them"),
+    K(data, train, STRING, "", NULL,
+      "shorthand for one source named `train`: shard files, folders or globs (or use [source.NAME])"),
+
+    /* [source.NAME] */
+    NAMED(source, loom_source_config, shards, STRING, "", NULL, "shard files (*.tok), folders of them, or globs"),
+    NAMED(source, loom_source_config, heldout, STRING, "", NULL, "held-out shards for [eval], same forms"),
+    NAMED(source, loom_source_config, loss_mask, ENUM, "all", "all|assistant",
+          "tokens in the loss: all, or only those the shard marks (assistant turns of trajectories)"),
+    NAMED(source, loom_source_config, tokens, INT, "0", NULL,
+          "size assumed by `loom data plan` when the shards are not at hand; 0 = count the shards"),
+
+    /* [curriculum] and [phase.NAME] */
+    K(curriculum, phases, STRING, "", NULL, "phase names in order; empty = one phase weighting sources by size"),
+    K(curriculum, max_epochs, FLOAT, "4", NULL, "`loom data plan` warns when a source repeats more often"),
+    NAMED(phase, loom_phase_config, until, INT, "0", NULL, "tokens consumed when the phase ends (0 = end of run)"),
+    NAMED(phase, loom_phase_config, weights, STRING, "", NULL, "mixture \"source:weight, ...\" (normalised)"),
+    NAMED(phase, loom_phase_config, ramp, INT, "0", NULL,
+          "blend linearly from the previous phase's mixture over this many tokens; 0 = switch at once"),
+    NAMED(phase, loom_phase_config, seq_len, INT, "0", NULL, "sequence length in this phase; 0 = train.seq_len"),
+    NAMED(phase, loom_phase_config, rope_theta, FLOAT, "0", NULL, "RoPE base in this phase; 0 = model.rope_theta"),
+
+    /* [eval] */
+    K(eval, every, INT, "0", NULL, "held-out loss per source every N steps; 0 = never"),
+    K(eval, batches, INT, "4", NULL, "micro-batches per source in each evaluation"),
 
     /* [log] */
     K(log, every, INT, "10", NULL, "print the progress line every N steps"),
@@ -71,3 +98,13 @@ const struct loom_key loom_config_keys[] = {
 };
 
 const size_t loom_config_nkeys = sizeof loom_config_keys / sizeof loom_config_keys[0];
+
+#define NAMED_SECTION(prefix, array, count, elem, max) \
+    { prefix, offsetof(struct loom_config, array), offsetof(struct loom_config, count), sizeof(struct elem), max }
+
+const struct loom_named_section loom_config_named[] = {
+    NAMED_SECTION("source", sources, nsources, loom_source_config, LOOM_MAX_SOURCES),
+    NAMED_SECTION("phase", phases, nphases, loom_phase_config, LOOM_MAX_PHASES),
+};
+
+const size_t loom_config_nnamed = sizeof loom_config_named / sizeof loom_config_named[0];

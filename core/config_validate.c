@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "data/curriculum.h"
 #include "optim/schedule.h"
 
 static void require_positive(const char *key, int64_t v) {
@@ -146,9 +147,16 @@ void loom_config_validate(const struct loom_config *cfg) {
     validate_train(&cfg->train);
     validate_optim(&cfg->optim);
     validate_schedule(&cfg->schedule);
-    if (cfg->data.kind == LOOM_DATA_SHARDS && (!cfg->data.train || !cfg->data.train[0]))
-        loom_input_error("data.train", "make shards with `loom data prep` and set data.train = FOLDER (or data.kind = random)",
+    if (cfg->data.kind == LOOM_DATA_SHARDS && (!cfg->data.train || !cfg->data.train[0]) && cfg->nsources == 0)
+        loom_input_error("data.train",
+                         "make shards with `loom data prep`, then set data.train = FOLDER or add [source.NAME] sections "
+                         "(or data.kind = random)",
                          "no training shards given");
     require_positive("log.every", cfg->log.every);
+    require_nonneg("eval.every", cfg->eval.every);
+    require_positive("eval.batches", cfg->eval.batches);
+    require_range("curriculum.max_epochs", cfg->curriculum.max_epochs, 0, INFINITY, 1, 1);
+    struct loom_curriculum c;
+    loom_curriculum_build(&c, cfg, NULL);
     require_range("log.peak_tflops", cfg->log.peak_tflops, 0, INFINITY, 0, 1);
 }

@@ -1,12 +1,21 @@
 /*
- * data/prep.h — `loom data prep`: tokenize text files into token shards.
+ * data/prep.h — `loom data prep`: tokenize text and JSONL files into token shards.
  *
- *   loom data prep --tokenizer bytes --source NAME --in FILE [FILE ...] --out DIR
+ *   loom data prep --tokenizer bytes|TOKENIZER.json --source NAME --in FILE [FILE ...] --out DIR
  *                  [--shard-tokens N] [--frame-tokens N]
  *
- * Each input file is one document followed by <|eos|>. Shards are DIR/NAME-00000.tok, NAME-00001.tok, ...,
- * each holding --shard-tokens tokens (default 100M) but the last. Existing shards of NAME in DIR are never
- * overwritten.
+ * A file whose name ends in `.jsonl` holds one JSON object per line (blank lines are skipped):
+ *
+ *   {"text": "..."}      one document; every token counts in the loss
+ *   {"segments": [{"role": "system|user|assistant|tool", "text": "..."}, ...]}
+ *                        one trajectory: each segment's text is tokenized on its own and the pieces are
+ *                        joined in order; only the assistant's tokens count in the loss, and the closing
+ *                        <|eos|> counts when the last segment is the assistant's (ending there is a target)
+ *
+ * Any other file is plain text, one document. Every document ends with <|eos|>. The shards carry a
+ * per-token loss mask exactly when some input record has `segments`; in such shards the tokens of text
+ * records and plain files all count. Shards are DIR/NAME-00000.tok, NAME-00001.tok, ..., each holding
+ * --shard-tokens tokens (default 100M) but the last. Existing shards of NAME in DIR are never overwritten.
  */
 #ifndef LOOM_DATA_PREP_H
 #define LOOM_DATA_PREP_H

@@ -2,9 +2,11 @@
  * data/shard.c — token shard writer and validating reader (the format is in shard.h).
  *
  * The writer compresses each full frame as soon as it fills, so it holds one frame of tokens plus the
- * two indexes. The header is only known at close, so close writes it over a placeholder and then reads
- * the file back once to checksum it. The reader maps the file, validates everything (decompressing
- * every frame once), and afterwards keeps one decompressed frame as a cache.
+ * indexes. Mask frames go after all token frames in the file, so a masked writer keeps them compressed
+ * in memory and writes them at close. The header is only known at close, so close writes it over a
+ * placeholder and then reads the file back once to checksum it. The reader maps the file, validates
+ * everything (decompressing every frame once), and afterwards keeps one decompressed token frame and
+ * one decompressed mask frame as caches.
  */
 #define _XOPEN_SOURCE 700
 
@@ -105,6 +107,12 @@ struct loom_shard_writer {
     uint64_t *docs;            /* [doc_count] first token of each document */
     size_t docs_cap;
     int doc_pending;           /* the next token starts a new document */
+    /* loss mask; mask_bits is NULL in a shard without one */
+    unsigned char *mask_bits;  /* [ceil(frame_tokens / 8)] mask bits of the frame being filled */
+    unsigned char *mask_z;     /* [mask_z_len] the compressed mask frames so far, back to back */
+    size_t mask_z_len, mask_z_cap;
+    uint64_t *mask_frames;     /* [frame_count * 2] offset within mask_z, compressed size */
+    size_t mask_frames_cap;
 };
 
 static void *grow(void *p, size_t *cap, size_t need, size_t elem) {
@@ -152,8 +160,8 @@ static void pread_all(int fd, void *buf, size_t n, uint64_t off, const char *pat
     }
 }
 
-struct loom_shard_writer *loom_shard_writer_open(const char *path, uint32_t vocab_size,
-                                                 uint64_t tokenizer_hash, uint32_t frame_tokens) {
+static struct loom_shard_writer *writer_open(const char *path, uint32_t vocab_size, uint64_t tokenizer_hash,
+                                             uint32_t frame_tokens, uint32_t flags) {
     CHECK(vocab_size > 0 && vocab_size <= SHARD_MAX_VOCAB, "vocab size %u out of range", vocab_size);
     CHECK(frame_tokens > 0 && frame_tokens <= LOOM_SHARD_MAX_FRAME_TOKENS,
           "frame_tokens %u out of range 1..%u", frame_tokens, LOOM_SHARD_MAX_FRAME_TOKENS);
@@ -173,17 +181,44 @@ struct loom_shard_writer *loom_shard_writer_open(const char *path, uint32_t voca
     w->h.vocab_size = vocab_size;
     w->h.frame_tokens = frame_tokens;
     w->h.tokenizer_hash = tokenizer_hash;
+    w->h.flags = flags;
     size_t raw_bytes = (size_t)frame_tokens * w->h.token_bytes;
     w->raw = malloc_check(raw_bytes);
     w->zcap = ZSTD_compressBound(raw_bytes);
     w->zbuf = malloc_check(w->zcap);
     w->cctx = ZSTD_createCCtx();
     CHECK(w->cctx != NULL, "ZSTD_createCCtx failed");
+    if (flags & LOOM_SHARD_FLAG_LOSS_MASK) w->mask_bits = calloc_check((frame_tokens + 7) / 8, 1);
 
     unsigned char placeholder[LOOM_SHARD_HEADER_BYTES] = {0};
     write_all(w->fd, placeholder, sizeof placeholder, w->tmp_path);
     w->offset = LOOM_SHARD_HEADER_BYTES;
     return w;
+}
+
+struct loom_shard_writer *loom_shard_writer_open(const char *path, uint32_t vocab_size,
+                                                 uint64_t tokenizer_hash, uint32_t frame_tokens) {
+    return writer_open(path, vocab_size, tokenizer_hash, frame_tokens, 0);
+}
+
+struct loom_shard_writer *loom_shard_writer_open_masked(const char *path, uint32_t vocab_size,
+                                                        uint64_t tokenizer_hash, uint32_t frame_tokens) {
+    return writer_open(path, vocab_size, tokenizer_hash, frame_tokens, LOOM_SHARD_FLAG_LOSS_MASK);
+}
+
+/* Compress the mask bits of the frame being filled onto the end of mask_z and clear them. */
+static void writer_flush_mask(struct loom_shard_writer *w, uint64_t f) {
+    size_t nbytes = (w->raw_tokens + 7) / 8;
+    size_t bound = ZSTD_compressBound(nbytes);
+    w->mask_z = grow(w->mask_z, &w->mask_z_cap, w->mask_z_len + bound, 1);
+    size_t csize = ZSTD_compressCCtx(w->cctx, w->mask_z + w->mask_z_len, bound, w->mask_bits, nbytes,
+                                     SHARD_ZSTD_LEVEL);
+    CHECK(!ZSTD_isError(csize), "zstd compression failed: %s", ZSTD_getErrorName(csize));
+    w->mask_frames = grow(w->mask_frames, &w->mask_frames_cap, 2 * (f + 1), sizeof *w->mask_frames);
+    w->mask_frames[2 * f] = w->mask_z_len;
+    w->mask_frames[2 * f + 1] = csize;
+    w->mask_z_len += csize;
+    memset(w->mask_bits, 0, nbytes);
 }
 
 static void writer_flush_frame(struct loom_shard_writer *w) {
@@ -197,11 +232,13 @@ static void writer_flush_frame(struct loom_shard_writer *w) {
     w->frames[2 * f + 1] = csize;
     write_all(w->fd, w->zbuf, csize, w->tmp_path);
     w->offset += csize;
+    if (w->mask_bits) writer_flush_mask(w, f);
     w->h.frame_count++;
     w->raw_tokens = 0;
 }
 
-void loom_shard_writer_append(struct loom_shard_writer *w, const int32_t *tokens, size_t n) {
+/* mask NULL: every token counts in the loss. */
+static void writer_append(struct loom_shard_writer *w, const int32_t *tokens, const uint8_t *mask, size_t n) {
     uint32_t tb = w->h.token_bytes;
     for (size_t i = 0; i < n; i++) {
         int32_t id = tokens[i];
@@ -219,10 +256,25 @@ void loom_shard_writer_append(struct loom_shard_writer *w, const int32_t *tokens
         } else {
             put_u32(p, (uint32_t)id);
         }
+        if (w->mask_bits) {
+            uint8_t bit = mask ? mask[i] : 1;
+            CHECK(bit <= 1, "mask byte %u (input position %zu) is not 0 or 1", bit, i);
+            w->mask_bits[w->raw_tokens / 8] |= (unsigned char)(bit << (w->raw_tokens % 8));
+        }
         w->raw_tokens++;
         w->h.token_count++;
         if (w->raw_tokens == w->h.frame_tokens) writer_flush_frame(w);
     }
+}
+
+void loom_shard_writer_append(struct loom_shard_writer *w, const int32_t *tokens, size_t n) {
+    writer_append(w, tokens, NULL, n);
+}
+
+void loom_shard_writer_append_masked(struct loom_shard_writer *w, const int32_t *tokens, const uint8_t *mask,
+                                     size_t n) {
+    CHECK(w->mask_bits != NULL, "%s: masked append to a shard opened without a loss mask", w->path);
+    writer_append(w, tokens, mask, n);
 }
 
 void loom_shard_writer_end_document(struct loom_shard_writer *w) { w->doc_pending = 1; }
@@ -263,8 +315,15 @@ static void fsync_parent_dir(const char *path) {
 
 void loom_shard_writer_close(struct loom_shard_writer *w) {
     writer_flush_frame(w);
+    if (w->mask_bits) {
+        uint64_t mask_start = w->offset;
+        write_all(w->fd, w->mask_z, w->mask_z_len, w->tmp_path);
+        w->offset += w->mask_z_len;
+        for (uint64_t f = 0; f < w->h.frame_count; f++) w->mask_frames[2 * f] += mask_start;
+    }
     uint64_t index_offset = w->offset;
     writer_put_u64s(w, w->frames, 2 * w->h.frame_count);
+    if (w->mask_bits) writer_put_u64s(w, w->mask_frames, 2 * w->h.frame_count);
     writer_put_u64s(w, w->docs, w->h.doc_count);
 
     unsigned char header[LOOM_SHARD_HEADER_BYTES];
@@ -301,6 +360,9 @@ void loom_shard_writer_close(struct loom_shard_writer *w) {
     free(w->raw);
     free(w->frames);
     free(w->docs);
+    free(w->mask_bits);
+    free(w->mask_z);
+    free(w->mask_frames);
     free(w->tmp_path);
     free(w->path);
     free(w);
@@ -309,18 +371,23 @@ void loom_shard_writer_close(struct loom_shard_writer *w) {
 /* ---------------------------------------------------------------------------------------------- */
 /* reader                                                                                          */
 
+
 struct loom_shard {
     char *path;
     const unsigned char *map;  /* [size] the whole file, read-only */
     size_t size;
     struct shard_header h;
+    int has_mask;
     uint64_t index_offset;
     const unsigned char *frame_index;  /* [frame_count * 16] inside map */
+    const unsigned char *mask_index;   /* [frame_count * 16] inside map; NULL without a mask */
     const unsigned char *doc_index;    /* [doc_count * 8] inside map */
     ZSTD_DCtx *dctx;
     unsigned char *raw;        /* [frame_tokens * token_bytes] decompression scratch */
     int32_t *cache;            /* [frame_tokens] tokens of frame cache_frame */
     int64_t cache_frame;       /* -1 when empty */
+    uint8_t *mask_cache;       /* [frame_tokens] mask of frame mask_cache_frame, one byte per token */
+    int64_t mask_cache_frame;  /* -1 when empty */
 };
 
 static const char *const SHARD_HINT_DAMAGED =
@@ -336,13 +403,12 @@ static void shard_bad(const struct loom_shard *s, const char *hint, const char *
     loom_input_error(s->path, hint, "%s", msg);
 }
 
-static uint64_t frame_offset(const struct loom_shard *s, int64_t f) { return get_u64(s->frame_index + 16 * f); }
-static uint64_t frame_csize(const struct loom_shard *s, int64_t f) { return get_u64(s->frame_index + 16 * f + 8); }
-
 static int64_t frame_ntokens(const struct loom_shard *s, int64_t f) {
     int64_t ft = s->h.frame_tokens;
     return f < (int64_t)s->h.frame_count - 1 ? ft : (int64_t)s->h.token_count - f * ft;
 }
+
+static uint64_t mask_nbytes(int64_t ntok) { return ((uint64_t)ntok + 7) / 8; }
 
 static void shard_unpack(const struct loom_shard *s, int64_t n) {
     if (s->h.token_bytes == 2) {
@@ -350,6 +416,11 @@ static void shard_unpack(const struct loom_shard *s, int64_t n) {
     } else {
         for (int64_t i = 0; i < n; i++) s->cache[i] = (int32_t)get_u32(s->raw + 4 * i);
     }
+}
+
+/* The mask bits in raw -> one byte per token in mask_cache. */
+static void shard_unpack_mask(const struct loom_shard *s, int64_t n) {
+    for (int64_t i = 0; i < n; i++) s->mask_cache[i] = (uint8_t)((s->raw[i / 8] >> (i % 8)) & 1);
 }
 
 /* Header fields and the footer: everything that does not need a frame decompressed. */
@@ -381,10 +452,10 @@ static void shard_validate_layout(struct loom_shard *s) {
     if (h->token_bytes != want_bytes)
         shard_bad(s, SHARD_HINT_DAMAGED, "token width %u bytes does not match vocab size %u (expected %u)",
                   h->token_bytes, h->vocab_size, want_bytes);
-    if (h->flags & LOOM_SHARD_FLAG_LOSS_MASK)
-        shard_bad(s, "this build cannot read per-token loss masks; make the shard without one",
-                  "shard carries a per-token loss mask (flags bit 0), which this build does not support");
-    if (h->flags != 0) shard_bad(s, SHARD_HINT_DAMAGED, "unknown header flags 0x%x", h->flags);
+    if (h->flags & ~LOOM_SHARD_FLAG_LOSS_MASK)
+        shard_bad(s, "the shard was made by a newer build; read it with that build",
+                  "unknown header flags 0x%x", h->flags & ~LOOM_SHARD_FLAG_LOSS_MASK);
+    s->has_mask = (h->flags & LOOM_SHARD_FLAG_LOSS_MASK) != 0;
     if (h->reserved != 0) shard_bad(s, SHARD_HINT_DAMAGED, "reserved header field is %u, expected 0", h->reserved);
     if (h->frame_tokens == 0 || h->frame_tokens > LOOM_SHARD_MAX_FRAME_TOKENS)
         shard_bad(s, SHARD_HINT_DAMAGED, "frame size %u tokens out of range 1..%u", h->frame_tokens,
@@ -396,56 +467,67 @@ static void shard_validate_layout(struct loom_shard *s) {
         shard_bad(s, SHARD_HINT_DAMAGED, "token count %llu is inconsistent with %llu frames of %u tokens",
                   (unsigned long long)h->token_count, (unsigned long long)h->frame_count, h->frame_tokens);
 
-    /* frames [64, index_offset), frame index, doc index, footer: exactly the file */
+    /* frames [64, index_offset), frame index, mask index, doc index, footer: exactly the file */
     uint64_t index_offset = get_u64(s->map + s->size - LOOM_SHARD_FOOTER_BYTES);
     uint64_t end = s->size - LOOM_SHARD_FOOTER_BYTES;
+    uint64_t entry_bytes = s->has_mask ? 32 : 16;  /* index bytes per frame */
     int fits = index_offset >= LOOM_SHARD_HEADER_BYTES && index_offset <= end
-            && h->frame_count <= (end - index_offset) / 16
+            && h->frame_count <= (end - index_offset) / entry_bytes
             && h->doc_count <= (end - index_offset) / 8
-            && index_offset + 16 * h->frame_count + 8 * h->doc_count == end;
+            && index_offset + entry_bytes * h->frame_count + 8 * h->doc_count == end;
     if (!fits)
         shard_bad(s, SHARD_HINT_DAMAGED,
-                  "index offset %llu with %llu frames and %llu documents is inconsistent with the file size %zu",
+                  "index offset %llu with %llu frames%s and %llu documents is inconsistent with the file size %zu",
                   (unsigned long long)index_offset, (unsigned long long)h->frame_count,
-                  (unsigned long long)h->doc_count, s->size);
+                  s->has_mask ? " (with a loss mask)" : "", (unsigned long long)h->doc_count, s->size);
     s->index_offset = index_offset;
     s->frame_index = s->map + index_offset;
-    s->doc_index = s->frame_index + 16 * h->frame_count;
+    s->mask_index = s->has_mask ? s->frame_index + 16 * h->frame_count : NULL;
+    s->doc_index = s->frame_index + entry_bytes * h->frame_count;
 }
 
-/* Every frame: placed back to back, decompresses to exactly its size, every id below vocab_size. */
+/* Frame f of a run of frames (`kind` names it in messages) whose index entries start at `index`: it
+ * starts at *expect_offset, lies before the indexes, is one zstd frame recording exactly nbytes, and
+ * decompresses to them in s->raw. Advances *expect_offset past it. */
+static void shard_check_frame(struct loom_shard *s, const char *kind, const unsigned char *index, int64_t f,
+                              uint64_t nbytes, uint64_t *expect_offset) {
+    uint64_t off = get_u64(index + 16 * f), csize = get_u64(index + 16 * f + 8);
+    if (off != *expect_offset)
+        shard_bad(s, SHARD_HINT_DAMAGED, "%s %lld starts at offset %llu, expected %llu", kind, (long long)f,
+                  (unsigned long long)off, (unsigned long long)*expect_offset);
+    if (csize == 0 || csize > s->index_offset - off)
+        shard_bad(s, SHARD_HINT_DAMAGED, "%s %lld: compressed size %llu runs past the frames (end %llu)", kind,
+                  (long long)f, (unsigned long long)csize, (unsigned long long)s->index_offset);
+    const unsigned char *src = s->map + off;
+    unsigned long long content = ZSTD_getFrameContentSize(src, csize);
+    if (content == ZSTD_CONTENTSIZE_ERROR || content == ZSTD_CONTENTSIZE_UNKNOWN)
+        shard_bad(s, SHARD_HINT_DAMAGED, "%s %lld is not a zstd frame with a recorded size", kind, (long long)f);
+    if (content != nbytes)
+        shard_bad(s, SHARD_HINT_DAMAGED, "%s %lld holds %llu bytes, expected %llu (%lld tokens)", kind,
+                  (long long)f, content, (unsigned long long)nbytes, (long long)frame_ntokens(s, f));
+    size_t framed = ZSTD_findFrameCompressedSize(src, csize);
+    if (ZSTD_isError(framed) || framed != csize)
+        shard_bad(s, SHARD_HINT_DAMAGED, "%s %lld: the index says %llu compressed bytes, the frame has %s", kind,
+                  (long long)f, (unsigned long long)csize,
+                  ZSTD_isError(framed) ? ZSTD_getErrorName(framed) : "a different size");
+    size_t got = ZSTD_decompressDCtx(s->dctx, s->raw, nbytes, src, csize);
+    if (ZSTD_isError(got))
+        shard_bad(s, SHARD_HINT_DAMAGED, "%s %lld does not decompress: %s", kind, (long long)f,
+                  ZSTD_getErrorName(got));
+    if (got != nbytes)
+        shard_bad(s, SHARD_HINT_DAMAGED, "%s %lld decompresses to %zu bytes, expected %llu", kind, (long long)f, got,
+                  (unsigned long long)nbytes);
+    *expect_offset = off + csize;
+}
+
+/* Every token frame, then every mask frame: back to back from the header to the frame index, each
+ * decompressing to exactly its size; every id below vocab_size; every mask padding bit 0. */
 static void shard_validate_frames(struct loom_shard *s) {
     const struct shard_header *h = &s->h;
     uint64_t expect_offset = LOOM_SHARD_HEADER_BYTES;
     for (int64_t f = 0; f < (int64_t)h->frame_count; f++) {
-        uint64_t off = frame_offset(s, f), csize = frame_csize(s, f);
-        if (off != expect_offset)
-            shard_bad(s, SHARD_HINT_DAMAGED, "frame %lld starts at offset %llu, expected %llu", (long long)f,
-                      (unsigned long long)off, (unsigned long long)expect_offset);
-        if (csize == 0 || csize > s->index_offset - off)
-            shard_bad(s, SHARD_HINT_DAMAGED, "frame %lld: compressed size %llu runs past the frames (end %llu)",
-                      (long long)f, (unsigned long long)csize, (unsigned long long)s->index_offset);
         int64_t ntok = frame_ntokens(s, f);
-        uint64_t nbytes = (uint64_t)ntok * h->token_bytes;
-        const unsigned char *src = s->map + off;
-        unsigned long long content = ZSTD_getFrameContentSize(src, csize);
-        if (content == ZSTD_CONTENTSIZE_ERROR || content == ZSTD_CONTENTSIZE_UNKNOWN)
-            shard_bad(s, SHARD_HINT_DAMAGED, "frame %lld is not a zstd frame with a recorded size", (long long)f);
-        if (content != nbytes)
-            shard_bad(s, SHARD_HINT_DAMAGED, "frame %lld holds %llu bytes, expected %llu (%lld tokens)",
-                      (long long)f, content, (unsigned long long)nbytes, (long long)ntok);
-        size_t framed = ZSTD_findFrameCompressedSize(src, csize);
-        if (ZSTD_isError(framed) || framed != csize)
-            shard_bad(s, SHARD_HINT_DAMAGED, "frame %lld: the index says %llu compressed bytes, the frame has %s",
-                      (long long)f, (unsigned long long)csize,
-                      ZSTD_isError(framed) ? ZSTD_getErrorName(framed) : "a different size");
-        size_t got = ZSTD_decompressDCtx(s->dctx, s->raw, nbytes, src, csize);
-        if (ZSTD_isError(got))
-            shard_bad(s, SHARD_HINT_DAMAGED, "frame %lld does not decompress: %s", (long long)f,
-                      ZSTD_getErrorName(got));
-        if (got != nbytes)
-            shard_bad(s, SHARD_HINT_DAMAGED, "frame %lld decompresses to %zu bytes, expected %llu", (long long)f,
-                      got, (unsigned long long)nbytes);
+        shard_check_frame(s, "frame", s->frame_index, f, (uint64_t)ntok * h->token_bytes, &expect_offset);
         for (int64_t i = 0; i < ntok; i++) {
             const unsigned char *p = s->raw + i * h->token_bytes;
             uint32_t id = h->token_bytes == 2 ? (uint32_t)(p[0] | (p[1] << 8)) : get_u32(p);
@@ -456,11 +538,21 @@ static void shard_validate_frames(struct loom_shard *s) {
         }
         shard_unpack(s, ntok);
         s->cache_frame = f;
-        expect_offset = off + csize;
+    }
+    for (int64_t f = 0; s->has_mask && f < (int64_t)h->frame_count; f++) {
+        int64_t ntok = frame_ntokens(s, f);
+        uint64_t nbytes = mask_nbytes(ntok);
+        shard_check_frame(s, "mask frame", s->mask_index, f, nbytes, &expect_offset);
+        if (ntok % 8 != 0 && (s->raw[nbytes - 1] >> (ntok % 8)) != 0)
+            shard_bad(s, SHARD_HINT_DAMAGED, "mask frame %lld: padding bits after its %lld tokens are not 0",
+                      (long long)f, (long long)ntok);
+        shard_unpack_mask(s, ntok);
+        s->mask_cache_frame = f;
     }
     if (expect_offset != s->index_offset)
-        shard_bad(s, SHARD_HINT_DAMAGED, "frames end at offset %llu but the frame index starts at %llu",
-                  (unsigned long long)expect_offset, (unsigned long long)s->index_offset);
+        shard_bad(s, SHARD_HINT_DAMAGED, "%s end at offset %llu but the frame index starts at %llu",
+                  s->has_mask ? "mask frames" : "frames", (unsigned long long)expect_offset,
+                  (unsigned long long)s->index_offset);
 }
 
 static void shard_validate_docs(struct loom_shard *s) {
@@ -493,6 +585,7 @@ struct loom_shard *loom_shard_open(const char *path) {
     s->path = malloc_check(len + 1);
     memcpy(s->path, path, len + 1);
     s->cache_frame = -1;
+    s->mask_cache_frame = -1;
 
     int fd = open(path, O_RDONLY);
     if (fd < 0) loom_input_error(path, NULL, "cannot open shard: %s", strerror(errno));
@@ -511,6 +604,7 @@ struct loom_shard *loom_shard_open(const char *path) {
     size_t raw_bytes = (size_t)s->h.frame_tokens * s->h.token_bytes;
     s->raw = malloc_check(raw_bytes);
     s->cache = malloc_check((size_t)s->h.frame_tokens * sizeof *s->cache);
+    if (s->has_mask) s->mask_cache = malloc_check(s->h.frame_tokens);
     s->dctx = ZSTD_createDCtx();
     CHECK(s->dctx != NULL, "ZSTD_createDCtx failed");
     shard_validate_frames(s);
@@ -523,23 +617,41 @@ int64_t loom_shard_docs(const struct loom_shard *s) { return (int64_t)s->h.doc_c
 uint32_t loom_shard_vocab(const struct loom_shard *s) { return s->h.vocab_size; }
 uint64_t loom_shard_tokenizer_hash(const struct loom_shard *s) { return s->h.tokenizer_hash; }
 const char *loom_shard_path(const struct loom_shard *s) { return s->path; }
+int loom_shard_has_mask(const struct loom_shard *s) { return s->has_mask; }
+
+/* Decompress frame f of the run indexed at `index` into s->raw (nbytes, as validated at open). */
+static void shard_decompress(struct loom_shard *s, const unsigned char *index, int64_t f, size_t nbytes) {
+    size_t got = ZSTD_decompressDCtx(s->dctx, s->raw, nbytes, s->map + get_u64(index + 16 * f),
+                                     get_u64(index + 16 * f + 8));
+    CHECK(!ZSTD_isError(got) && got == nbytes, "%s: %s %lld changed since it was validated", s->path,
+          index == s->mask_index ? "mask frame" : "frame", (long long)f);
+}
 
 static void shard_load_frame(struct loom_shard *s, int64_t f) {
     if (s->cache_frame == f) return;
     int64_t ntok = frame_ntokens(s, f);
-    size_t nbytes = (size_t)ntok * s->h.token_bytes;
-    size_t got = ZSTD_decompressDCtx(s->dctx, s->raw, nbytes, s->map + frame_offset(s, f), frame_csize(s, f));
-    CHECK(!ZSTD_isError(got) && got == nbytes, "%s: frame %lld changed since it was validated", s->path,
-          (long long)f);
+    shard_decompress(s, s->frame_index, f, (size_t)ntok * s->h.token_bytes);
     shard_unpack(s, ntok);
     s->cache_frame = f;
 }
 
-void loom_shard_read(struct loom_shard *s, int64_t start, int64_t count, int32_t *out) {
+static void shard_load_mask_frame(struct loom_shard *s, int64_t f) {
+    if (s->mask_cache_frame == f) return;
+    int64_t ntok = frame_ntokens(s, f);
+    shard_decompress(s, s->mask_index, f, (size_t)mask_nbytes(ntok));
+    shard_unpack_mask(s, ntok);
+    s->mask_cache_frame = f;
+}
+
+static void shard_check_range(const struct loom_shard *s, int64_t start, int64_t count) {
     int64_t total = (int64_t)s->h.token_count;
     CHECK(start >= 0 && count >= 0 && start <= total && count <= total - start,
           "%s: read of %lld tokens at %lld outside the shard's %lld tokens", s->path, (long long)count,
           (long long)start, (long long)total);
+}
+
+void loom_shard_read(struct loom_shard *s, int64_t start, int64_t count, int32_t *out) {
+    shard_check_range(s, start, count);
     int64_t ft = s->h.frame_tokens;
     while (count > 0) {
         int64_t f = start / ft;
@@ -548,6 +660,26 @@ void loom_shard_read(struct loom_shard *s, int64_t start, int64_t count, int32_t
         int64_t m = frame_ntokens(s, f) - at;
         if (m > count) m = count;
         memcpy(out, s->cache + at, (size_t)m * sizeof *out);
+        out += m;
+        start += m;
+        count -= m;
+    }
+}
+
+void loom_shard_read_mask(struct loom_shard *s, int64_t start, int64_t count, uint8_t *out) {
+    shard_check_range(s, start, count);
+    if (!s->has_mask) {
+        memset(out, 1, (size_t)count);
+        return;
+    }
+    int64_t ft = s->h.frame_tokens;
+    while (count > 0) {
+        int64_t f = start / ft;
+        int64_t at = start - f * ft;
+        shard_load_mask_frame(s, f);
+        int64_t m = frame_ntokens(s, f) - at;
+        if (m > count) m = count;
+        memcpy(out, s->mask_cache + at, (size_t)m);
         out += m;
         start += m;
         count -= m;
@@ -565,6 +697,7 @@ void loom_shard_close(struct loom_shard *s) {
     ZSTD_freeDCtx(s->dctx);
     free(s->raw);
     free(s->cache);
+    free(s->mask_cache);
     free(s->path);
     free(s);
 }

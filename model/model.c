@@ -192,6 +192,7 @@ void loom_model_create(struct loom_model *m, const struct loom_ops *ops, const s
     m->cfg = *cfg;
     m->B = B;
     m->T = T;
+    m->T_max = T;
     loom_params_build(&m->table, cfg, optim);
     m->params = ops->alloc(sizeof(float) * m->table.total);
     m->grads = ops->alloc(sizeof(float) * m->table.total);
@@ -441,7 +442,14 @@ static float *head_weight(const struct loom_model *m, float *base) {
     return param_ptr(m, base, m->cfg.tie_word_embeddings ? "embed_tokens.weight" : "lm_head.weight");
 }
 
-double loom_model_forward(struct loom_model *m, const int *ids, const int *targets, float dloss, long *count) {
+void loom_model_set_shape(struct loom_model *m, int T, double rope_theta) {
+    CHECK(T > 0 && T <= m->T_max, "sequence length %d outside 1..%d", T, m->T_max);
+    m->T = T;
+    m->cfg.rope_theta = rope_theta;
+}
+
+double loom_model_forward(struct loom_model *m, const int *ids, const int *targets, float dloss, long *count,
+                          float *token_losses) {
     const struct loom_ops *ops = m->ops;
     const struct loom_model_config *cfg = &m->cfg;
     int N = m->B * m->T, C = (int)cfg->hidden_size, V = (int)cfg->vocab_size, L = (int)cfg->num_layers;
@@ -456,7 +464,7 @@ double loom_model_forward(struct loom_model *m, const int *ids, const int *targe
     ops->matmul_forward(m->logits, m->lnf, head_weight(m, m->params), N, C, V);
     ops->cross_entropy(m->losses, dloss > 0 ? m->logits : NULL, m->logits, m->targets, N, V, dloss);
 
-    float *losses = malloc_check(sizeof(float) * N);
+    float *losses = token_losses ? token_losses : malloc_check(sizeof(float) * N);
     ops->to_host(losses, m->losses, sizeof(float) * N);
     double sum = 0;
     long n = 0;
@@ -465,7 +473,7 @@ double loom_model_forward(struct loom_model *m, const int *ids, const int *targe
         sum += losses[i];
         n++;
     }
-    free(losses);
+    if (!token_losses) free(losses);
     if (count) *count = n;
     return sum;
 }

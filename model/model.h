@@ -29,7 +29,8 @@ struct loom_model {
     struct loom_param_table table;
     float *params;                 /* backend memory, table.total floats */
     float *grads;                  /* same layout */
-    int B, T;                      /* micro-batch shape the activations are sized for */
+    int B, T;                      /* current micro-batch shape */
+    int T_max;                     /* the activations are sized for B x T_max */
     int *inputs, *targets;         /* [B*T] backend memory */
     struct loom_layer_acts *acts;  /* per layer */
     float *res;                    /* residual stream at each layer boundary, [(L+1), N, C] */
@@ -56,11 +57,15 @@ void loom_model_get_params(const struct loom_model *m, float *host);
 void loom_model_get_grads(const struct loom_model *m, float *host);
 void loom_model_zero_grads(struct loom_model *m);
 
+/* Sequences of T tokens from now on (T <= the T the model was created with); RoPE base theta. */
+void loom_model_set_shape(struct loom_model *m, int T, double rope_theta);
+
 /* Forward over host ids/targets [B*T] (target < 0: not in the loss). Returns the sum of the token
- * losses in double; *count gets the number of counted tokens. When dloss > 0, the logits buffer is
- * left holding d(loss)/d(logits) with each token's loss weighted by dloss (1 / tokens in the global
- * batch, for a mean over the global batch). */
-double loom_model_forward(struct loom_model *m, const int *ids, const int *targets, float dloss, long *count);
+ * losses in double; *count (may be NULL) gets the number of counted tokens and token_losses (may be
+ * NULL) each token's loss. When dloss > 0, the logits buffer is left holding d(loss)/d(logits) with
+ * each token's loss weighted by dloss (1 / tokens in the global batch, for a mean over it). */
+double loom_model_forward(struct loom_model *m, const int *ids, const int *targets, float dloss, long *count,
+                          float *token_losses);
 /* Backward after a forward with dloss > 0: grads += d(loss)/d(params). */
 void loom_model_backward(struct loom_model *m);
 

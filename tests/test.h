@@ -8,10 +8,16 @@
 #ifndef LOOM_TESTS_TEST_H
 #define LOOM_TESTS_TEST_H
 
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 static int test_failures = 0;
 
@@ -47,6 +53,57 @@ __attribute__((unused)) static int test_close(const char *name, const float *got
     test_result(ok, name, "worst element %zu: got %.9g want %.9g (max |diff| %.3g, atol %.1g rtol %.1g, n %zu)",
                 worst, n ? (double)got[worst] : 0.0, n ? want[worst] : 0.0, max_abs, atol, rtol, n);
     return ok;
+}
+
+/* xorshift64*: the next uniform double in [lo, hi) from *state (a fixed nonzero seed gives the same
+ * numbers every run). */
+__attribute__((unused)) static double test_rng_uniform(uint64_t *state, double lo, double hi) {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    uint64_t r = *state * 0x2545F4914F6CDD1Dull;
+    return lo + (hi - lo) * ((double)(r >> 11) * 0x1.0p-53);
+}
+
+/* Run fn(arg) in a forked child whose stderr goes into a pipe (the child exits 0 when fn returns, after
+ * writing "(the call returned without an error)"). Returns the child's exit status, -1 when it did not
+ * exit normally or could not be started; its stderr, NUL-terminated and cut to cap - 1 bytes, is left in
+ * err (when pipe or fork fails, that failure). */
+__attribute__((unused)) static int test_run_child(void (*fn)(const char *arg), const char *arg, char *err,
+                                                  size_t cap) {
+    err[0] = '\0';
+    int fds[2];
+    if (pipe(fds) != 0) {
+        snprintf(err, cap, "pipe: %s", strerror(errno));
+        return -1;
+    }
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        snprintf(err, cap, "fork: %s", strerror(errno));
+        close(fds[0]);
+        close(fds[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        dup2(fds[1], STDERR_FILENO);
+        close(fds[1]);
+        fn(arg);
+        fprintf(stderr, "(the call returned without an error)\n");
+        fflush(stderr);
+        _exit(0);
+    }
+    close(fds[1]);
+    size_t n = 0;
+    ssize_t got;
+    while (n + 1 < cap && (got = read(fds[0], err + n, cap - 1 - n)) > 0) n += (size_t)got;
+    err[n] = '\0';
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 __attribute__((unused)) static int test_exit(void) { return test_failures ? 1 : 0; }

@@ -21,7 +21,9 @@
 
 #include "core/config.h"
 #include "core/error.h"
-#include "data/loader.h"
+#include "data/curriculum.h"
+#include "data/prefetch.h"
+#include "data/sampler.h"
 #include "model/model.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
@@ -100,6 +102,67 @@ static void format_rate(char *buf, size_t n, double tok_s) {
 
 /* ---------------------------------------------------------------------------------------------- */
 
+/* ---------------------------------------------------------------------------------------------- */
+/* evaluation: held-out loss per source                                                             */
+
+struct eval_result {
+    int n;                         /* sources evaluated */
+    int source[LOOM_MAX_SOURCES];
+    double loss[LOOM_MAX_SOURCES];
+};
+
+static void evaluate(struct loom_model *model, struct loom_sampler *heldout, const struct loom_config *cfg, int T,
+                     int *inputs, int *targets, struct eval_result *r) {
+    int B = model->B;
+    r->n = 0;
+    for (int s = 0; s < heldout->nstreams; s++) {
+        if (heldout->streams[s].nshards == 0) continue;
+        double sum = 0;
+        long count = 0;
+        for (int64_t k = 0; k < cfg->eval.batches; k++) {
+            int rows = 0;
+            for (int b = 0; b < B; b++)
+                rows += loom_sampler_heldout(heldout, s, k * B + b, T, inputs + (size_t)rows * T,
+                                             targets + (size_t)rows * T);
+            if (rows < B) break; /* the held-out set is smaller than asked: use what is there */
+            long n = 0;
+            sum += loom_model_forward(model, inputs, targets, 0.0f, &n, NULL);
+            count += n;
+        }
+        if (count == 0) continue;
+        r->source[r->n] = s;
+        r->loss[r->n++] = sum / count;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* metrics                                                                                          */
+
+static void json_source_map(FILE *f, const char *key, const struct loom_sampler *s, const double *v,
+                            const int *present) {
+    fprintf(f, ", \"%s\": {", key);
+    int first = 1;
+    for (int i = 0; i < s->nstreams; i++) {
+        if (present && !present[i]) continue;
+        fprintf(f, "%s\"%s\": %.6g", first ? "" : ", ", s->streams[i].source->name, v[i]);
+        first = 0;
+    }
+    fputc('}', f);
+}
+
+/* "stem (commonsense 0.40 stem 0.60)" */
+static void format_phase(char *buf, size_t n, const struct loom_curriculum *c, const struct loom_sampler *s,
+                         const struct loom_batch *b) {
+    int len = snprintf(buf, n, "%s", c->phases[b->phase].name);
+    if (s->nstreams < 2) return;
+    len += snprintf(buf + len, n - len, " (");
+    for (int i = 0; i < s->nstreams && len < (int)n; i++)
+        len += snprintf(buf + len, n - len, "%s%s %.2f", i ? " " : "", s->streams[i].source->name, b->weights[i]);
+    if (len < (int)n) snprintf(buf + len, n - len, ")");
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+
 int loom_train_main(int argc, char **argv) {
     MPI_CHECK(MPI_Init(&argc, &argv));
     int rank = 0, world = 1;
@@ -113,18 +176,21 @@ int loom_train_main(int argc, char **argv) {
     if (world != 1)
         loom_input_error("mpirun", "run one process until the [parallel] layouts land",
                          "world size %d: this build trains on a single process", world);
-
     const struct loom_train_config *tc = &cfg.train;
-    int B = (int)tc->micro_batch, T = (int)tc->seq_len;
-    int accum = (int)(tc->global_batch / tc->micro_batch);
-    int64_t tokens_per_step = tc->global_batch * tc->seq_len;
-    int64_t total_tokens = tokens_per_step * tc->steps;
 
     /* data first: a bad shard should fail before anything big is allocated */
     loom_error_set_collective(0);
-    struct loom_loader loader;
-    loom_loader_open(&loader, &cfg);
+    struct loom_sampler sampler, heldout;
+    loom_sampler_open(&sampler, &cfg, 0);
+    int64_t sizes[LOOM_MAX_SOURCES];
+    loom_sampler_sizes(&sampler, sizes);
+    int do_eval = cfg.eval.every > 0 && !sampler.random;
+    if (do_eval) loom_sampler_open(&heldout, &cfg, 1);
     loom_error_set_collective(1);
+    struct loom_curriculum cur;
+    loom_curriculum_build(&cur, &cfg, sampler.random ? NULL : sizes);
+    int64_t total_tokens = loom_run_tokens(&cur, tc->steps);
+    int B = (int)tc->micro_batch, T_max = (int)loom_curriculum_max_seq_len(&cur);
 
     make_dirs(tc->run_dir);
     char existing[4096];
@@ -139,7 +205,7 @@ int loom_train_main(int argc, char **argv) {
 
     const struct loom_ops *ops = loom_ops_cpu((int)tc->threads);
     struct loom_model model;
-    loom_model_create(&model, ops, &cfg.model, &cfg.optim, B, T);
+    loom_model_create(&model, ops, &cfg.model, &cfg.optim, B, T_max);
     loom_model_init_params(&model, (uint64_t)tc->seed);
     struct loom_adamw adamw;
     loom_adamw_init(&adamw, ops, &cfg.optim, model.table.total);
@@ -153,90 +219,131 @@ int loom_train_main(int argc, char **argv) {
     printf("loom train: %s attention, %lld layers, %.2fM parameters, %.3g FLOPs/token\n",
            loom_config_choice("model", "attention", cfg.model.attention), (long long)cfg.model.num_layers,
            counts.total_params / 1e6, counts.flops_per_token);
-    printf("loom train: %lld steps x %lld sequences x %d tokens (%d micro-batches of %d), run folder %s\n",
-           (long long)tc->steps, (long long)tc->global_batch, T, accum, B, tc->run_dir);
+    printf("loom train: %lld steps, %lld tokens, micro-batches of %d, %d source%s, %d phase%s, run folder %s\n",
+           (long long)tc->steps, (long long)total_tokens, B, sampler.nstreams, sampler.nstreams == 1 ? "" : "s",
+           cur.nphases, cur.nphases == 1 ? "" : "s", tc->run_dir);
     printf("loom train: MFU against %.3g TFLOP/s (%s)\n", peak / 1e12,
            cfg.log.peak_tflops > 0 ? "log.peak_tflops" : "measured fp32 GEMM");
     fflush(stdout);
 
-    size_t N = (size_t)B * T;
-    int *inputs = malloc_check(sizeof(int) * N * accum);
-    int *targets = malloc_check(sizeof(int) * N * accum);
-    int64_t tokens = 0;
+    float *token_losses = malloc_check(sizeof(float) * (size_t)B * T_max);
+    int *eval_inputs = malloc_check(sizeof(int) * (size_t)B * T_max);
+    int *eval_targets = malloc_check(sizeof(int) * (size_t)B * T_max);
+    struct loom_prefetch *prefetch = loom_prefetch_start(&sampler, &cur, tc->steps, 0, 1);
     double run_start = now_s();
+    int64_t tokens = 0;
 
     for (int64_t step = 0; step < tc->steps; step++) {
         struct step_times tm = {0};
         double t0 = now_s();
+        const struct loom_batch *batch = loom_prefetch_next(prefetch);
+        int T = (int)batch->T, accum = (int)(batch->batch / B);
+        size_t N = (size_t)B * T;
+        int64_t step_tokens = batch->batch * batch->T;
+        loom_model_set_shape(&model, T, batch->rope_theta);
 
-        /* the whole global batch is read first: its counted tokens set the loss weight */
+        /* the loss is a mean over every counted token of the global batch */
         long counted = 0;
-        for (int a = 0; a < accum; a++)
-            for (int b = 0; b < B; b++) {
-                int64_t g = step * tc->global_batch + (int64_t)a * B + b;
-                loom_loader_sample(&loader, g, inputs + a * N + (size_t)b * T, targets + a * N + (size_t)b * T);
-            }
-        for (size_t i = 0; i < N * accum; i++) counted += targets[i] >= 0;
+        for (size_t i = 0; i < (size_t)batch->rows * T; i++) counted += batch->targets[i] >= 0;
         double t1 = now_s();
         tm.data = t1 - t0;
 
         loom_model_zero_grads(&model);
-        double loss_sum = 0;
+        double loss_sum = 0, src_sum[LOOM_MAX_SOURCES] = {0}, src_loss[LOOM_MAX_SOURCES];
+        int src_count[LOOM_MAX_SOURCES] = {0};
         float dloss = counted ? 1.0f / (float)counted : 0.0f;
         for (int a = 0; a < accum; a++) {
             double ta = now_s();
-            loss_sum += loom_model_forward(&model, inputs + a * N, targets + a * N, dloss, NULL);
+            loss_sum += loom_model_forward(&model, batch->inputs + a * N, batch->targets + a * N, dloss, NULL,
+                                           token_losses);
             double tb = now_s();
             loom_model_backward(&model);
             tm.forward += tb - ta;
             tm.backward += now_s() - tb;
+            for (int b = 0; b < B; b++) {
+                int s = batch->src[a * B + b];
+                if (s < 0) continue;
+                for (int t = 0; t < T; t++) {
+                    if (batch->targets[a * N + (size_t)b * T + t] < 0) continue;
+                    src_sum[s] += token_losses[(size_t)b * T + t];
+                    src_count[s]++;
+                }
+            }
         }
         double loss = counted ? loss_sum / counted : 0.0;
+        for (int s = 0; s < sampler.nstreams; s++) src_loss[s] = src_count[s] ? src_sum[s] / src_count[s] : 0.0;
 
         double t2 = now_s();
         double gnorm = loom_grad_norm(ops, &model.table, model.grads);
-        double lr = loom_schedule_lr(&sched, tokens + tokens_per_step);
-        int skipped = !isfinite(gnorm);
+        double lr = loom_schedule_lr(&sched, tokens + step_tokens);
+        int skipped = !isfinite(gnorm) || counted == 0;
         if (!skipped)
             loom_adamw_step(&adamw, &model.table, model.params, model.grads, lr,
                             loom_clip_factor(gnorm, cfg.optim.grad_clip));
-        tokens += tokens_per_step;
+        tokens += step_tokens;
         double t3 = now_s();
         tm.optimizer = t3 - t2;
         tm.total = t3 - t0;
 
-        double tok_s = tokens_per_step / tm.total;
+        struct eval_result ev = {0};
+        int eval_now = do_eval && ((step + 1) % cfg.eval.every == 0 || step + 1 == tc->steps);
+        if (eval_now) evaluate(&model, &heldout, &cfg, T, eval_inputs, eval_targets, &ev);
+
+        double tok_s = step_tokens / tm.total;
         double mfu = counts.flops_per_token * tok_s / peak;
         if (rank == 0) {
             fprintf(metrics,
                     "{\"step\": %lld, \"tokens\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, "
-                    "\"tok_per_s\": %.6g, \"mfu\": %.6g, \"loss_scale\": 1, \"skipped\": %s, \"phase\": \"default\", "
-                    "\"time\": {\"forward\": %.6g, \"backward\": %.6g, \"comm_exposed\": 0, \"bubble\": 0, "
-                    "\"optimizer\": %.6g, \"data\": %.6g, \"checkpoint\": 0, \"step\": %.6g}}\n",
+                    "\"tok_per_s\": %.6g, \"mfu\": %.6g, \"loss_scale\": 1, \"skipped\": %s, \"phase\": \"%s\", "
+                    "\"seq_len\": %d, \"batch\": %lld",
                     (long long)(step + 1), (long long)tokens, loss, lr, gnorm, tok_s, mfu, skipped ? "true" : "false",
+                    cur.phases[batch->phase].name, T, (long long)batch->batch);
+            if (sampler.nstreams) {
+                json_source_map(metrics, "weights", &sampler, batch->weights, NULL);
+                json_source_map(metrics, "source_loss", &sampler, src_loss, src_count);
+            }
+            if (ev.n) {
+                double v[LOOM_MAX_SOURCES] = {0};
+                int present[LOOM_MAX_SOURCES] = {0};
+                for (int i = 0; i < ev.n; i++) v[ev.source[i]] = ev.loss[i], present[ev.source[i]] = 1;
+                json_source_map(metrics, "eval", &sampler, v, present);
+            }
+            fprintf(metrics,
+                    ", \"time\": {\"forward\": %.6g, \"backward\": %.6g, \"comm_exposed\": 0, \"bubble\": 0, "
+                    "\"optimizer\": %.6g, \"data\": %.6g, \"checkpoint\": 0, \"step\": %.6g}}\n",
                     tm.forward, tm.backward, tm.optimizer, tm.data, tm.total);
             fflush(metrics);
             if ((step + 1) % cfg.log.every == 0 || step == 0 || step + 1 == tc->steps) {
-                char eta[32], rate[32];
+                char eta[32], rate[32], phase[512];
                 double elapsed = now_s() - run_start;
                 format_eta(eta, sizeof eta, elapsed / (step + 1) * (tc->steps - step - 1));
                 format_rate(rate, sizeof rate, tok_s);
+                format_phase(phase, sizeof phase, &cur, &sampler, batch);
                 printf("step %6lld/%lld | loss %.4f | lr %.3e | gnorm %.3f | %s tok/s | mfu %.1f%% | scale 1 | "
-                       "phase default | eta %s\n",
-                       (long long)(step + 1), (long long)tc->steps, loss, lr, gnorm, rate, 100 * mfu, eta);
-                fflush(stdout);
+                       "phase %s | eta %s\n",
+                       (long long)(step + 1), (long long)tc->steps, loss, lr, gnorm, rate, 100 * mfu, phase, eta);
             }
+            if (ev.n) {
+                printf("eval %6lld/%lld", (long long)(step + 1), (long long)tc->steps);
+                for (int i = 0; i < ev.n; i++)
+                    printf(" | %s %.4f", sampler.streams[ev.source[i]].source->name, ev.loss[i]);
+                printf("\n");
+            }
+            fflush(stdout);
         }
     }
     if (rank == 0) printf("loom train: done, %lld tokens in %.1f s; metrics in %s/metrics.jsonl\n",
                           (long long)tokens, now_s() - run_start, tc->run_dir);
 
     CHECK(fclose(metrics) == 0, "writing metrics failed");
-    free(inputs);
-    free(targets);
+    loom_prefetch_stop(prefetch);
+    free(token_losses);
+    free(eval_inputs);
+    free(eval_targets);
     loom_adamw_free(&adamw);
     loom_model_destroy(&model);
-    loom_loader_close(&loader);
+    if (do_eval) loom_sampler_close(&heldout);
+    loom_sampler_close(&sampler);
     loom_config_free(&cfg);
     MPI_Finalize();
     return 0;

@@ -5,22 +5,9 @@
 # Config cases go through both `loom info` and `loom train`; data and run-folder cases through `loom train`.
 # Run from the repository root with ./loom built: bash tests/cli/test_config_errors.sh
 set -u
-LOOM=./loom
+source "$(dirname "$0")/lib.sh"
+require_loom config_errors
 ROOT=$PWD
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-
-failures=0
-ok() { echo "ok $1"; }
-fail() {
-    echo "FAIL $1: $2"
-    failures=$((failures + 1))
-}
-
-if [ ! -x "$LOOM" ]; then
-    fail config_errors/binary "$LOOM is missing: run make loom first"
-    exit 1
-fi
 
 DEBUG=configs/runs/debug.ini
 MLA=configs/models/tiny-mla.ini

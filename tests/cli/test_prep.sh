@@ -3,16 +3,7 @@
 # counts, bad input exits 2 with a `loom: error:` line naming the culprit, and existing shards are never
 # overwritten. Run from the repository root with ./loom built: bash tests/cli/test_prep.sh
 set -u
-LOOM=./loom
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-
-failures=0
-ok() { echo "ok $1"; }
-fail() {
-    echo "FAIL $1: $2"
-    failures=$((failures + 1))
-}
+source "$(dirname "$0")/lib.sh"
 
 # run NAME ARGS...: runs ./loom ARGS, leaves the exit status in $rc and stderr in $tmp/err
 run() {

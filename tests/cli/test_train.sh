@@ -5,29 +5,11 @@
 # with the tiny MLA model, and the tiny MHA model training.
 # Run from the repository root with ./loom built: bash tests/cli/test_train.sh
 set -u
-LOOM=./loom
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-
-failures=0
-ok() { echo "ok $1"; }
-fail() {
-    echo "FAIL $1: $2"
-    failures=$((failures + 1))
-}
-
-if [ ! -x "$LOOM" ]; then
-    fail train/binary "$LOOM is missing: run make loom first"
-    exit 1
-fi
+source "$(dirname "$0")/lib.sh"
+require_loom train
 
 DEBUG=configs/runs/debug.ini
 
-# run ARGS...: ./loom ARGS, exit status in $rc, stdout in $tmp/out, stderr in $tmp/err
-run() {
-    "$LOOM" "$@" >"$tmp/out" 2>"$tmp/err"
-    rc=$?
-}
 show() { echo "\`loom $*\` exit status $rc; stdout: $(tail -c 800 "$tmp/out"); stderr: $(tail -c 800 "$tmp/err")"; }
 
 # field FILE NAME: the raw text of field NAME of every line of metrics FILE, one per line (as printed, so

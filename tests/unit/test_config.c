@@ -102,37 +102,8 @@ static void call_set_arg(const char *arg) {
  * want_hint is not NULL) a "hint:" line containing want_hint. */
 static void expect_input_error(const char *name, void (*fn)(const char *), const char *arg, const char *want,
                                const char *want_hint) {
-    int fds[2];
-    if (pipe(fds) != 0) {
-        test_result(0, name, "pipe: %s", strerror(errno));
-        return;
-    }
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid < 0) {
-        test_result(0, name, "fork: %s", strerror(errno));
-        return;
-    }
-    if (pid == 0) {
-        close(fds[0]);
-        dup2(fds[1], STDERR_FILENO);
-        close(fds[1]);
-        fn(arg);
-        fprintf(stderr, "(the call returned without an error)\n");
-        fflush(stderr);
-        _exit(0);
-    }
-    close(fds[1]);
     char out[8192];
-    size_t n = 0;
-    ssize_t got;
-    while ((got = read(fds[0], out + n, sizeof out - 1 - n)) > 0) n += (size_t)got;
-    out[n] = '\0';
-    close(fds[0]);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    int code = test_run_child(fn, arg, out, sizeof out);
     int ok = code == 2 && strncmp(out, "loom: error: ", 13) == 0 && strstr(out, want) != NULL;
     test_result(ok, name, "exit status %d (want 2); stderr was:\n%s(want it to contain \"%s\")", code, out, want);
     if (!want_hint) return;
@@ -146,8 +117,33 @@ static void expect_input_error(const char *name, void (*fn)(const char *), const
 /* ---------------------------------------------------------------------------------------------- */
 /* comparing configs through the key table                                                          */
 
-static const void *field_of(const struct loom_key *k, const struct loom_config *cfg) {
-    return (const char *)cfg + k->offset;
+/* A named key's field is that of the first instance of its section (see instances_add). */
+static void *field_of(const struct loom_key *k, const struct loom_config *cfg) {
+    const char *base = (const char *)cfg;
+    for (size_t i = 0; k->named && i < loom_config_nnamed; i++)
+        if (strcmp(loom_config_named[i].prefix, k->section) == 0) base += loom_config_named[i].array_offset;
+    return (char *)base + k->offset;
+}
+
+/* Gives cfg one instance, named `t`, of every named section ([source.t], [phase.t]) at its defaults. */
+static void instances_add(struct loom_config *cfg) {
+    for (size_t i = 0; i < loom_config_nnamed; i++) {
+        char section[64];
+        snprintf(section, sizeof section, "%s.t", loom_config_named[i].prefix);
+        for (size_t j = 0; j < loom_config_nkeys; j++) {
+            const struct loom_key *k = &loom_config_keys[j];
+            if (!k->named || strcmp(k->section, loom_config_named[i].prefix) != 0) continue;
+            loom_config_set(cfg, section, k->name, k->def, "test");
+            break;
+        }
+    }
+}
+
+/* "model" for a plain key, "source.t" for a named one */
+static const char *section_of(const struct loom_key *k, char *buf, size_t cap) {
+    if (!k->named) return k->section;
+    snprintf(buf, cap, "%s.t", k->section);
+    return buf;
 }
 
 /* 1 when section.key holds the same value in a and b (doubles compared bit for bit). */
@@ -198,7 +194,7 @@ static int choice_count(const char *choices) {
 static void config_perturb(struct loom_config *cfg) {
     for (size_t i = 0; i < loom_config_nkeys; i++) {
         const struct loom_key *k = &loom_config_keys[i];
-        void *f = (char *)cfg + k->offset;
+        void *f = field_of(k, cfg);
         switch (k->type) {
         case LOOM_KEY_INT: *(int64_t *)f = *(int64_t *)f * 3 + 12345678901 + (int64_t)i; break;
         case LOOM_KEY_FLOAT: *(double *)f = *(double *)f * 1.1 + 1.0 / (3.0 + (double)i); break;
@@ -223,11 +219,14 @@ static void test_defaults(void) {
     struct loom_config cfg, one;
     loom_config_init(&cfg);
     loom_config_init(&one);
+    instances_add(&cfg);
+    instances_add(&one);
     int bad = 0;
     char first[512] = "";
     for (size_t i = 0; i < loom_config_nkeys; i++) {
         const struct loom_key *k = &loom_config_keys[i];
-        loom_config_set(&one, k->section, k->name, k->def, "default");
+        char section[64];
+        loom_config_set(&one, section_of(k, section, sizeof section), k->name, k->def, "default");
         if (!key_equal(k, &one, &cfg) && !bad++)
             snprintf(first, sizeof first, "%s.%s = %s differs after init", k->section, k->name, k->def);
     }
@@ -438,7 +437,7 @@ static void test_errors(void) {
                        "did you mean [schedule]?");
     p = tmp_write("e_section_far.ini", "[parallelism_settings]\n");
     expect_input_error("config.unknown_section.far", call_load, p, "unknown section [parallelism_settings]",
-                       "model, train, optim, schedule, data, log");
+                       "model, train, optim, schedule, data, source.NAME, curriculum, phase.NAME, eval, log");
     p = tmp_write("e_int.ini", "[train]\n\nsteps = abc\n");
     expect_input_error("config.bad_int", call_load, p,
                        "e_int.ini:3: [train] steps = abc: expected an integer (suffixes K M B T allowed)",
@@ -505,6 +504,8 @@ static void test_roundtrip(void) {
     struct loom_config cfg, def;
     loom_config_init(&cfg);
     loom_config_init(&def);
+    instances_add(&cfg);
+    instances_add(&def);
     roundtrip("config.roundtrip.defaults", &cfg);
 
     config_perturb(&cfg);
@@ -539,6 +540,56 @@ static void test_roundtrip(void) {
 
 /* ---------------------------------------------------------------------------------------------- */
 
+/* ---------------------------------------------------------------------------------------------- */
+/* named sections: [source.NAME], [phase.NAME]                                                      */
+
+static void test_named(void) {
+    struct loom_config cfg;
+    loom_config_init(&cfg);
+    const char *p = tmp_write("named.ini",
+                              "[source.web]\nshards = a/*.tok\n\n[source.code]\nshards = b\nloss_mask = assistant\n"
+                              "[phase.one]\nuntil = 2M\nweights = web:3, code:1\n[source.web]\ntokens = 5B\n");
+    loom_config_load(&cfg, p);
+    loom_config_set_arg(&cfg, "--source.code.heldout=c/h.tok");
+    loom_config_set_arg(&cfg, "--phase.two.ramp=1K");
+    int ok = cfg.nsources == 2 && strcmp(cfg.sources[0].name, "web") == 0 && strcmp(cfg.sources[1].name, "code") == 0 &&
+             strcmp(cfg.sources[0].shards, "a/*.tok") == 0 && cfg.sources[0].tokens == 5000000000LL &&
+             cfg.sources[0].loss_mask == LOOM_LOSS_MASK_ALL && cfg.sources[1].loss_mask == LOOM_LOSS_MASK_ASSISTANT &&
+             strcmp(cfg.sources[1].heldout, "c/h.tok") == 0 && strcmp(cfg.sources[1].shards, "b") == 0;
+    test_result(ok, "config.named.sources", "nsources %d, [0] %s shards \"%s\" tokens %lld, [1] %s mask %d",
+                cfg.nsources, cfg.sources[0].name, cfg.sources[0].shards, (long long)cfg.sources[0].tokens,
+                cfg.nsources > 1 ? cfg.sources[1].name : "-", cfg.nsources > 1 ? cfg.sources[1].loss_mask : -1);
+    ok = cfg.nphases == 2 && strcmp(cfg.phases[0].name, "one") == 0 && cfg.phases[0].until == 2000000 &&
+         strcmp(cfg.phases[0].weights, "web:3, code:1") == 0 && strcmp(cfg.phases[1].name, "two") == 0 &&
+         cfg.phases[1].ramp == 1000 && cfg.phases[1].until == 0 && strcmp(cfg.phases[1].weights, "") == 0;
+    test_result(ok, "config.named.phases", "nphases %d", cfg.nphases);
+
+    /* written and read back: same instances in the same order with the same values */
+    char *text = loom_config_to_string(&cfg);
+    struct loom_config back;
+    loom_config_init(&back);
+    loom_config_load_string(&back, text, "named-roundtrip");
+    ok = back.nsources == 2 && back.nphases == 2 && strcmp(back.sources[1].name, "code") == 0 &&
+         strcmp(back.sources[1].heldout, "c/h.tok") == 0 && back.sources[0].tokens == 5000000000LL &&
+         back.phases[1].ramp == 1000 && strstr(text, "[source.web]") && strstr(text, "[phase.two]");
+    test_result(ok, "config.named.roundtrip", "text was:\n%s", text);
+    free(text);
+    loom_config_free(&back);
+    loom_config_free(&cfg);
+
+    p = tmp_write("e_named_key.ini", "[source.web]\nshard = x\n");
+    expect_input_error("config.named.unknown_key", call_load, p, "[source.web] shard: unknown key",
+                       "did you mean source.shards?");
+    p = tmp_write("e_named_bare.ini", "[source]\nshards = x\n");
+    expect_input_error("config.named.bare", call_load, p, "[source] needs a name", "[source.NAME]");
+    p = tmp_write("e_named_badname.ini", "[phase.a b]\nuntil = 1\n");
+    expect_input_error("config.named.bad_name", call_load, p, "needs a name", "letters, digits");
+    p = tmp_write("e_named_typo.ini", "[sorce.web]\nshards = x\n");
+    expect_input_error("config.named.typo", call_load, p, "unknown section [sorce.web]", "did you mean [source.web]?");
+    expect_input_error("config.named.enum", call_set_arg, "--source.web.loss_mask=some", "expected one of all|assistant",
+                       NULL);
+}
+
 int main(void) {
     snprintf(tmp_dir, sizeof tmp_dir, "/tmp/loom_test_config_XXXXXX");
     if (!mkdtemp(tmp_dir)) {
@@ -551,6 +602,7 @@ int main(void) {
     test_overrides();
     test_errors();
     test_roundtrip();
+    test_named();
     tmp_cleanup();
     return test_exit();
 }

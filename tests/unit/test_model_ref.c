@@ -82,7 +82,7 @@ static void check_variant(const char *variant, const char *path) {
 
     /* forward only: logits and loss */
     long counted = 0;
-    double loss_sum = loom_model_forward(&m, inputs, targets, 0.0f, &counted);
+    double loss_sum = loom_model_forward(&m, inputs, targets, 0.0f, &counted, NULL);
     float *logits = malloc_check(sizeof(float) * (size_t)N * V);
     ops->to_host(logits, m.logits, sizeof(float) * (size_t)N * V);
     double *want = to_double(need(d, "logits"));
@@ -96,7 +96,7 @@ static void check_variant(const char *variant, const char *path) {
 
     /* backward: every parameter gradient, with a tolerance relative to the tensor's largest value */
     loom_model_zero_grads(&m);
-    loom_model_forward(&m, inputs, targets, 1.0f / counted, NULL);
+    loom_model_forward(&m, inputs, targets, 1.0f / counted, NULL, NULL);
     loom_model_backward(&m);
     float *grads = calloc_check(m.table.total, sizeof(float));
     loom_model_get_grads(&m, grads);
@@ -120,7 +120,7 @@ static void check_variant(const char *variant, const char *path) {
     float *losses = malloc_check(sizeof(float) * steps);
     for (int s = 0; s < steps; s++) {
         loom_model_zero_grads(&m);
-        losses[s] = (float)(loom_model_forward(&m, inputs, targets, 1.0f / counted, NULL) / counted);
+        losses[s] = (float)(loom_model_forward(&m, inputs, targets, 1.0f / counted, NULL, NULL) / counted);
         loom_model_backward(&m);
         double norm = loom_grad_norm(ops, &m.table, m.grads);
         loom_adamw_step(&opt, &m.table, m.params, m.grads, loom_schedule_lr(&sched, (int64_t)(s + 1) * N),

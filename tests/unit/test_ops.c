@@ -50,14 +50,6 @@ static const char *name(const char *fmt, ...) {
 /* xorshift64*, fixed seed: the same inputs every run */
 static uint64_t rng_state = 0x853c49e6748fea9bull;
 
-static double rng_uniform(double lo, double hi) {
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    uint64_t r = rng_state * 0x2545F4914F6CDD1Dull;
-    return lo + (hi - lo) * ((double)(r >> 11) * 0x1.0p-53);
-}
-
 /* Every buffer a test makes is tracked here and released by release_all() at the end of the test. */
 #define MAX_LIVE 256
 static void *host_live[MAX_LIVE];
@@ -84,7 +76,7 @@ static void release_all(void) {
 
 static float *rand_floats(size_t n, double lo, double hi) {
     float *x = host_alloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = (float)rng_uniform(lo, hi);
+    for (size_t i = 0; i < n; i++) x[i] = (float)test_rng_uniform(&rng_state, lo, hi);
     return x;
 }
 
@@ -348,7 +340,8 @@ static float *strided_rand(int rows, int cols, int ld, double lo, double hi, flo
     float *x = host_alloc((size_t)rows * ld * sizeof(float));
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < ld; c++)
-            x[(size_t)r * ld + c] = c < cols ? (float)rng_uniform(lo, hi) : sentinel + (float)(r * ld + c);
+            x[(size_t)r * ld + c] =
+                c < cols ? (float)test_rng_uniform(&rng_state, lo, hi) : sentinel + (float)(r * ld + c);
     return x;
 }
 

@@ -29,13 +29,6 @@ static void check_layout(const char *name, const struct loom_param_table *t);
 
 /* xorshift64*, fixed seed: the same inputs every run */
 static uint64_t rand_state = 0x9e3779b97f4a7c15ull;
-static double rand_uniform(double lo, double hi) {
-    rand_state ^= rand_state >> 12;
-    rand_state ^= rand_state << 25;
-    rand_state ^= rand_state >> 27;
-    uint64_t r = rand_state * 0x2545f4914f6cdd1dull;
-    return lo + (hi - lo) * ((double)(r >> 11) * 0x1p-53);
-}
 
 static const char *fmt_name(const char *fmt, ...) {
     static char buf[256];
@@ -293,7 +286,9 @@ static void run_adamw(const char *label, int decay_norms, int decay_embeddings) 
         for (size_t j = 0; j < t.params[i].numel; j++) {
             size_t k = t.params[i].offset + j;
             /* magnitudes 0.5..1, so decay (lr * wd * p per step) is far above the tolerance everywhere */
-            host_p[k] = (float)(rand_uniform(0, 1) < 0.5 ? -rand_uniform(0.5, 1) : rand_uniform(0.5, 1));
+            int neg = test_rng_uniform(&rand_state, 0, 1) < 0.5;
+            double mag = test_rng_uniform(&rand_state, 0.5, 1);
+            host_p[k] = (float)(neg ? -mag : mag);
             ref_p[k] = nodecay_p[k] = host_p[k];
         }
     float *dev_p = ops->alloc(N * sizeof(float)), *dev_g = ops->alloc(N * sizeof(float));
@@ -304,7 +299,8 @@ static void run_adamw(const char *label, int decay_norms, int decay_embeddings) 
     const double lrs[3] = {1e-2, 2e-2, 5e-3}, scales[3] = {1.0, 0.7, 0.3};
     for (int step = 1; step <= 3; step++) {
         for (int i = 0; i < t.count; i++)
-            for (size_t j = 0; j < t.params[i].numel; j++) host_g[t.params[i].offset + j] = (float)rand_uniform(-2, 2);
+            for (size_t j = 0; j < t.params[i].numel; j++)
+                host_g[t.params[i].offset + j] = (float)test_rng_uniform(&rand_state, -2, 2);
         ops->from_host(dev_g, host_g, N * sizeof(float));
         loom_adamw_step(&opt, &t, dev_p, dev_g, lrs[step - 1], scales[step - 1]);
         for (int i = 0; i < t.count; i++) {

@@ -1,9 +1,10 @@
 /*
  * tests/unit/test_shard.c — token shards and the byte tokenizer.
  *
- * Round trips over several frame sizes and both token widths, random-access reads across frame
- * boundaries, document starts; then damaged files, each opened in a child process that must exit 2 with
- * a message naming the file and saying what is wrong.
+ * Round trips over several frame sizes and both token widths, with and without a per-token loss mask:
+ * random-access reads of tokens and mask across frame boundaries, the on-disk bit order of the mask,
+ * document starts; then damaged files (token frames and mask frames), each opened in a child process
+ * that must exit 2 with a message naming the file and saying what is wrong.
  */
 #define _XOPEN_SOURCE 700
 
@@ -76,10 +77,19 @@ static uint64_t rng_next(void) {
     return rng_state;
 }
 
-/* Write tokens[0..n) to path; a document starts at each doc_starts[d] (doc_starts[0] = 0). */
-static void shard_make(const char *path, uint32_t vocab, uint32_t frame_tokens, const int32_t *tokens, size_t n,
-                       const int64_t *doc_starts, size_t n_docs) {
-    struct loom_shard_writer *w = loom_shard_writer_open(path, vocab, 0x1234abcdull, frame_tokens);
+static int all_ones(const uint8_t *mask, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (mask[i] != 1) return 0;
+    return 1;
+}
+
+/* Write tokens[0..n) to path; a document starts at each doc_starts[d] (doc_starts[0] = 0). With mask
+ * (one byte per token), the shard carries it: pieces that are all ones go through the plain append,
+ * which must mean "all count", the others through the masked append. */
+static void shard_make(const char *path, uint32_t vocab, uint32_t frame_tokens, const int32_t *tokens,
+                       const uint8_t *mask, size_t n, const int64_t *doc_starts, size_t n_docs) {
+    struct loom_shard_writer *w = mask ? loom_shard_writer_open_masked(path, vocab, 0x1234abcdull, frame_tokens)
+                                       : loom_shard_writer_open(path, vocab, 0x1234abcdull, frame_tokens);
     size_t at = 0;
     for (size_t d = 0; d < n_docs; d++) {
         size_t end = d + 1 < n_docs ? (size_t)doc_starts[d + 1] : n;
@@ -87,7 +97,8 @@ static void shard_make(const char *path, uint32_t vocab, uint32_t frame_tokens, 
         while (at < end) {
             size_t m = 1 + rng_next() % 97;
             if (m > end - at) m = end - at;
-            loom_shard_writer_append(w, tokens + at, m);
+            if (mask && !all_ones(mask + at, m)) loom_shard_writer_append_masked(w, tokens + at, mask + at, m);
+            else loom_shard_writer_append(w, tokens + at, m);
             at += m;
         }
         loom_shard_writer_end_document(w);
@@ -96,32 +107,13 @@ static void shard_make(const char *path, uint32_t vocab, uint32_t frame_tokens, 
     loom_shard_writer_close(w);
 }
 
+static void open_and_close(const char *path) { loom_shard_close(loom_shard_open(path)); }
+
 /* Fork; the child opens path (stderr into a pipe). Pass when the child exits `want_status` and its stderr
  * holds both the path and `phrase`. */
 static void expect_open_fails(const char *name, const char *path, const char *phrase) {
-    int fds[2];
-    CHECK(pipe(fds) == 0, "pipe");
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    CHECK(pid >= 0, "fork");
-    if (pid == 0) {
-        close(fds[0]);
-        dup2(fds[1], 2);
-        struct loom_shard *s = loom_shard_open(path);
-        loom_shard_close(s);
-        _exit(0);
-    }
-    close(fds[1]);
     char msg[4096];
-    size_t len = 0;
-    ssize_t k;
-    while ((k = read(fds[0], msg + len, sizeof msg - 1 - len)) > 0) len += (size_t)k;
-    msg[len] = '\0';
-    close(fds[0]);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    int code = test_run_child(open_and_close, path, msg, sizeof msg);
     int ok = code == 2 && strstr(msg, "loom: error: ") && strstr(msg, path) && strstr(msg, phrase);
     test_result(ok, name, "exit status %d (want 2), stderr \"%s\" (want the path %s and \"%s\")", code, msg, path,
                 phrase);
@@ -130,14 +122,122 @@ static void expect_open_fails(const char *name, const char *path, const char *ph
 /* ---------------------------------------------------------------------------------------------- */
 /* round trips                                                                                     */
 
+/* A mask of alternating runs of 1..40 ones and 1..40 zeros, starting with either. */
+static uint8_t *mask_random(size_t n) {
+    uint8_t *mask = malloc_check(n + 1);
+    uint8_t bit = (uint8_t)(rng_next() & 1);
+    for (size_t i = 0; i < n;) {
+        size_t run = 1 + rng_next() % 40;
+        for (; run > 0 && i < n; run--) mask[i++] = bit;
+        bit ^= 1;
+    }
+    return mask;
+}
+
+/* The mask bits of tokens [first, first + ntok) as the shard stores them: LSB first, zero padding. */
+static void mask_pack(unsigned char *out, const uint8_t *mask, size_t ntok) {
+    memset(out, 0, (ntok + 7) / 8);
+    for (size_t i = 0; i < ntok; i++) out[i / 8] |= (unsigned char)(mask[i] << (i % 8));
+}
+
+/* Mask frame 0 of the image decompresses to the expected packed bits. */
+static void check_mask_bit_order(const char *label, const unsigned char *img, size_t size, const uint8_t *mask,
+                                 size_t n, uint32_t frame_tokens) {
+    char name[160];
+    snprintf(name, sizeof name, "%s/mask_bit_order", label);
+    uint64_t index_offset = le_get64(img + size - 24), frame_count = le_get64(img + 40);
+    const unsigned char *entry = img + index_offset + 16 * frame_count;
+    size_t ntok = n < frame_tokens ? n : frame_tokens;
+    size_t nbytes = (ntok + 7) / 8;
+    unsigned char *want = malloc_check(nbytes), *got = malloc_check(nbytes + 1);
+    mask_pack(want, mask, ntok);
+    size_t k = ZSTD_decompress(got, nbytes + 1, img + le_get64(entry), le_get64(entry + 8));
+    size_t bad = nbytes;
+    for (size_t i = 0; i < nbytes && !ZSTD_isError(k); i++)
+        if (got[i] != want[i]) {
+            bad = i;
+            break;
+        }
+    test_result(!ZSTD_isError(k) && k == nbytes && bad == nbytes, name,
+                "mask frame 0: %s, %zu bytes (want %zu); byte %zu got %02x want %02x",
+                ZSTD_isError(k) ? ZSTD_getErrorName(k) : "decompressed", ZSTD_isError(k) ? 0 : k, nbytes, bad,
+                bad < nbytes ? got[bad] : 0, bad < nbytes ? want[bad] : 0);
+    free(want);
+    free(got);
+}
+
+/* Mask reads over the whole shard and over random ranges (many crossing frame boundaries), interleaved
+ * with token reads so the token and mask caches must stay apart. want NULL: the shard has no mask and
+ * every read must give ones. */
+static void check_mask_reads(const char *label, struct loom_shard *s, const uint8_t *want, const int32_t *tokens,
+                             size_t n, uint32_t frame_tokens) {
+    char name[160];
+    snprintf(name, sizeof name, "%s/has_mask", label);
+    test_result(loom_shard_has_mask(s) == (want != NULL), name, "has_mask %d, want %d", loom_shard_has_mask(s),
+                want != NULL);
+
+    uint8_t *got = malloc_check(n + 1);
+    int32_t *tok = malloc_check((n + 1) * sizeof *tok);
+    memset(got, 7, n + 1);
+    loom_shard_read_mask(s, 0, (int64_t)n, got);
+    size_t bad = n;
+    for (size_t i = 0; i < n && bad == n; i++)
+        if (got[i] != (want ? want[i] : 1)) bad = i;
+    snprintf(name, sizeof name, "%s/mask_read_all", label);
+    test_result(bad == n && got[n] == 7, name, "mask of token %zu: got %d want %d (guard byte %d)", bad,
+                bad < n ? got[bad] : 0, bad < n ? (want ? want[bad] : 1) : 0, got[n]);
+
+    int range_bad = 0;
+    long long bad_start = 0, bad_count = 0, bad_at = 0;
+    int bad_got = 0, bad_want = 0;
+    for (int r = 0; r < 300 && n > 0 && !range_bad; r++) {
+        int64_t start = (int64_t)(rng_next() % n);
+        int64_t count = (int64_t)(rng_next() % (3 * frame_tokens + 2));
+        if (r % 3 == 0) start = (int64_t)((rng_next() % (n / frame_tokens + 1)) * frame_tokens) - 1;
+        if (start < 0) start = 0;
+        if (start >= (int64_t)n) start = (int64_t)n - 1;
+        if (count > (int64_t)n - start) count = (int64_t)n - start;
+        loom_shard_read_mask(s, start, count, got);
+        int64_t tstart = (int64_t)(rng_next() % n), tcount = 1 + (int64_t)(rng_next() % frame_tokens);
+        if (tcount > (int64_t)n - tstart) tcount = (int64_t)n - tstart;
+        loom_shard_read(s, tstart, tcount, tok);
+        for (int64_t i = 0; i < count && !range_bad; i++) {
+            int w = want ? want[start + i] : 1;
+            if (got[i] != w) {
+                range_bad = 1;
+                bad_start = start;
+                bad_count = count;
+                bad_at = i;
+                bad_got = got[i];
+                bad_want = w;
+            }
+        }
+        for (int64_t i = 0; i < tcount && !range_bad; i++)
+            if (tok[i] != tokens[tstart + i]) {
+                range_bad = 1;
+                bad_start = tstart;
+                bad_count = tcount;
+                bad_at = i;
+                bad_got = tok[i];
+                bad_want = tokens[tstart + i];
+            }
+    }
+    snprintf(name, sizeof name, "%s/mask_random_ranges", label);
+    test_result(!range_bad, name, "read of %lld at %lld: element %lld got %d want %d", bad_count, bad_start,
+                bad_at, bad_got, bad_want);
+    free(tok);
+    free(got);
+}
+
 static void check_round_trip(const char *label, uint32_t vocab, uint32_t frame_tokens, size_t n,
-                             const int64_t *doc_starts, size_t n_docs) {
+                             const int64_t *doc_starts, size_t n_docs, int masked) {
     char path[128], name[160];
     snprintf(path, sizeof path, "%s/%s.tok", g_dir, label);
-    int32_t *tokens = malloc_check(n * sizeof *tokens);
+    int32_t *tokens = malloc_check((n + 1) * sizeof *tokens);
     for (size_t i = 0; i < n; i++) tokens[i] = (int32_t)(rng_next() % vocab);
     if (n > 0) tokens[n - 1] = (int32_t)vocab - 1;
-    shard_make(path, vocab, frame_tokens, tokens, n, doc_starts, n_docs);
+    uint8_t *mask = masked ? mask_random(n) : NULL;
+    shard_make(path, vocab, frame_tokens, tokens, mask, n, doc_starts, n_docs);
 
     char tmp[160];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
@@ -150,6 +250,10 @@ static void check_round_trip(const char *label, uint32_t vocab, uint32_t frame_t
     snprintf(name, sizeof name, "%s/token_bytes", label);
     test_result(le_get32(img + 12) == want_width, name, "header token_bytes %u, want %u", le_get32(img + 12),
                 want_width);
+    snprintf(name, sizeof name, "%s/flags", label);
+    test_result(le_get32(img + 56) == (masked ? LOOM_SHARD_FLAG_LOSS_MASK : 0), name, "header flags %u, want %u",
+                le_get32(img + 56), masked ? LOOM_SHARD_FLAG_LOSS_MASK : 0);
+    if (masked && n > 0) check_mask_bit_order(label, img, size, mask, n, frame_tokens);
     free(img);
 
     struct loom_shard *s = loom_shard_open(path);
@@ -201,25 +305,38 @@ static void check_round_trip(const char *label, uint32_t vocab, uint32_t frame_t
                 doc_bad < n_docs ? (long long)loom_shard_doc_start(s, (int64_t)doc_bad) : 0LL,
                 doc_bad < n_docs ? (long long)doc_starts[doc_bad] : 0LL);
 
+    check_mask_reads(label, s, mask, tokens, n, frame_tokens);
     loom_shard_close(s);
     free(got);
+    free(mask);
     free(tokens);
 }
 
 static void test_round_trips(void) {
     const int64_t docs_a[] = {0, 100, 101, 500, 999};
-    check_round_trip("odd_frames", LOOM_BYTES_VOCAB, 64, 1000, docs_a, 5);
-    check_round_trip("exact_frames", LOOM_BYTES_VOCAB, 100, 1000, docs_a, 5);
-    check_round_trip("frame_of_one", LOOM_BYTES_VOCAB, 1, 257, docs_a, 3);
-    check_round_trip("one_big_frame", LOOM_BYTES_VOCAB, 65536, 1000, docs_a, 4);
+    check_round_trip("odd_frames", LOOM_BYTES_VOCAB, 64, 1000, docs_a, 5, 0);
+    check_round_trip("exact_frames", LOOM_BYTES_VOCAB, 100, 1000, docs_a, 5, 0);
+    check_round_trip("frame_of_one", LOOM_BYTES_VOCAB, 1, 257, docs_a, 3, 0);
+    check_round_trip("one_big_frame", LOOM_BYTES_VOCAB, 65536, 1000, docs_a, 4, 0);
     const int64_t docs_one[] = {0};
-    check_round_trip("single_token", LOOM_BYTES_VOCAB, 65536, 1, docs_one, 1);
-    check_round_trip("empty", LOOM_BYTES_VOCAB, 16, 0, docs_one, 0);
+    check_round_trip("single_token", LOOM_BYTES_VOCAB, 65536, 1, docs_one, 1, 0);
+    check_round_trip("empty", LOOM_BYTES_VOCAB, 16, 0, docs_one, 0, 0);
     const int64_t docs_b[] = {0, 4095, 4096, 12000};
-    check_round_trip("u32_ids", 100000, 1000, 20000, docs_b, 4);
+    check_round_trip("u32_ids", 100000, 1000, 20000, docs_b, 4, 0);
     const int64_t docs_c[] = {0, 332, 333, 4998};
-    check_round_trip("u32_odd_frames", 1u << 20, 333, 5001, docs_c, 4);
-    check_round_trip("vocab_65536_u16", 65536, 128, 3000, docs_b, 1);
+    check_round_trip("u32_odd_frames", 1u << 20, 333, 5001, docs_c, 4, 0);
+    check_round_trip("vocab_65536_u16", 65536, 128, 3000, docs_b, 1, 0);
+
+    /* with a loss mask: partial last frames whose mask ends mid-byte (1003 = 15 x 64 + 43; 5001 =
+     * 15 x 333 + 6), frames of one token (7 padding bits each), frames a whole number of bytes */
+    check_round_trip("masked_odd_frames", LOOM_BYTES_VOCAB, 64, 1003, docs_a, 5, 1);
+    check_round_trip("masked_exact_frames", LOOM_BYTES_VOCAB, 8, 1000, docs_a, 5, 1);
+    check_round_trip("masked_frame_of_one", LOOM_BYTES_VOCAB, 1, 257, docs_a, 3, 1);
+    check_round_trip("masked_frame_of_13", LOOM_BYTES_VOCAB, 13, 1000, docs_a, 5, 1);
+    check_round_trip("masked_one_big_frame", LOOM_BYTES_VOCAB, 65536, 1000, docs_a, 4, 1);
+    check_round_trip("masked_single_token", LOOM_BYTES_VOCAB, 65536, 1, docs_one, 1, 1);
+    check_round_trip("masked_empty", LOOM_BYTES_VOCAB, 16, 0, docs_one, 0, 1);
+    check_round_trip("masked_u32_odd_frames", 1u << 20, 333, 5001, docs_c, 4, 1);
 }
 
 /* end_document before the first token, twice in a row, and at the end records no empty documents. */
@@ -257,7 +374,22 @@ static unsigned char *good_image(size_t *size, int32_t *tokens) {
     snprintf(path, sizeof path, "%s/good.tok", g_dir);
     for (int i = 0; i < 40; i++) tokens[i] = (int32_t)((i * 37) % 256);
     const int64_t docs[] = {0, 20};
-    shard_make(path, LOOM_BYTES_VOCAB, 16, tokens, 40, docs, 2);
+    shard_make(path, LOOM_BYTES_VOCAB, 16, tokens, NULL, 40, docs, 2);
+    return file_read(path, size);
+}
+
+/* A valid masked shard image: vocab 259, frames of 16 tokens, 38 tokens (frames 16, 16, 6: the last
+ * mask frame is one byte with 2 padding bits), docs at 0 and 20; token i counts when i % 3 == 0. */
+static unsigned char *good_masked_image(size_t *size, uint8_t *mask) {
+    char path[128];
+    snprintf(path, sizeof path, "%s/good_masked.tok", g_dir);
+    int32_t tokens[38];
+    for (int i = 0; i < 38; i++) {
+        tokens[i] = (int32_t)((i * 53) % 256);
+        mask[i] = i % 3 == 0;
+    }
+    const int64_t docs[] = {0, 20};
+    shard_make(path, LOOM_BYTES_VOCAB, 16, tokens, mask, 38, docs, 2);
     return file_read(path, size);
 }
 
@@ -266,36 +398,54 @@ static void write_case(char *path, size_t path_size, const char *label, const un
     file_write(path, img, size);
 }
 
-/* Replace frame 1 of the good image by one whose token 5 is `id`, moving everything after it, and fix up
- * the frame index, index_offset and checksum, so that only the vocabulary check can object. */
+/* Byte position of index entry k in the image: entries 0..frame_count-1 are the frame index, then (masked
+ * shards) the mask index. */
+static size_t image_entry(const unsigned char *img, size_t size, uint64_t k) {
+    return (size_t)(le_get64(img + size - 24) + 16 * k);
+}
+
+/* Replace the compressed frame that index entry k points at by the zstd compression of raw[0..n),
+ * moving everything after it, and fix up every later offset in the indexes, the entry's size,
+ * index_offset and the checksum, so that only the checks on the frame's content can object. */
+static unsigned char *image_replace_frame(const unsigned char *img, size_t size, uint64_t k,
+                                          const unsigned char *raw, size_t n, size_t *out_size) {
+    size_t cap = ZSTD_compressBound(n);
+    unsigned char *frame = malloc_check(cap);
+    size_t flen = ZSTD_compress(frame, cap, raw, n, 3);
+    CHECK(!ZSTD_isError(flen), "zstd: %s", ZSTD_getErrorName(flen));
+
+    uint64_t index_offset = le_get64(img + size - 24);
+    uint64_t entries = le_get64(img + 40) * ((le_get32(img + 56) & LOOM_SHARD_FLAG_LOSS_MASK) ? 2 : 1);
+    size_t entry = image_entry(img, size, k);
+    uint64_t off = le_get64(img + entry), len = le_get64(img + entry + 8);
+    int64_t delta = (int64_t)flen - (int64_t)len;
+    *out_size = (size_t)((int64_t)size + delta);
+    unsigned char *out = malloc_check(*out_size);
+    memcpy(out, img, off);
+    memcpy(out + off, frame, flen);
+    memcpy(out + off + flen, img + off + len, size - (off + len));
+    uint64_t new_index = (uint64_t)((int64_t)index_offset + delta);
+    for (uint64_t e = 0; e < entries; e++) {
+        unsigned char *p = out + new_index + 16 * e;
+        if (le_get64(p) > off) le_put64(p, le_get64(p) + (uint64_t)delta);
+    }
+    le_put64(out + new_index + 16 * k + 8, flen);
+    le_put64(out + *out_size - 24, new_index);
+    fix_checksum(out, *out_size);
+    free(frame);
+    return out;
+}
+
+/* The good image with token 5 of frame 1 (position 21) set to `id`. */
 static unsigned char *image_with_token(const unsigned char *img, size_t size, const int32_t *tokens, uint32_t id,
                                        size_t *out_size) {
-    uint64_t index_offset = le_get64(img + size - 24);
-    uint64_t off1 = le_get64(img + index_offset + 16), len1 = le_get64(img + index_offset + 24);
     unsigned char raw[32];
     for (int i = 0; i < 16; i++) {
         uint32_t v = i == 5 ? id : (uint32_t)tokens[16 + i];
         raw[2 * i] = (unsigned char)v;
         raw[2 * i + 1] = (unsigned char)(v >> 8);
     }
-    size_t cap = ZSTD_compressBound(sizeof raw);
-    unsigned char *frame = malloc_check(cap);
-    size_t flen = ZSTD_compress(frame, cap, raw, sizeof raw, 3);
-    CHECK(!ZSTD_isError(flen), "zstd: %s", ZSTD_getErrorName(flen));
-
-    int64_t delta = (int64_t)flen - (int64_t)len1;
-    *out_size = (size_t)((int64_t)size + delta);
-    unsigned char *out = malloc_check(*out_size);
-    memcpy(out, img, off1);
-    memcpy(out + off1, frame, flen);
-    memcpy(out + off1 + flen, img + off1 + len1, size - (off1 + len1));
-    uint64_t new_index = (uint64_t)((int64_t)index_offset + delta);
-    le_put64(out + new_index + 24, flen);
-    le_put64(out + new_index + 32, le_get64(out + new_index + 32) + (uint64_t)delta);
-    le_put64(out + *out_size - 24, new_index);
-    fix_checksum(out, *out_size);
-    free(frame);
-    return out;
+    return image_replace_frame(img, size, 1, raw, sizeof raw, out_size);
 }
 
 static void test_damaged(void) {
@@ -325,7 +475,14 @@ static void test_damaged(void) {
     le_put32(bad + 56, LOOM_SHARD_FLAG_LOSS_MASK);
     fix_checksum(bad, size);
     write_case(path, sizeof path, "mask_flag", bad, size);
-    expect_open_fails("damaged/mask_flag", path, "loss mask");
+    expect_open_fails("damaged/mask_flag_without_mask", path,
+                      "with 3 frames (with a loss mask) and 2 documents is inconsistent");
+
+    memcpy(bad, img, size);
+    le_put32(bad + 56, 2);
+    fix_checksum(bad, size);
+    write_case(path, sizeof path, "flag2", bad, size);
+    expect_open_fails("damaged/unknown_flag", path, "unknown header flags 0x2");
 
     memcpy(bad, img, size);
     le_put32(bad + 8, 2);
@@ -370,8 +527,89 @@ static void test_damaged(void) {
     free(img);
 }
 
-/* The writer refuses an id outside the vocabulary (a bug in the caller: CHECK, exit status 1). */
-static void test_writer_rejects_id(void) {
+/* Damaged masked shards: the mask frames are covered by the checksum, and with the checksum fixed up
+ * the mask frames' sizes, placement and padding are still checked. */
+static void test_damaged_mask(void) {
+    size_t size;
+    uint8_t mask[38];
+    unsigned char *img = good_masked_image(&size, mask);
+    unsigned char *bad = malloc_check(size);
+    char path[128];
+    uint64_t mask0 = le_get64(img + image_entry(img, size, 3));  /* mask frame 0 */
+
+    memcpy(bad, img, size);
+    bad[mask0 + 4] ^= 0x10;
+    write_case(path, sizeof path, "mask_flipped", bad, size);
+    expect_open_fails("damaged_mask/flipped_mask_byte", path, "checksum mismatch: file is corrupt");
+
+    memcpy(bad, img, size);
+    le_put32(bad + 56, 0);
+    fix_checksum(bad, size);
+    write_case(path, sizeof path, "mask_flag_cleared", bad, size);
+    expect_open_fails("damaged_mask/flag_cleared", path, "with 3 frames and 2 documents is inconsistent");
+
+    memcpy(bad, img, size);
+    le_put64(bad + image_entry(img, size, 3), mask0 + 1);
+    fix_checksum(bad, size);
+    write_case(path, sizeof path, "mask_offset", bad, size);
+    expect_open_fails("damaged_mask/frame_offset", path, "mask frame 0 starts at offset");
+
+    size_t vsize;
+    const unsigned char one_byte[1] = {0x49};
+    unsigned char *vbad = image_replace_frame(img, size, 4, one_byte, 1, &vsize);
+    write_case(path, sizeof path, "mask_short", vbad, vsize);
+    expect_open_fails("damaged_mask/frame_size", path, "mask frame 1 holds 1 bytes, expected 2 (16 tokens)");
+    free(vbad);
+
+    const unsigned char padded[1] = {0x40 | 0x09};  /* tokens 0 and 3 count; bit 6 is padding */
+    vbad = image_replace_frame(img, size, 5, padded, 1, &vsize);
+    write_case(path, sizeof path, "mask_padding", vbad, vsize);
+    expect_open_fails("damaged_mask/padding_bits", path, "mask frame 2: padding bits after its 6 tokens are not 0");
+    free(vbad);
+
+    /* the same surgery with valid bits gives a valid shard whose mask is the new one */
+    const unsigned char fine[2] = {0xA5, 0x0F};
+    vbad = image_replace_frame(img, size, 4, fine, 2, &vsize);
+    write_case(path, sizeof path, "mask_ok", vbad, vsize);
+    struct loom_shard *s = loom_shard_open(path);
+    uint8_t got[38], want[38];
+    memcpy(want, mask, 38);
+    for (int i = 0; i < 16; i++) want[16 + i] = (uint8_t)((fine[i / 8] >> (i % 8)) & 1);
+    loom_shard_read_mask(s, 0, 38, got);
+    int at = -1;
+    for (int i = 0; i < 38 && at < 0; i++)
+        if (got[i] != want[i]) at = i;
+    test_result(loom_shard_has_mask(s) && at < 0, "damaged_mask/patch_control", "mask of token %d: got %d want %d",
+                at, at >= 0 ? got[at] : 0, at >= 0 ? want[at] : 0);
+    loom_shard_close(s);
+    free(vbad);
+
+    free(bad);
+    free(img);
+}
+
+/* Misuse of the writer is a bug in the caller: CHECK, exit status 1. */
+static void writer_bad_id(struct loom_shard_writer **w, const char *path) {
+    *w = loom_shard_writer_open(path, LOOM_BYTES_VOCAB, 0, 16);
+    const int32_t ids[] = {1, 259};
+    loom_shard_writer_append(*w, ids, 2);
+}
+
+static void writer_mask_without_flag(struct loom_shard_writer **w, const char *path) {
+    *w = loom_shard_writer_open(path, LOOM_BYTES_VOCAB, 0, 16);
+    const int32_t ids[] = {1, 2};
+    const uint8_t mask[] = {1, 0};
+    loom_shard_writer_append_masked(*w, ids, mask, 2);
+}
+
+static void writer_mask_byte_2(struct loom_shard_writer **w, const char *path) {
+    *w = loom_shard_writer_open_masked(path, LOOM_BYTES_VOCAB, 0, 16);
+    const int32_t ids[] = {1, 2};
+    const uint8_t mask[] = {1, 2};
+    loom_shard_writer_append_masked(*w, ids, mask, 2);
+}
+
+static void expect_writer_check(const char *name, void (*misuse)(struct loom_shard_writer **, const char *)) {
     fflush(stdout);
     pid_t pid = fork();
     CHECK(pid >= 0, "fork");
@@ -379,15 +617,21 @@ static void test_writer_rejects_id(void) {
         freopen("/dev/null", "w", stderr);
         char path[128];
         snprintf(path, sizeof path, "%s/reject.tok", g_dir);
-        struct loom_shard_writer *w = loom_shard_writer_open(path, LOOM_BYTES_VOCAB, 0, 16);
-        const int32_t ids[] = {1, 259};
-        loom_shard_writer_append(w, ids, 2);
+        struct loom_shard_writer *w = NULL;
+        misuse(&w, path);
+        loom_shard_writer_close(w);
         _exit(0);
     }
     int status = 0;
     waitpid(pid, &status, 0);
     int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    test_result(code == 1, "writer_rejects_id", "exit status %d, want 1", code);
+    test_result(code == 1, name, "exit status %d, want 1", code);
+}
+
+static void test_writer_checks(void) {
+    expect_writer_check("writer_rejects_id", writer_bad_id);
+    expect_writer_check("writer_rejects_mask_without_flag", writer_mask_without_flag);
+    expect_writer_check("writer_rejects_mask_byte_2", writer_mask_byte_2);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -431,7 +675,8 @@ int main(void) {
     test_round_trips();
     test_doc_marks();
     test_damaged();
-    test_writer_rejects_id();
+    test_damaged_mask();
+    test_writer_checks();
     test_bytetok();
     remove_dir(g_dir);
     return test_exit();
