@@ -71,8 +71,8 @@ static void prep_usage(FILE *f) {
             "JSONL records:\n"
             "  {\"text\": \"...\"}                     a document; all its tokens count in the loss\n"
             "  {\"segments\": [{\"role\": R, \"text\": \"...\"}, ...]}\n"
-            "                                       a trajectory; R is system, user, assistant or tool, and\n"
-            "                                       only the assistant's tokens count in the loss\n"
+            "                                      a trajectory; R is system, user, assistant or tool, and\n"
+            "                                      only the assistant's tokens count in the loss\n"
             "Shards carry a per-token loss mask when some record has segments.\n",
             PREP_USAGE);
 }
@@ -394,14 +394,14 @@ static void prep_end_document(struct prep_run *r, int counts) {
 static int prep_ascii_letter(unsigned char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
 static int prep_ascii_digit(unsigned char c) { return c >= '0' && c <= '9'; }
 
-/* Where a chunk of plain text may end so that tokenizing the pieces apart gives the tokens of the whole:
- * a place where the byte-level BPE pre-tokenization (GPT-4o-style splitting, single digits, single CJK
- * units) splits whatever follows, and BPE never merges across such a split. Two such places, both ASCII
- * so that no UTF-8 sequence is cut: before a space between two letters ("word| word": a word takes at
- * most one leading space, so that space starts the next piece), and after a newline followed by a letter
- * or digit ("\n|word": neither words nor numbers take a leading newline, and runs of whitespace or
- * punctuation stop at a letter or digit). Returns the last such cut in text[0..n), or 0 for none. */
-static size_t prep_text_cut(const unsigned char *text, size_t n) {
+/* The cuts are places where LOOM_PRETOKENIZE_REGEX (data/pretokenize.c) always splits, and BPE never
+ * merges across its pieces. Two such places, both ASCII so that no UTF-8 sequence is cut: before a
+ * space between two letters ("word| word": a letter piece takes neither a trailing space nor a trailing
+ * newline, so the space starts the next piece), and after a newline followed by a letter or digit
+ * ("\n|word": a letter piece's optional lead is never a newline, and the newline and punctuation runs
+ * stop at a letter or digit). The regex has no look-behind, so the pieces after the cut do not depend
+ * on the text before it. */
+size_t data_prep_text_cut(const unsigned char *text, size_t n) {
     for (size_t p = n - 1; p >= 1 && p < n; p--) {
         if (text[p - 1] == '\n' && (prep_ascii_letter(text[p]) || prep_ascii_digit(text[p]))) return p;
         if (p + 1 < n && text[p] == ' ' && prep_ascii_letter(text[p - 1]) && prep_ascii_letter(text[p + 1]))
@@ -410,7 +410,7 @@ static size_t prep_text_cut(const unsigned char *text, size_t n) {
     return 0;
 }
 
-/* One plain-text file = one document. Chunks of PREP_CHUNK_BYTES, cut where prep_text_cut allows; a
+/* One plain-text file = one document. Chunks of PREP_CHUNK_BYTES, cut where data_prep_text_cut allows; a
  * chunk grows past that only while no such place has been seen. */
 static void prep_text_file(struct prep_run *r, const char *path) {
     FILE *f = fopen(path, "rb");
@@ -421,7 +421,7 @@ static void prep_text_file(struct prep_run *r, const char *path) {
         len += fread(buf + len, 1, cap - len, f);
         CHECK(!ferror(f), "reading %s: %s", path, strerror(errno));
         int at_end = feof(f);
-        size_t cut = at_end ? len : prep_text_cut(buf, len);
+        size_t cut = at_end ? len : data_prep_text_cut(buf, len);
         if (cut == 0 && at_end) break;
         if (cut == 0) {
             cap *= 2;

@@ -20,12 +20,19 @@
 #ifndef LOOM_DATA_PREP_H
 #define LOOM_DATA_PREP_H
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 /* argv[0] is "prep". Returns the exit status; bad input exits 2 from inside (loom_input_error). */
 int data_prep_main(int argc, char **argv);
+
+/* Where prep may end a chunk of plain text: the last position p in 1..n-1 at which the pre-tokenizer
+ * (data/pretokenize.h) splits text[0..n) whatever follows, so that text[0..p) and the rest tokenize to
+ * the tokens of the whole; 0 when there is none. */
+size_t data_prep_text_cut(const unsigned char *text, size_t n);
 
 #ifdef __cplusplus
 }

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "data/plan.h"
 #include "data/prep.h"
 #include "train/cli.h"
 
@@ -13,15 +14,17 @@ static const char *USAGE =
     "\n"
     "  train -c CONFIG [--section.key=value ...]   train a model (under mpirun for several ranks)\n"
     "  info  -c CONFIG [--section.key=value ...]   resolved config, parameter table, counts, FLOPs, memory\n"
-    "  data prep --tokenizer bytes --source NAME --in FILE... --out DIR\n"
-    "                                              tokenize text into shards\n"
+    "  data prep --tokenizer T --source NAME --in FILE... --out DIR\n"
+    "                                              tokenize text or JSONL into shards\n"
+    "  data plan -c CONFIG [--tokens 11T]          the curriculum over a whole run, per phase and source\n"
     "\n"
     "Exit status: 0 success, 1 runtime failure, 2 bad input.\n";
 
 static int data_main(int argc, char **argv) {
     if (argc < 2) loom_input_error("loom data", "loom data prep --help", "missing data command");
     if (strcmp(argv[1], "prep") == 0) return data_prep_main(argc - 1, argv + 1);
-    loom_input_error(argv[1], "the data command here is `prep`", "unknown data command");
+    if (strcmp(argv[1], "plan") == 0) return data_plan_main(argc - 1, argv + 1);
+    loom_input_error(argv[1], "data commands: prep, plan", "unknown data command");
 }
 
 int main(int argc, char **argv) {

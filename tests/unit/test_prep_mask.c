@@ -7,6 +7,8 @@
  * the assistant's tokens in the loss (and the closing eos when the assistant spoke last), text records
  * and plain files count whole. A second run with no trajectories must give shards without a mask, and
  * large plain files (chunked reading, a chunk with no place to cut) must come through byte for byte.
+ * Last, the places where prep cuts plain text into chunks must be places where the BPE pre-tokenizer
+ * splits anyway: pre-tokenizing chunk by chunk must give the pieces of the whole text.
  */
 #define _XOPEN_SOURCE 700
 
@@ -21,6 +23,7 @@
 #include "core/error.h"
 #include "data/bytetok.h"
 #include "data/prep.h"
+#include "data/pretokenize.h"
 #include "data/shard.h"
 #include "tests/test.h"
 
@@ -312,6 +315,78 @@ static void test_no_trajectories(void) {
     stream_free(&want);
 }
 
+/* ---------------------------------------------------------------------------------------------- */
+/* chunk cuts                                                                                      */
+
+/* Append the end positions (plus base) of the pre-tokenizer's pieces of text[0..n) to ends. */
+static size_t piece_ends(const struct loom_pretok *p, struct loom_pretok_match *m, const char *text, size_t n,
+                         size_t base, size_t *ends, size_t count) {
+    for (size_t pos = 0; pos < n;) {
+        pos = loom_pretok_next(p, m, text, n, pos);
+        ends[count++] = base + pos;
+    }
+    return count;
+}
+
+static void test_text_cut(void) {
+    /* letters (ASCII, accented, uppercase), contractions, digits, spaces and other whitespace (tab,
+     * CR LF, no-break space), punctuation runs and slashes, CJK, an invalid byte */
+    static const char *const pieces[] = {"a", "b", "Z", "Ab", "'s", " ", "  ", "\n", "\r\n", "\t", "5", "12",
+                                         "!", ".", "/", "\xc3\xa9", "\xe4\xb8\xad", "\xe3\x80\x81",
+                                         "\xea\xb0\x80", "\xff", "\xc2\xa0", "-", "\n\n"};
+    const size_t n_pieces = sizeof pieces / sizeof *pieces;
+    struct loom_pretok *p = loom_pretok_init(LOOM_PRETOKENIZE_REGEX, "test");
+    struct loom_pretok_match *m = loom_pretok_match_init(p);
+    size_t cap = 4096;
+    char *text = malloc_check(cap + 16);
+    size_t *whole = malloc_check((cap + 16) * sizeof *whole), *chunked = malloc_check((cap + 16) * sizeof *chunked);
+    long long cuts = 0, bad_trial = -1, bad_index = 0;
+    for (int trial = 0; trial < 300 && bad_trial < 0; trial++) {
+        size_t n = 0;
+        while (n < cap) {
+            /* mostly words and single spaces, so that cuts are common */
+            const char *piece = rng_next() % 3 ? (rng_next() % 2 ? "a" : " ") : pieces[rng_next() % n_pieces];
+            size_t pl = strlen(piece);
+            memcpy(text + n, piece, pl);
+            n += pl;
+        }
+        size_t n_whole = piece_ends(p, m, text, n, 0, whole, 0), n_chunked = 0;
+        /* the reader's loop: a window of the text, cut where allowed, grown while there is no cut */
+        for (size_t pos = 0; pos < n;) {
+            size_t len = 1 + rng_next() % 200, cut = 0;
+            for (;;) {
+                if (len >= n - pos) {
+                    cut = n - pos;
+                    break;
+                }
+                cut = data_prep_text_cut((const unsigned char *)text + pos, len);
+                if (cut > 0) break;
+                len *= 2;
+            }
+            if (pos + cut < n) cuts++;
+            n_chunked = piece_ends(p, m, text + pos, cut, pos, chunked, n_chunked);
+            pos += cut;
+        }
+        for (size_t i = 0; i < n_whole && bad_trial < 0; i++)
+            if (i >= n_chunked || chunked[i] != whole[i]) {
+                bad_trial = trial;
+                bad_index = (long long)i;
+            }
+        if (bad_trial < 0 && n_chunked != n_whole) {
+            bad_trial = trial;
+            bad_index = (long long)n_whole;
+        }
+    }
+    test_result(bad_trial < 0 && cuts > 1000, "text_cut/pieces_unchanged",
+                "trial %lld: piece %lld differs between chunked and whole pre-tokenization (%lld cuts made)",
+                bad_trial, bad_index, cuts);
+    free(chunked);
+    free(whole);
+    free(text);
+    loom_pretok_match_free(m);
+    loom_pretok_free(p);
+}
+
 static void remove_dir(const char *dir) {
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
@@ -323,6 +398,7 @@ int main(void) {
     CHECK(mkdtemp(g_dir) != NULL, "mkdtemp");
     test_trajectories();
     test_no_trajectories();
+    test_text_cut();
     remove_dir(g_dir);
     return test_exit();
 }
