@@ -48,8 +48,13 @@ test: loom $(TEST_BINS)
 demo: loom
 	@scripts/demo.sh
 
-bench: loom
+$(BUILD)/bench/%: bench/%.c $(LIB_OBJS) | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< $(LIB_OBJS) $(LDLIBS) -o $@
+
+bench: loom $(BUILD)/bench/bench_loader
 	@scripts/bench_cpu.sh
+	@scripts/bench_loader.sh
 
 clean:
 	rm -rf $(BUILD) loom

@@ -396,22 +396,20 @@ static int prep_ascii_digit(unsigned char c) { return c >= '0' && c <= '9'; }
 
 /* The cuts are places where LOOM_PRETOKENIZE_REGEX (data/pretokenize.c) always splits, and BPE never
  * merges across its pieces. Two such places, both ASCII so that no UTF-8 sequence is cut: before a
- * space between two letters ("word| word": a letter piece takes neither a trailing space nor a trailing
- * newline, so the space starts the next piece), and after a newline followed by a letter or digit
- * ("\n|word": a letter piece's optional lead is never a newline, and the newline and punctuation runs
- * stop at a letter or digit). The regex has no look-behind, so the pieces after the cut do not depend
- * on the text before it. */
+ * space that follows a letter ("word| word": a letter piece takes no trailing space, so a piece starts
+ * at the space), and after a newline followed by a letter or digit ("\n|word": a letter piece's
+ * optional lead is never a newline, and the newline and punctuation runs stop at a letter or digit).
+ * The regex has no look-behind, so the pieces after the cut do not depend on the text before it. */
 size_t data_prep_text_cut(const unsigned char *text, size_t n) {
-    for (size_t p = n - 1; p >= 1 && p < n; p--) {
+    for (size_t p = n; p-- > 1;) {
         if (text[p - 1] == '\n' && (prep_ascii_letter(text[p]) || prep_ascii_digit(text[p]))) return p;
-        if (p + 1 < n && text[p] == ' ' && prep_ascii_letter(text[p - 1]) && prep_ascii_letter(text[p + 1]))
-            return p;
+        if (text[p] == ' ' && prep_ascii_letter(text[p - 1])) return p;
     }
     return 0;
 }
 
-/* One plain-text file = one document. Chunks of PREP_CHUNK_BYTES, cut where data_prep_text_cut allows; a
- * chunk grows past that only while no such place has been seen. */
+/* One plain-text file = one document. Chunks of PREP_CHUNK_BYTES, cut where data_prep_text_cut allows;
+ * a chunk grows past that only while no such place has been seen. */
 static void prep_text_file(struct prep_run *r, const char *path) {
     FILE *f = fopen(path, "rb");
     if (!f) loom_input_error(path, NULL, "cannot read input file: %s", strerror(errno));

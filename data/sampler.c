@@ -150,6 +150,7 @@ void loom_sampler_close(struct loom_sampler *s) {
     for (int i = 0; i < s->nstreams; i++) {
         for (int j = 0; j < s->streams[i].nshards; j++) loom_shard_close(s->streams[i].shards[j]);
         free(s->streams[i].shards);
+        free(s->streams[i].order);
     }
     free(s->window);
     free(s->mask);
@@ -171,10 +172,14 @@ static void window_reserve(struct loom_sampler *s, int64_t n) {
     s->window_cap = n;
 }
 
-/* Shard i of source `src` in epoch `epoch`'s order: a Fisher-Yates shuffle seeded by (seed, source,
- * epoch), rebuilt per call (sources have few shards; this is not on the per-token path). */
-static int epoch_shard(const struct loom_sampler *s, int src, int64_t epoch, int i, int *perm) {
-    int n = s->streams[src].nshards;
+/* The shard order of a source's epoch: a Fisher-Yates shuffle seeded by (seed, source, epoch),
+ * cached until the source moves to another epoch. */
+static const int *epoch_order(struct loom_sampler *s, int src, int64_t epoch) {
+    struct loom_stream *st = &s->streams[src];
+    if (st->order && st->order_epoch == epoch) return st->order;
+    int n = st->nshards;
+    if (!st->order) st->order = malloc_check(sizeof(int) * n);
+    int *perm = st->order;
     for (int j = 0; j < n; j++) perm[j] = j;
     uint64_t stream = ((uint64_t)STREAM_ORDER << 32) ^ ((uint64_t)src << 24);
     for (int j = n - 1; j > 0; j--) {
@@ -183,19 +188,20 @@ static int epoch_shard(const struct loom_sampler *s, int src, int64_t epoch, int
         perm[j] = perm[k];
         perm[k] = t;
     }
-    return perm[i];
+    st->order_epoch = epoch;
+    return perm;
 }
 
 /* count tokens (and mask bytes) of source src's epoch-ordered stream from position pos */
 static void stream_read(struct loom_sampler *s, int src, int64_t epoch, int64_t pos, int64_t count, int32_t *out,
                         uint8_t *mask) {
     const struct loom_stream *st = &s->streams[src];
-    int *perm = malloc_check(sizeof(int) * st->nshards);
+    const int *order = epoch_order(s, src, epoch);
     int i = 0;
     int64_t base = 0;
     while (count > 0) {
         CHECK(i < st->nshards, "read past the end of source %s", st->source->name);
-        struct loom_shard *sh = st->shards[epoch_shard(s, src, epoch, i, perm)];
+        struct loom_shard *sh = st->shards[order[i]];
         int64_t n = loom_shard_tokens(sh);
         if (pos < base + n) {
             int64_t local = pos - base, take = n - local < count ? n - local : count;
@@ -209,7 +215,6 @@ static void stream_read(struct loom_sampler *s, int src, int64_t epoch, int64_t 
         base += n;
         i++;
     }
-    free(perm);
 }
 
 /* Window of T + 1 tokens from source src at its cursor; moves the cursor (into a new epoch when the

@@ -31,6 +31,8 @@ struct loom_stream {
     int nshards;
     int64_t total;                 /* tokens in all shards */
     int masked;                    /* loss_mask = assistant: targets the shard does not mark are ignored */
+    int *order;                    /* shard order of epoch order_epoch (derived from the state, cached) */
+    int64_t order_epoch;
 };
 
 /* What a checkpoint stores to continue the stream exactly. */

@@ -1007,12 +1007,13 @@ def safe_eval(expr, functions):
             if right == 0 and not isinstance(node.op, (ast.Add, ast.Sub, ast.Mult)):
                 raise ToolError("division by zero")
             return op(left, right)
-        if isinstance(node, (ast.List, ast.Tuple)) and "sum" in functions:
+        if isinstance(node, (ast.List, ast.Tuple)) and functions:  # python_eval only
             return [ev(e) for e in node.elts]
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords:
             name = node.func.id
             if name not in functions:
-                raise ToolError(f"unknown function {name!r}; allowed: {', '.join(sorted(functions))}")
+                raise ToolError(f"unknown function {name!r}; allowed: {', '.join(sorted(functions))}" if functions
+                                else "function calls are not supported; write plain arithmetic")
             return functions[name](*[ev(a) for a in node.args])
         if isinstance(node, ast.Name):
             raise ToolError(f"unknown name {node.id!r}: only numbers"
@@ -1029,19 +1030,29 @@ def _round(x, nd=0):
     return Fraction(round(x, int(nd)))
 
 
-def _agg(f):
+def _agg(name, f):
     def g(*args):
         vals = args[0] if len(args) == 1 and isinstance(args[0], list) else list(args)
         if not vals or any(isinstance(v, list) for v in vals):
-            raise ToolError(f"{f.__name__} expects numbers or one non-empty list of numbers")
+            raise ToolError(f"{name} expects numbers or one non-empty list of numbers")
         return f(vals)
     return g
 
 
-PY_FUNCS = {"sum": _agg(lambda v: sum(v, Fraction(0))), "min": _agg(min), "max": _agg(max),
-            "abs": lambda x: abs(x), "round": _round, "len": lambda v: Fraction(len(v))}
-for _n, _f in (("sum", "sum"), ("min", "min"), ("max", "max")):
-    PY_FUNCS[_n].__name__ = _f
+def _len(v):
+    if not isinstance(v, list):
+        raise ToolError("len expects a list")
+    return Fraction(len(v))
+
+
+def _abs(x):
+    if isinstance(x, list):
+        raise ToolError("abs expects a number")
+    return abs(x)
+
+
+PY_FUNCS = {"sum": _agg("sum", lambda v: sum(v, Fraction(0))), "min": _agg("min", min), "max": _agg("max", max),
+            "abs": _abs, "round": _round, "len": _len}
 
 UNITS = {  # unit -> (dimension, factor to the base unit)
     "m": ("length", Fraction(1)), "km": ("length", Fraction(1000)), "mi": ("length", Fraction("1609.344")),
