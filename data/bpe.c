@@ -24,9 +24,64 @@
 #define BPE_CACHE_PIECES (1u << 16)
 
 static void *bpe_realloc(void *p, size_t n, size_t size) {
-    p = realloc(p, n * size ? n * size : 1);
+    CHECK(size == 0 || n <= SIZE_MAX / size, "array of %zu x %zu bytes is too large", n, size);
+    size_t bytes = n * size;
+    p = realloc(p, bytes ? bytes : 1);
     CHECK(p != NULL, "out of memory growing an array to %zu x %zu bytes", n, size);
     return p;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* the byte alphabet: bytes 0x00-0x20, 0x7F-0xA0 and 0xAD become U+0100 .. U+0143 in that order        */
+
+static uint32_t bpe_char_of(unsigned char b) {
+    if (b <= 0x20) return 0x100 + b;
+    if (b >= 0x7F && b <= 0xA0) return 0x100 + 33 + (b - 0x7F);
+    if (b == 0xAD) return 0x100 + 67;
+    return b;
+}
+
+/* The byte a character spells, or -1. */
+static int bpe_byte_of(uint32_t c) {
+    if (c < 0x100) return (c <= 0x20 || (c >= 0x7F && c <= 0xA0) || c == 0xAD) ? -1 : (int)c;
+    if (c < 0x100 + 33) return (int)(c - 0x100);
+    if (c < 0x100 + 67) return (int)(0x7F + c - 0x100 - 33);
+    return c == 0x100 + 67 ? 0xAD : -1;
+}
+
+size_t loom_bpe_spell(const char *bytes, size_t len, char *out) {
+    char *o = out;
+    for (size_t i = 0; i < len; i++) {
+        uint32_t c = bpe_char_of((unsigned char)bytes[i]);
+        if (c < 0x80) {
+            *o++ = (char)c;
+        } else {
+            *o++ = (char)(0xC0 | (c >> 6));
+            *o++ = (char)(0x80 | (c & 0x3F));
+        }
+    }
+    *o = '\0';
+    return (size_t)(o - out);
+}
+
+long loom_bpe_unspell(const char *s, char *out) {
+    long n = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p;) {
+        uint32_t c;
+        if (p[0] < 0x80) {
+            c = p[0];
+            p += 1;
+        } else if ((p[0] & 0xE0) == 0xC0 && (p[1] & 0xC0) == 0x80) {
+            c = (uint32_t)(p[0] & 0x1F) << 6 | (p[1] & 0x3F);
+            p += 2;
+        } else {
+            return -1;
+        }
+        int b = bpe_byte_of(c);
+        if (b < 0) return -1;
+        out[n++] = (char)b;
+    }
+    return n;
 }
 
 /* ---------------------------------------------------------------------------------------------- */

@@ -77,6 +77,18 @@ int32_t loom_bpe_special(const struct loom_bpe *b, const char *text);
 uint64_t loom_bpe_hash(const struct loom_bpe *b);
 
 /* ---------------------------------------------------------------------------------------------- */
+/* GPT-2's byte alphabet, in which tokenizer.json spells tokens: the printable bytes ! .. ~, ¡ .. ¬
+ * and ® .. ÿ stand for themselves; the other 68 bytes, in increasing order, are the characters
+ * U+0100, U+0101, ... */
+
+/* The spelling of bytes[0..len) into out, which has room for 2 * len + 1 bytes (each character is 1
+ * or 2 bytes of UTF-8); NUL-terminated. Returns its length. */
+size_t loom_bpe_spell(const char *bytes, size_t len, char *out);
+/* The bytes the NUL-terminated spelling s stands for, into out (room for strlen(s) bytes). Returns
+ * their count, or -1 when s holds a character outside the alphabet. */
+long loom_bpe_unspell(const char *s, char *out);
+
+/* ---------------------------------------------------------------------------------------------- */
 /* a map from byte strings to values, shared by the tokenizer and its trainer                       */
 
 struct loom_bpe_strmap;
@@ -103,8 +115,9 @@ void loom_bpe_trainer_add(struct loom_bpe_trainer *tr, const char *text, size_t 
 /* Learns merges until the vocabulary holds vocab_size tokens (256 bytes + merges + specials) or no
  * pair occurs min_frequency times; then appends the specials. Ties between pairs of equal count go to
  * the smaller left id, then the smaller right id (bytes have ids 0..255 by value, merges count up
- * from 256 in the order learned). No merge makes a token whose bytes are a special's text. Progress
- * lines go to `progress` when not NULL. */
+ * from 256 in the order learned). No token is spelled as a special's text (tokenizer.json could not
+ * tell them apart): no merge makes one, and a special that spells a single byte is an input error, as
+ * is a special given twice. Progress lines go to `progress` when not NULL. */
 struct loom_bpe *loom_bpe_trainer_finish(struct loom_bpe_trainer *tr, uint32_t vocab_size, uint64_t min_frequency,
                                          const char *const *specials, int n_specials, FILE *progress);
 

@@ -101,7 +101,9 @@ struct train_state {
 };
 
 static void *train_realloc(void *p, size_t n, size_t size) {
-    p = realloc(p, n * size ? n * size : 1);
+    CHECK(size == 0 || n <= SIZE_MAX / size, "array of %zu x %zu bytes is too large", n, size);
+    size_t bytes = n * size;
+    p = realloc(p, bytes ? bytes : 1);
     CHECK(p != NULL, "out of memory growing an array to %zu x %zu bytes", n, size);
     return p;
 }
@@ -250,16 +252,33 @@ static double train_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Is bytes[0..len) the text of one of the specials? */
-static int train_is_special(const char *bytes, size_t len, const char *const *specials, int n_specials) {
+/* Is `spelling` the text of one of the specials? */
+static int train_is_special(const char *spelling, const char *const *specials, int n_specials) {
     for (int i = 0; i < n_specials; i++)
-        if (strlen(specials[i]) == len && memcmp(specials[i], bytes, len) == 0) return 1;
+        if (strcmp(specials[i], spelling) == 0) return 1;
     return 0;
+}
+
+static void train_check_specials(const char *const *specials, int n_specials) {
+    for (int i = 0; i < n_specials; i++) {
+        size_t len = strlen(specials[i]);
+        if (len == 0) loom_input_error("--special", NULL, "a special token cannot be empty");
+        for (int j = 0; j < i; j++)
+            if (strcmp(specials[i], specials[j]) == 0)
+                loom_input_error(specials[i], NULL, "special token given twice");
+        char *bytes = malloc_check(len);
+        long n = loom_bpe_unspell(specials[i], bytes);
+        if (n == 1)
+            loom_input_error(specials[i], "choose a longer text, e.g. <|name|>",
+                             "special token is the spelling of byte 0x%02x in tokenizer.json", (unsigned char)bytes[0]);
+        free(bytes);
+    }
 }
 
 struct loom_bpe *loom_bpe_trainer_finish(struct loom_bpe_trainer *tr, uint32_t vocab_size, uint64_t min_frequency,
                                          const char *const *specials, int n_specials, FILE *progress) {
     CHECK(vocab_size >= 256 + (uint32_t)n_specials, "vocab_size %u below 256 + %d specials", vocab_size, n_specials);
+    train_check_specials(specials, n_specials);
     struct loom_bpe *bpe = loom_bpe_init(LOOM_PRETOKENIZE_REGEX);
     for (int c = 0; c < 256; c++) {
         char byte = (char)c;
@@ -310,7 +329,7 @@ struct loom_bpe *loom_bpe_trainer_finish(struct loom_bpe_trainer *tr, uint32_t v
     uint32_t target = vocab_size - (uint32_t)n_specials;
     double t0 = train_now(), last = t0;
     int64_t last_count = 0;
-    char *joined = NULL;
+    char *joined = NULL, *spelling = NULL; /* the bytes of a merge's result and their spelling */
     size_t joined_cap = 0;
     while (bpe->n_tokens < target && st.n_heap > 0) {
         struct train_heap_entry top = train_heap_pop(&st);
@@ -324,13 +343,15 @@ struct loom_bpe *loom_bpe_trainer_finish(struct loom_bpe_trainer *tr, uint32_t v
         if (p->state == TRAIN_PAIR_OPEN) {
             uint64_t lo = bpe->offset[p->left], ll = bpe->offset[p->left + 1] - lo;
             uint64_t ro = bpe->offset[p->right], rl = bpe->offset[p->right + 1] - ro;
-            if (ll + rl > joined_cap) {
-                joined_cap = 2 * (ll + rl);
+            if (2 * (ll + rl) + 1 > joined_cap) { /* both buffers; a spelling takes up to 2 bytes a byte */
+                joined_cap = 4 * (ll + rl) + 1;
                 joined = train_realloc(joined, joined_cap, 1);
+                spelling = train_realloc(spelling, joined_cap, 1);
             }
             memcpy(joined, bpe->bytes + lo, ll);
             memcpy(joined + ll, bpe->bytes + ro, rl);
-            if (train_is_special(joined, ll + rl, specials, n_specials)) {
+            loom_bpe_spell(joined, ll + rl, spelling);
+            if (train_is_special(spelling, specials, n_specials)) {
                 p->state = TRAIN_PAIR_FORBIDDEN;
                 continue;
             }
@@ -359,6 +380,7 @@ struct loom_bpe *loom_bpe_trainer_finish(struct loom_bpe_trainer *tr, uint32_t v
                 train_now() - t0, (long long)last_count,
                 bpe->n_tokens < target ? "; no pair left frequent enough to fill the vocabulary" : "");
     free(joined);
+    free(spelling);
 
     for (int i = 0; i < n_specials; i++) loom_bpe_add_token(bpe, specials[i], strlen(specials[i]), 1);
     loom_bpe_build(bpe, "tokenizer-train");

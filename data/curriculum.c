@@ -228,6 +228,21 @@ void loom_curriculum_build(struct loom_curriculum *c, const struct loom_config *
     list_each(cfg->train.batch_schedule, batch_item, &bx);
 }
 
+void loom_curriculum_check_sizes(const struct loom_curriculum *c, const int64_t *size) {
+    for (int p = 0; p < c->nphases; p++) {
+        const struct loom_curriculum_phase *ph = &c->phases[p];
+        for (int s = 0; s < c->nsources; s++) {
+            int drawn = ph->weights[s] > 0 || (p > 0 && ph->ramp > 0 && c->phases[p - 1].weights[s] > 0);
+            if (!drawn || size[s] >= ph->seq_len + 1) continue;
+            char key[96];
+            snprintf(key, sizeof key, "phase.%s.seq_len", ph->name);
+            loom_input_error(key, "give the source more data, a shorter sequence length, or weight 0 in this phase",
+                             "source %s has %lld tokens, fewer than one sample of %lld", c->sources[s]->name,
+                             (long long)size[s], (long long)(ph->seq_len + 1));
+        }
+    }
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* queries                                                                                          */
 

@@ -50,6 +50,10 @@ int loom_config_sources(const struct loom_config *cfg, const struct loom_source_
  * Bad weights, phase order, unknown sources, a bad batch schedule: exit 2 naming the key. */
 void loom_curriculum_build(struct loom_curriculum *c, const struct loom_config *cfg, const int64_t *size);
 
+/* Every source a phase draws from (weight > 0 there, or in the phase a ramp blends from) holds at
+ * least one sample of that phase's sequence length: else exit 2 naming phase.NAME.seq_len. */
+void loom_curriculum_check_sizes(const struct loom_curriculum *c, const int64_t *size);
+
 /* Index of the phase holding token position `tokens`. */
 int loom_curriculum_phase_at(const struct loom_curriculum *c, int64_t tokens);
 /* The mixture at token position `tokens` (ramps applied); w has nsources entries summing to 1. */

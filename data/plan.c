@@ -72,17 +72,10 @@ int data_plan_main(int argc, char **argv) {
     int ns = loom_config_sources(&cfg, sources, &shorthand);
     int64_t size[LOOM_MAX_SOURCES] = {0};
     int counted[LOOM_MAX_SOURCES] = {0};
-    int need_shards = 0;
-    for (int s = 0; s < ns; s++) need_shards |= sources[s]->tokens == 0;
-    struct loom_sampler sampler;
-    if (need_shards && cfg.data.kind == LOOM_DATA_SHARDS) {
-        loom_sampler_open(&sampler, &cfg, 0);
-        loom_sampler_sizes(&sampler, size);
-        loom_sampler_close(&sampler);
-        for (int s = 0; s < ns; s++) counted[s] = 1;
+    for (int s = 0; s < ns; s++) {
+        if (sources[s]->tokens > 0) size[s] = sources[s]->tokens;
+        else if (cfg.data.kind == LOOM_DATA_SHARDS) size[s] = loom_source_tokens(sources[s]), counted[s] = 1;
     }
-    for (int s = 0; s < ns; s++)
-        if (sources[s]->tokens > 0) size[s] = sources[s]->tokens, counted[s] = 0;
 
     struct loom_curriculum c;
     loom_curriculum_build(&c, &cfg, size);

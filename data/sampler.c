@@ -151,10 +151,19 @@ void loom_sampler_close(struct loom_sampler *s) {
         for (int j = 0; j < s->streams[i].nshards; j++) loom_shard_close(s->streams[i].shards[j]);
         free(s->streams[i].shards);
         free(s->streams[i].order);
+        free(s->streams[i].order_start);
     }
     free(s->window);
     free(s->mask);
     memset(s, 0, sizeof *s);
+}
+
+int64_t loom_source_tokens(const struct loom_source_config *src) {
+    struct loom_stream st;
+    stream_open(&st, src, 0);
+    for (int j = 0; j < st.nshards; j++) loom_shard_close(st.shards[j]);
+    free(st.shards);
+    return st.total;
 }
 
 void loom_sampler_sizes(const struct loom_sampler *s, int64_t *size) {
@@ -172,48 +181,54 @@ static void window_reserve(struct loom_sampler *s, int64_t n) {
     s->window_cap = n;
 }
 
-/* The shard order of a source's epoch: a Fisher-Yates shuffle seeded by (seed, source, epoch),
- * cached until the source moves to another epoch. */
-static const int *epoch_order(struct loom_sampler *s, int src, int64_t epoch) {
+/* The shard order of a source's epoch: a Fisher-Yates shuffle seeded by (seed, source, epoch), with
+ * each shard's first position in that order; cached until the source moves to another epoch. */
+static void epoch_order(struct loom_sampler *s, int src, int64_t epoch) {
     struct loom_stream *st = &s->streams[src];
-    if (st->order && st->order_epoch == epoch) return st->order;
+    if (st->order && st->order_epoch == epoch) return;
     int n = st->nshards;
-    if (!st->order) st->order = malloc_check(sizeof(int) * n);
+    if (!st->order) {
+        st->order = malloc_check(sizeof(int) * n);
+        st->order_start = malloc_check(sizeof(int64_t) * (n + 1));
+    }
     int *perm = st->order;
     for (int j = 0; j < n; j++) perm[j] = j;
     uint64_t stream = ((uint64_t)STREAM_ORDER << 32) ^ ((uint64_t)src << 24);
     for (int j = n - 1; j > 0; j--) {
-        int k = (int)(loom_rng_u64(s->seed, stream, (uint64_t)epoch * 65536 + (uint64_t)j) % (uint64_t)(j + 1));
+        int k = (int)(loom_rng_u64(s->seed, stream, ((uint64_t)epoch << 32) | (uint64_t)j) % (uint64_t)(j + 1));
         int t = perm[j];
         perm[j] = perm[k];
         perm[k] = t;
     }
+    st->order_start[0] = 0;
+    for (int j = 0; j < n; j++) st->order_start[j + 1] = st->order_start[j] + loom_shard_tokens(st->shards[perm[j]]);
     st->order_epoch = epoch;
-    return perm;
 }
 
 /* count tokens (and mask bytes) of source src's epoch-ordered stream from position pos */
 static void stream_read(struct loom_sampler *s, int src, int64_t epoch, int64_t pos, int64_t count, int32_t *out,
                         uint8_t *mask) {
+    epoch_order(s, src, epoch);
     const struct loom_stream *st = &s->streams[src];
-    const int *order = epoch_order(s, src, epoch);
-    int i = 0;
-    int64_t base = 0;
-    while (count > 0) {
-        CHECK(i < st->nshards, "read past the end of source %s", st->source->name);
-        struct loom_shard *sh = st->shards[order[i]];
-        int64_t n = loom_shard_tokens(sh);
-        if (pos < base + n) {
-            int64_t local = pos - base, take = n - local < count ? n - local : count;
-            loom_shard_read(sh, local, take, out);
-            if (mask) loom_shard_read_mask(sh, local, take, mask);
-            out += take;
-            if (mask) mask += take;
-            pos += take;
-            count -= take;
-        }
-        base += n;
-        i++;
+    CHECK(pos + count <= st->order_start[st->nshards], "read past the end of source %s", st->source->name);
+    /* the shard holding pos: the last start <= pos */
+    int lo = 0, hi = st->nshards - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (st->order_start[mid] <= pos) lo = mid;
+        else hi = mid - 1;
+    }
+    for (int i = lo; count > 0; i++) {
+        struct loom_shard *sh = st->shards[st->order[i]];
+        int64_t local = pos - st->order_start[i], n = st->order_start[i + 1] - pos;
+        int64_t take = n < count ? n : count;
+        if (take <= 0) continue;
+        loom_shard_read(sh, local, take, out);
+        if (mask) loom_shard_read_mask(sh, local, take, mask);
+        out += take;
+        if (mask) mask += take;
+        pos += take;
+        count -= take;
     }
 }
 
@@ -222,10 +237,12 @@ static void stream_read(struct loom_sampler *s, int src, int64_t epoch, int64_t 
 static void source_take(struct loom_sampler *s, int src, int64_t T, int read) {
     struct loom_sampler_state *st = &s->state;
     const struct loom_stream *stream = &s->streams[src];
-    if (stream->total < T + 1)
-        loom_input_error(stream->source->name, "give the source more data or use a shorter sequence length",
-                         "source has %lld tokens, fewer than one sample of %lld", (long long)stream->total,
-                         (long long)(T + 1));
+    if (stream->total < T + 1) {
+        char key[96];
+        snprintf(key, sizeof key, "source.%s.shards", stream->source->name);
+        loom_input_error(key, "give the source more data or use a shorter sequence length",
+                         "%lld tokens, fewer than one sample of %lld", (long long)stream->total, (long long)(T + 1));
+    }
     if (st->cursor[src] + T + 1 > stream->total) {
         st->epoch[src]++;
         st->cursor[src] = 0;

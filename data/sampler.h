@@ -32,6 +32,7 @@ struct loom_stream {
     int64_t total;                 /* tokens in all shards */
     int masked;                    /* loss_mask = assistant: targets the shard does not mark are ignored */
     int *order;                    /* shard order of epoch order_epoch (derived from the state, cached) */
+    int64_t *order_start;          /* first stream position of each shard in that order, and the total */
     int64_t order_epoch;
 };
 
@@ -74,6 +75,8 @@ int loom_sampler_heldout(struct loom_sampler *s, int source, int64_t k, int64_t 
 
 /* Tokens per source in its shards (for weights by size and for the plan), into size[nstreams]. */
 void loom_sampler_sizes(const struct loom_sampler *s, int64_t *size);
+/* Tokens in one source's shards (opened, validated and closed again). */
+int64_t loom_source_tokens(const struct loom_source_config *src);
 
 #ifdef __cplusplus
 }

@@ -1,5 +1,6 @@
 /*
- * data/tokenizer.c — the tokenizer handle (see tokenizer.h): the built-in byte tokenizer here.
+ * data/tokenizer.c — the tokenizer handle (see tokenizer.h): the built-in byte tokenizer, or byte-level
+ * BPE from a tokenizer.json (data/bpe.h).
  */
 #include "data/tokenizer.h"
 
@@ -7,10 +8,12 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "data/bpe.h"
 #include "data/bytetok.h"
 
 struct loom_tokenizer {
-    int bytes; /* the built-in byte tokenizer */
+    struct loom_bpe *bpe; /* NULL for the built-in byte tokenizer */
+    uint64_t hash;
 };
 
 void loom_ids_push(struct loom_ids *v, int32_t id) {
@@ -28,27 +31,30 @@ void loom_ids_free(struct loom_ids *v) {
 }
 
 struct loom_tokenizer *loom_tokenizer_load(const char *name_or_path) {
-    if (strcmp(name_or_path, "bytes") != 0)
-        loom_input_error(name_or_path, "the built-in tokenizer is `bytes`", "unknown tokenizer");
     struct loom_tokenizer *t = calloc_check(1, sizeof *t);
-    t->bytes = 1;
+    if (strcmp(name_or_path, "bytes") == 0) {
+        t->hash = loom_bytetok_hash();
+    } else {
+        t->bpe = loom_bpe_load_json(name_or_path);
+        t->hash = loom_bpe_hash(t->bpe);
+    }
     return t;
 }
 
-void loom_tokenizer_free(struct loom_tokenizer *t) { free(t); }
+void loom_tokenizer_free(struct loom_tokenizer *t) {
+    if (!t) return;
+    loom_bpe_free(t->bpe);
+    free(t);
+}
 
 uint32_t loom_tokenizer_vocab_size(const struct loom_tokenizer *t) {
-    (void)t;
-    return LOOM_BYTES_VOCAB;
+    return t->bpe ? t->bpe->n_tokens : LOOM_BYTES_VOCAB;
 }
 
-uint64_t loom_tokenizer_hash(const struct loom_tokenizer *t) {
-    (void)t;
-    return loom_bytetok_hash();
-}
+uint64_t loom_tokenizer_hash(const struct loom_tokenizer *t) { return t->hash; }
 
 int32_t loom_tokenizer_special(const struct loom_tokenizer *t, const char *text) {
-    (void)t;
+    if (t->bpe) return loom_bpe_special(t->bpe, text);
     if (strcmp(text, "<|bos|>") == 0) return LOOM_BYTES_BOS;
     if (strcmp(text, "<|eos|>") == 0) return LOOM_BYTES_EOS;
     if (strcmp(text, "<|pad|>") == 0) return LOOM_BYTES_PAD;
@@ -60,15 +66,34 @@ int32_t loom_tokenizer_eos(const struct loom_tokenizer *t) { return loom_tokeniz
 int32_t loom_tokenizer_pad(const struct loom_tokenizer *t) { return loom_tokenizer_special(t, "<|pad|>"); }
 
 void loom_tokenizer_encode(const struct loom_tokenizer *t, const char *text, size_t len, struct loom_ids *out) {
-    (void)t;
+    if (t->bpe) {
+        loom_bpe_encode(t->bpe, text, len, out);
+        return;
+    }
     for (size_t i = 0; i < len; i++) loom_ids_push(out, (unsigned char)text[i]);
 }
 
 char *loom_tokenizer_decode(const struct loom_tokenizer *t, const int32_t *ids, size_t n, size_t *len) {
-    (void)t;
-    unsigned char *out = malloc_check(LOOM_BYTES_DECODE_MAX * n + 1);
-    size_t m = loom_bytetok_decode(ids, n, out);
-    out[m] = 0;
-    if (len) *len = m;
-    return (char *)out;
+    if (!t->bpe) {
+        unsigned char *out = malloc_check(LOOM_BYTES_DECODE_MAX * n + 1);
+        size_t m = loom_bytetok_decode(ids, n, out);
+        out[m] = 0;
+        if (len) *len = m;
+        return (char *)out;
+    }
+    const struct loom_bpe *b = t->bpe;
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        CHECK(ids[i] >= 0 && (uint32_t)ids[i] < b->n_tokens, "token id %d out of range 0..%u", ids[i], b->n_tokens - 1);
+        total += b->offset[ids[i] + 1] - b->offset[ids[i]];
+    }
+    char *out = malloc_check(total + 1), *o = out;
+    for (size_t i = 0; i < n; i++) {
+        size_t k = b->offset[ids[i] + 1] - b->offset[ids[i]];
+        memcpy(o, b->bytes + b->offset[ids[i]], k);
+        o += k;
+    }
+    *o = '\0';
+    if (len) *len = total;
+    return out;
 }

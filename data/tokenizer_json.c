@@ -9,8 +9,8 @@
  *                   fallback, subword prefix or suffix, or ignore_merges
  *   decoder         ByteLevel
  *   added_tokens    the special tokens { id, content, special: true, ... }
- * Vocabulary and merges spell bytes in GPT-2's printable alphabet (below); merges are read in both the
- * "left right" and the ["left", "right"] forms. Ids must run 0..N-1 without a gap.
+ * Vocabulary and merges spell bytes in GPT-2's printable alphabet (loom_bpe_spell); merges are read in
+ * both the "left right" and the ["left", "right"] forms. Ids must run 0..N-1 without a gap.
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -22,61 +22,6 @@
 #include "data/bpe.h"
 
 #define JSON_HINT "give a tokenizer.json written by `loom data tokenizer-train` (or the tokenizer `bytes`)"
-
-/* ---------------------------------------------------------------------------------------------- */
-/* GPT-2's byte alphabet: the printable bytes ! .. ~, ¡ .. ¬ and ® .. ÿ stand for themselves; the
- * other 68 bytes, in increasing order, are the code points 256, 257, ... */
-
-struct byte_alphabet {
-    uint32_t char_of[256];  /* byte -> code point */
-    int16_t byte_of[324];   /* code point -> byte, or -1 */
-};
-
-static void byte_alphabet_init(struct byte_alphabet *a) {
-    for (int c = 0; c < 324; c++) a->byte_of[c] = -1;
-    uint32_t next = 256;
-    for (int b = 0; b < 256; b++) {
-        int printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-        a->char_of[b] = printable ? (uint32_t)b : next++;
-        a->byte_of[a->char_of[b]] = (int16_t)b;
-    }
-}
-
-/* The alphabet spelling of bytes[0..len), into a buffer of at least 2 * len + 1 bytes (every char of
- * the alphabet is 1 or 2 bytes of UTF-8). */
-static void byte_alphabet_spell(const struct byte_alphabet *a, const char *bytes, size_t len, char *out) {
-    for (size_t i = 0; i < len; i++) {
-        uint32_t c = a->char_of[(unsigned char)bytes[i]];
-        if (c < 0x80) {
-            *out++ = (char)c;
-        } else {
-            *out++ = (char)(0xC0 | (c >> 6));
-            *out++ = (char)(0x80 | (c & 0x3F));
-        }
-    }
-    *out = '\0';
-}
-
-/* The bytes an alphabet spelling stands for, into out (room for strlen(s) bytes). Returns the length,
- * or -1 when s holds a character outside the alphabet. */
-static long byte_alphabet_read(const struct byte_alphabet *a, const char *s, char *out) {
-    long n = 0;
-    for (const unsigned char *p = (const unsigned char *)s; *p;) {
-        uint32_t c;
-        if (p[0] < 0x80) {
-            c = p[0];
-            p += 1;
-        } else if ((p[0] & 0xE0) == 0xC0 && (p[1] & 0xC0) == 0x80) {
-            c = (uint32_t)(p[0] & 0x1F) << 6 | (p[1] & 0x3F);
-            p += 2;
-        } else {
-            return -1;
-        }
-        if (c >= 324 || a->byte_of[c] < 0) return -1;
-        out[n++] = (char)a->byte_of[c];
-    }
-    return n;
-}
 
 /* ---------------------------------------------------------------------------------------------- */
 /* reading                                                                                          */
@@ -144,13 +89,12 @@ static int json_id(const cJSON *v, int64_t *id) {
 }
 
 /* Token i of the file into b: ids come in order, so the new token gets id i. */
-static void json_add_token(struct loom_bpe *b, const struct byte_alphabet *a, const struct json_token *t, int64_t i,
-                           char *scratch, const char *path) {
+static void json_add_token(struct loom_bpe *b, const struct json_token *t, int64_t i, char *scratch, const char *path) {
     if (!t->vocab) {
         loom_bpe_add_token(b, t->added, strlen(t->added), 1);
         return;
     }
-    long n = byte_alphabet_read(a, t->vocab, scratch);
+    long n = loom_bpe_unspell(t->vocab, scratch);
     if (n < 0)
         loom_input_error(path, JSON_HINT, "token '%s' (id %lld) is not spelled in the byte-level alphabet", t->vocab,
                          (long long)i);
@@ -162,9 +106,9 @@ static void json_add_token(struct loom_bpe *b, const struct byte_alphabet *a, co
 }
 
 /* The id of a merge's left or right part. */
-static int32_t json_merge_part(const struct loom_bpe *b, const struct byte_alphabet *a, const char *spelling,
-                               char *scratch, size_t rank, const char *path) {
-    long n = byte_alphabet_read(a, spelling, scratch);
+static int32_t json_merge_part(const struct loom_bpe *b, const char *spelling, char *scratch, size_t rank,
+                               const char *path) {
+    long n = loom_bpe_unspell(spelling, scratch);
     int32_t id = n < 0 ? -1 : loom_bpe_find(b, scratch, (size_t)n);
     if (id < 0) loom_input_error(path, JSON_HINT, "merge %zu: '%s' is not in the vocabulary", rank, spelling);
     return id;
@@ -177,8 +121,7 @@ static void json_reserve(char **buf, size_t *cap, size_t need) {
     CHECK(*buf != NULL, "out of memory growing a buffer to %zu bytes", *cap);
 }
 
-static void json_add_merges(struct loom_bpe *b, const struct byte_alphabet *a, const cJSON *merges,
-                            const char *path) {
+static void json_add_merges(struct loom_bpe *b, const cJSON *merges, const char *path) {
     size_t rank = 0, pair_cap = 0, scratch_cap = 0;
     char *pair = NULL, *scratch = NULL;
     for (const cJSON *m = merges->child; m; m = m->next, rank++) {
@@ -201,8 +144,8 @@ static void json_add_merges(struct loom_bpe *b, const struct byte_alphabet *a, c
             loom_input_error(path, JSON_HINT, "merge %zu is neither \"left right\" nor [\"left\", \"right\"]", rank);
         }
         json_reserve(&scratch, &scratch_cap, strlen(left) + strlen(right) + 1);
-        int32_t l = json_merge_part(b, a, left, scratch, rank, path);
-        int32_t r = json_merge_part(b, a, right, scratch, rank, path);
+        int32_t l = json_merge_part(b, left, scratch, rank, path);
+        int32_t r = json_merge_part(b, right, scratch, rank, path);
         uint64_t ll = b->offset[l + 1] - b->offset[l], rl = b->offset[r + 1] - b->offset[r];
         memcpy(scratch, b->bytes + b->offset[l], ll);
         memcpy(scratch + ll, b->bytes + b->offset[r], rl);
@@ -228,11 +171,15 @@ struct loom_bpe *loom_bpe_load_json(const char *path) {
     fclose(f);
     text[size] = '\0';
 
-    cJSON *root = cJSON_ParseWithLength(text, size);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(text, size, &end, 0);
     if (!root) {
         const char *at = cJSON_GetErrorPtr();
         loom_input_error(path, JSON_HINT, "not valid JSON (near byte %zu)", at ? (size_t)(at - text) : (size_t)0);
     }
+    end += strspn(end, " \t\r\n");
+    if (end != text + size)
+        loom_input_error(path, JSON_HINT, "not valid JSON: more text after the end (at byte %zu)", (size_t)(end - text));
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     if (!cJSON_IsObject(model)) loom_input_error(path, JSON_HINT, "no \"model\" object: not a tokenizer.json");
     if (strcmp(json_type(model), "BPE") != 0)
@@ -294,18 +241,16 @@ struct loom_bpe *loom_bpe_load_json(const char *path) {
         tokens[id].added = content;
     }
 
-    struct byte_alphabet a;
-    byte_alphabet_init(&a);
     struct loom_bpe *b = loom_bpe_init(regex);
     char *scratch = malloc_check(longest + 1);
     for (int64_t i = 0; i <= max_id; i++) {
         if (!tokens[i].vocab && !tokens[i].added)
             loom_input_error(path, JSON_HINT, "ids must run 0..%lld without a gap; id %lld has no token",
                              (long long)max_id, (long long)i);
-        json_add_token(b, &a, &tokens[i], i, scratch, path);
+        json_add_token(b, &tokens[i], i, scratch, path);
     }
     free(scratch);
-    json_add_merges(b, &a, merges, path);
+    json_add_merges(b, merges, path);
     loom_bpe_build(b, path);
     free(tokens);
     cJSON_Delete(root);
@@ -326,8 +271,6 @@ static cJSON *json_byte_level(void) {
 }
 
 void loom_bpe_save_json(const struct loom_bpe *b, const char *path) {
-    struct byte_alphabet a;
-    byte_alphabet_init(&a);
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "version", "1.0");
     cJSON_AddNullToObject(root, "truncation");
@@ -381,17 +324,17 @@ void loom_bpe_save_json(const struct loom_bpe *b, const char *path) {
         uint64_t len = b->offset[id + 1] - b->offset[id];
         /* a special is in the vocabulary too when the file it came from said so */
         if (loom_bpe_find(b, b->bytes + b->offset[id], len) != (int32_t)id) continue;
-        byte_alphabet_spell(&a, b->bytes + b->offset[id], len, spelling);
+        loom_bpe_spell(b->bytes + b->offset[id], len, spelling);
         cJSON_AddNumberToObject(vocab, spelling, id);
     }
     cJSON *merges = cJSON_AddArrayToObject(model, "merges");
     char *pair = malloc_check(4 * longest + 2);
     for (uint32_t r = 0; r < b->n_merges; r++) {
         const struct loom_bpe_merge *m = &b->merges[r];
-        byte_alphabet_spell(&a, b->bytes + b->offset[m->left], b->offset[m->left + 1] - b->offset[m->left], pair);
+        loom_bpe_spell(b->bytes + b->offset[m->left], b->offset[m->left + 1] - b->offset[m->left], pair);
         size_t n = strlen(pair);
         pair[n] = ' ';
-        byte_alphabet_spell(&a, b->bytes + b->offset[m->right], b->offset[m->right + 1] - b->offset[m->right],
+        loom_bpe_spell(b->bytes + b->offset[m->right], b->offset[m->right + 1] - b->offset[m->right],
                             pair + n + 1);
         cJSON_AddItemToArray(merges, cJSON_CreateString(pair));
     }

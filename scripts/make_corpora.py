@@ -177,12 +177,15 @@ VERSE_RE = re.compile(r"^([1-3]?[A-Za-z]+)(\d+):(\d+)(?: (.*))?$")
 
 
 def kjv_chapters():
-    """[(title, [verse, ...]), ...] in canonical order from `bible`, or None when it is not installed."""
+    """[(title, [verse, ...]), ...] in canonical order from `bible`, or None when it is not installed or fails."""
     exe = shutil.which("bible")
     if not exe:
         return None
-    out = subprocess.run([exe, "-f", "Gen1:1-Rev22:21"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, check=True, env=dict(os.environ, LC_ALL="C")).stdout
+    try:
+        out = subprocess.run([exe, "-f", "Gen1:1-Rev22:21"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, check=True, env=dict(os.environ, LC_ALL="C")).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
     chapters, key = [], None
     for line in out.decode("utf-8", errors="replace").splitlines():
         m = VERSE_RE.match(line)
@@ -260,7 +263,7 @@ def build_commonsense(scale, source):
                 break
             docs.append({"text": text})
             total += len(text.encode("utf-8"))
-        why = "`bible` (Debian bible-kjv) not found" if source == "auto" else "--commonsense-source docs"
+        why = "`bible` (Debian bible-kjv) not found or failed" if source == "auto" else "--commonsense-source docs"
         desc = (f"FALLBACK ({why}): free English texts from /usr/share/common-licenses and the copyright and "
                 f"README files under /usr/share/doc, one file per document, in path order, duplicates dropped; "
                 f"{len(docs)} files, up to {budget:.0f} bytes")
@@ -948,12 +951,13 @@ def build_stem(scale):
     py_docs, h_docs, code_desc = code_documents(BASE_CODE_BYTES * scale)
     # held-out: every 20th math problem and every 20th code file, so both kinds are in both splits; each
     # split then shuffled with a fixed seed
-    m_train, m_held = split_heldout(dedupe(math_docs))
+    unique_math = dedupe(math_docs)
+    m_train, m_held = split_heldout(unique_math)
     c_train, c_held = split_heldout(dedupe(py_docs + h_docs))
     train, held = m_train + c_train, m_held + c_held
     rng.shuffle(train)
     rng.shuffle(held)
-    desc = (f"{len(math_docs)} generated math problems (" +
+    desc = (f"{len(unique_math)} generated math problems ({len(math_docs)} drawn, repeats dropped; " +
             ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items())) +
             "), each `Problem:` / `Solution:` steps / `Answer:`, every answer checked by recomputation; " +
             code_desc + "; held-out takes every 20th math problem and every 20th code file; math and code "

@@ -189,6 +189,7 @@ int loom_train_main(int argc, char **argv) {
     loom_error_set_collective(1);
     struct loom_curriculum cur;
     loom_curriculum_build(&cur, &cfg, sampler.random ? NULL : sizes);
+    if (!sampler.random) loom_curriculum_check_sizes(&cur, sizes);
     int64_t total_tokens = loom_run_tokens(&cur, tc->steps);
     int B = (int)tc->micro_batch, T_max = (int)loom_curriculum_max_seq_len(&cur);
 

@@ -77,7 +77,6 @@ checks=$(python3 - "$tmp/a" <<'PY' 2>&1
 import hashlib, json, os, re, sys
 
 d = sys.argv[1]
-results = []
 
 def report(name, good, why):
     print(f"ok corpora/{name}" if good else f"FAIL corpora/{name}: {why}")
