@@ -275,68 +275,71 @@ static void train_check_specials(const char *const *specials, int n_specials) {
     }
 }
 
-struct loom_bpe *loom_bpe_trainer_finish(struct loom_bpe_trainer *tr, uint32_t vocab_size, uint64_t min_frequency,
-                                         const char *const *specials, int n_specials, FILE *progress) {
-    CHECK(vocab_size >= 256 + (uint32_t)n_specials, "vocab_size %u below 256 + %d specials", vocab_size, n_specials);
-    train_check_specials(specials, n_specials);
-    struct loom_bpe *bpe = loom_bpe_init(LOOM_PRETOKENIZE_REGEX);
-    for (int c = 0; c < 256; c++) {
-        char byte = (char)c;
-        loom_bpe_add_token(bpe, &byte, 1, 0);
-    }
-
-    /* the words, their symbols the byte ids (= byte values) */
-    struct train_state st = {.mask = 65535};
-    st.slots = calloc_check(st.mask + 1, sizeof *st.slots);
-    size_t n_pieces = loom_bpe_strmap_count(tr->words);
+/* The words of two or more bytes as byte symbols, and the counts of their adjacent pairs. */
+static void train_state_init(struct train_state *st, struct loom_bpe_strmap *words) {
+    st->mask = 65535;
+    st->slots = calloc_check(st->mask + 1, sizeof *st->slots);
+    size_t n_pieces = loom_bpe_strmap_count(words);
     uint64_t total_len = 0;
     for (size_t i = 0; i < n_pieces; i++) {
         size_t len;
-        loom_bpe_strmap_key(tr->words, i, &len, NULL);
+        loom_bpe_strmap_key(words, i, &len, NULL);
         if (len >= 2) {
-            st.n_words++;
+            st->n_words++;
             total_len += len;
         }
     }
-    st.sym = malloc_check(total_len * sizeof *st.sym);
-    st.word_off = malloc_check(st.n_words * sizeof *st.word_off);
-    st.word_len = malloc_check(st.n_words * sizeof *st.word_len);
-    st.word_count = malloc_check(st.n_words * sizeof *st.word_count);
-    st.word_seen = calloc_check(st.n_words, sizeof *st.word_seen);
+    st->sym = malloc_check(total_len * sizeof *st->sym);
+    st->word_off = malloc_check(st->n_words * sizeof *st->word_off);
+    st->word_len = malloc_check(st->n_words * sizeof *st->word_len);
+    st->word_count = malloc_check(st->n_words * sizeof *st->word_count);
+    st->word_seen = calloc_check(st->n_words, sizeof *st->word_seen);
     uint64_t off = 0;
     uint32_t w = 0;
     for (size_t i = 0; i < n_pieces; i++) {
         size_t len;
         int64_t count;
-        const unsigned char *key = (const unsigned char *)loom_bpe_strmap_key(tr->words, i, &len, &count);
+        const unsigned char *key = (const unsigned char *)loom_bpe_strmap_key(words, i, &len, &count);
         if (len < 2) continue;
         CHECK(len < UINT32_MAX, "piece of %zu bytes", len);
-        st.word_off[w] = off;
-        st.word_len[w] = (uint32_t)len;
-        st.word_count[w] = count;
-        for (size_t k = 0; k < len; k++) st.sym[off + k] = key[k];
-        for (size_t k = 0; k + 1 < len; k++) train_pair_add(&st, key[k], key[k + 1], count, w);
+        st->word_off[w] = off;
+        st->word_len[w] = (uint32_t)len;
+        st->word_count[w] = count;
+        for (size_t k = 0; k < len; k++) st->sym[off + k] = key[k];
+        for (size_t k = 0; k + 1 < len; k++) train_pair_add(st, key[k], key[k + 1], count, w);
         off += len;
         w++;
     }
-    for (uint32_t i = 0; i < st.n_grown; i++) train_heap_push(&st, st.grown[i]);
-    st.n_grown = 0;
-    if (progress)
-        fprintf(progress, "tokenizer-train: %.1f MB, %llu pieces, %zu distinct, %u distinct pairs\n",
-                (double)tr->bytes / 1e6, (unsigned long long)tr->pieces, n_pieces, st.n_pairs);
+    for (uint32_t i = 0; i < st->n_grown; i++) train_heap_push(st, st->grown[i]);
+    st->n_grown = 0;
+}
 
-    /* merge until the vocabulary is full or no pair is frequent enough */
-    uint32_t target = vocab_size - (uint32_t)n_specials;
+static void train_state_free(struct train_state *st) {
+    for (uint32_t i = 0; i < st->n_pairs; i++) free(st->pairs[i].words);
+    free(st->pairs);
+    free(st->slots);
+    free(st->grown);
+    free(st->heap);
+    free(st->sym);
+    free(st->word_off);
+    free(st->word_len);
+    free(st->word_count);
+    free(st->word_seen);
+}
+
+/* Merges until bpe holds target tokens or no pair occurs min_frequency times. */
+static void train_learn(struct train_state *st, struct loom_bpe *bpe, uint32_t target, uint64_t min_frequency,
+                        const char *const *specials, int n_specials, FILE *progress) {
     double t0 = train_now(), last = t0;
     int64_t last_count = 0;
     char *joined = NULL, *spelling = NULL; /* the bytes of a merge's result and their spelling */
     size_t joined_cap = 0;
-    while (bpe->n_tokens < target && st.n_heap > 0) {
-        struct train_heap_entry top = train_heap_pop(&st);
-        struct train_pair *p = &st.pairs[top.pair];
+    while (bpe->n_tokens < target && st->n_heap > 0) {
+        struct train_heap_entry top = train_heap_pop(st);
+        struct train_pair *p = &st->pairs[top.pair];
         if (p->state == TRAIN_PAIR_FORBIDDEN) continue;
         if (top.count != p->count) {
-            if (p->count > 0) train_heap_push(&st, top.pair);
+            if (p->count > 0) train_heap_push(st, top.pair);
             continue;
         }
         if (p->count <= 0 || (uint64_t)p->count < min_frequency) break;
@@ -362,11 +365,11 @@ struct loom_bpe *loom_bpe_trainer_finish(struct loom_bpe_trainer *tr, uint32_t v
             loom_bpe_add_merge(bpe, p->left, p->right, p->result);
         }
         last_count = p->count;
-        st.step++;
-        train_apply(&st, top.pair, p->result);
-        for (uint32_t i = 0; i < st.n_grown; i++)
-            if (st.pairs[st.grown[i]].count > 0) train_heap_push(&st, st.grown[i]);
-        st.n_grown = 0;
+        st->step++;
+        train_apply(st, top.pair, p->result);
+        for (uint32_t i = 0; i < st->n_grown; i++)
+            if (st->pairs[st->grown[i]].count > 0) train_heap_push(st, st->grown[i]);
+        st->n_grown = 0;
         double now = train_now();
         if (progress && now - last >= TRAIN_PROGRESS_SECONDS) {
             last = now;
@@ -381,19 +384,26 @@ struct loom_bpe *loom_bpe_trainer_finish(struct loom_bpe_trainer *tr, uint32_t v
                 bpe->n_tokens < target ? "; no pair left frequent enough to fill the vocabulary" : "");
     free(joined);
     free(spelling);
+}
 
+struct loom_bpe *loom_bpe_trainer_finish(struct loom_bpe_trainer *tr, uint32_t vocab_size, uint64_t min_frequency,
+                                         const char *const *specials, int n_specials, FILE *progress) {
+    CHECK(vocab_size >= 256 + (uint32_t)n_specials, "vocab_size %u below 256 + %d specials", vocab_size, n_specials);
+    train_check_specials(specials, n_specials);
+    struct loom_bpe *bpe = loom_bpe_init(LOOM_PRETOKENIZE_REGEX);
+    for (int c = 0; c < 256; c++) {
+        char byte = (char)c;
+        loom_bpe_add_token(bpe, &byte, 1, 0);
+    }
+    struct train_state st = {0};
+    train_state_init(&st, tr->words);
+    if (progress)
+        fprintf(progress, "tokenizer-train: %.1f MB, %llu pieces, %zu distinct, %u distinct pairs\n",
+                (double)tr->bytes / 1e6, (unsigned long long)tr->pieces, loom_bpe_strmap_count(tr->words),
+                st.n_pairs);
+    train_learn(&st, bpe, vocab_size - (uint32_t)n_specials, min_frequency, specials, n_specials, progress);
+    train_state_free(&st);
     for (int i = 0; i < n_specials; i++) loom_bpe_add_token(bpe, specials[i], strlen(specials[i]), 1);
     loom_bpe_build(bpe, "tokenizer-train");
-
-    for (uint32_t i = 0; i < st.n_pairs; i++) free(st.pairs[i].words);
-    free(st.pairs);
-    free(st.slots);
-    free(st.grown);
-    free(st.heap);
-    free(st.sym);
-    free(st.word_off);
-    free(st.word_len);
-    free(st.word_count);
-    free(st.word_seen);
     return bpe;
 }

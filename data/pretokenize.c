@@ -27,9 +27,9 @@
     "\\x{FF5B}-\\x{FFDC}\\x{FFE0}-\\x{FFEE}\\x{1AFF0}-\\x{1B16F}\\x{20000}-\\x{3FFFF}"
 /* Whitespace, spelled out (\s differs between PCRE2 and Oniguruma at U+0085). */
 #define PT_SPACE "\\t\\n\\x{0B}\\f\\r\\x{85}\\p{Z}"
-/* o200k's [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] and [\p{Ll}\p{Lm}\p{Lo}\p{M}] without the CJK letters,
- * written as negated classes (neither engine subtracts classes the same way): letters and marks are
- * everything but the categories C N P S Z. */
+/* o200k's [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] and [\p{Ll}\p{Lm}\p{Lo}\p{M}] without CJK, written
+ * as negated classes (neither engine subtracts classes the same way): letters and marks are everything
+ * but the categories C N P S Z. */
 #define PT_UPPER "[^\\p{C}\\p{N}\\p{P}\\p{S}\\p{Z}\\p{Ll}" PT_CJK "]"
 #define PT_LOWER "[^\\p{C}\\p{N}\\p{P}\\p{S}\\p{Z}\\p{Lu}\\p{Lt}" PT_CJK "]"
 /* One leading character that is no letter, digit, newline or CJK (a space, a symbol). */

@@ -7,7 +7,9 @@
  * split as GPT-4o (o200k) does: words with their case and an optional leading space or symbol,
  * English contractions, punctuation runs, newline runs and whitespace runs. The same string is
  * stored in tokenizer.json, where the Hugging Face `tokenizers` library runs it with Oniguruma, so it
- * keeps to what both engines read alike: explicit character classes instead of \s and (?i).
+ * keeps to what both engines read alike: code point ranges instead of script properties, explicit
+ * character classes instead of \s and (?i). Only characters assigned after the Unicode version of the
+ * PCRE2 tables (14.0 in PCRE2 10.42) can be classed differently by the two.
  *
  * Matching runs in PCRE2 with UTF + UCP + JIT and PCRE2_MATCH_INVALID_UTF: bytes that are not valid
  * UTF-8 match nothing and form pieces of their own (the stretch between two matches), so any byte

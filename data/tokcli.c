@@ -68,7 +68,8 @@ static int64_t tokcli_integer(const char *name, const char *text, int64_t lo, in
     long long v = strtoll(text, &end, 10);
     if (errno != 0 || end == text || *end != '\0' || text[0] == '-' || text[0] == '+' || text[0] == ' ')
         loom_input_error(name, NULL, "'%s' is not a whole number", text);
-    if (v < lo || v > hi) loom_input_error(name, NULL, "%lld is out of range %lld..%lld", v, (long long)lo, (long long)hi);
+    if (v < lo || v > hi)
+        loom_input_error(name, NULL, "%lld is out of range %lld..%lld", v, (long long)lo, (long long)hi);
     return v;
 }
 
@@ -314,7 +315,8 @@ int data_encode_main(int argc, char **argv) {
     const char *name = NULL;
     if (codec_parse_args(argc, argv, ENCODE_USAGE, &name)) {
         codec_usage(ENCODE_USAGE, "Print the token ids of each line of standard input as one line of space-separated\n"
-                                  "integers. The newline ending a line is not encoded; special tokens are never produced.");
+                                  "integers. The newline ending a line is not encoded; special tokens are never\n"
+                                  "produced.");
         return 0;
     }
     struct loom_tokenizer *t = loom_tokenizer_load(name);
@@ -383,7 +385,8 @@ int data_decode_main(int argc, char **argv) {
                 char *stop = p;
                 while (*stop && *stop != ' ' && *stop != '\t') stop++;
                 *stop = '\0';
-                loom_input_error(where, "each line holds token ids separated by spaces", "'%.40s' is not a token id", p);
+                loom_input_error(where, "each line holds token ids separated by spaces", "'%.40s' is not a token id",
+                                 p);
             }
             long long id = end - p > 10 ? LLONG_MAX : strtoll(p, NULL, 10);
             if (id >= vocab)

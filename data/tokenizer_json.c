@@ -11,6 +11,11 @@
  *   added_tokens    the special tokens { id, content, special: true, ... }
  * Vocabulary and merges spell bytes in GPT-2's printable alphabet (loom_bpe_spell); merges are read in
  * both the "left right" and the ["left", "right"] forms. Ids must run 0..N-1 without a gap.
+ *
+ * In Python, `tokenizers` gives loom's ids for the same file with
+ *     tok = Tokenizer.from_file(path); tok.encode_special_tokens = True
+ *     tok.encode(text, add_special_tokens=False).ids
+ * (encode_special_tokens keeps it from matching special tokens in the text, as loom never does).
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -179,7 +184,8 @@ struct loom_bpe *loom_bpe_load_json(const char *path) {
     }
     end += strspn(end, " \t\r\n");
     if (end != text + size)
-        loom_input_error(path, JSON_HINT, "not valid JSON: more text after the end (at byte %zu)", (size_t)(end - text));
+        loom_input_error(path, JSON_HINT, "not valid JSON: more text after the end (at byte %zu)",
+                         (size_t)(end - text));
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     if (!cJSON_IsObject(model)) loom_input_error(path, JSON_HINT, "no \"model\" object: not a tokenizer.json");
     if (strcmp(json_type(model), "BPE") != 0)

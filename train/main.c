@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "data/plan.h"
 #include "data/prep.h"
+#include "data/tokcli.h"
 #include "train/cli.h"
 
 static const char *USAGE =
@@ -14,8 +15,11 @@ static const char *USAGE =
     "\n"
     "  train -c CONFIG [--section.key=value ...]   train a model (under mpirun for several ranks)\n"
     "  info  -c CONFIG [--section.key=value ...]   resolved config, parameter table, counts, FLOPs, memory\n"
+    "  data tokenizer-train --in FILE... --vocab-size N --out TOKENIZER.json\n"
+    "                                              byte-level BPE with the Youtu-LLM pre-tokenizer\n"
+    "  data encode|decode --tokenizer T           stdin to stdout, one line of ids per line of text\n"
     "  data prep --tokenizer T --source NAME --in FILE... --out DIR\n"
-    "                                              tokenize text or JSONL into shards\n"
+    "                                              text or JSONL into shards (T: bytes or a tokenizer.json)\n"
     "  data plan -c CONFIG [--tokens 11T]          the curriculum over a whole run, per phase and source\n"
     "\n"
     "Exit status: 0 success, 1 runtime failure, 2 bad input.\n";
@@ -24,7 +28,10 @@ static int data_main(int argc, char **argv) {
     if (argc < 2) loom_input_error("loom data", "loom data prep --help", "missing data command");
     if (strcmp(argv[1], "prep") == 0) return data_prep_main(argc - 1, argv + 1);
     if (strcmp(argv[1], "plan") == 0) return data_plan_main(argc - 1, argv + 1);
-    loom_input_error(argv[1], "data commands: prep, plan", "unknown data command");
+    if (strcmp(argv[1], "tokenizer-train") == 0) return data_tokenizer_train_main(argc - 1, argv + 1);
+    if (strcmp(argv[1], "encode") == 0) return data_encode_main(argc - 1, argv + 1);
+    if (strcmp(argv[1], "decode") == 0) return data_decode_main(argc - 1, argv + 1);
+    loom_input_error(argv[1], "data commands: tokenizer-train, encode, decode, prep, plan", "unknown data command");
 }
 
 int main(int argc, char **argv) {

@@ -104,7 +104,11 @@ else
     fail tokenizer/no_specials "eos id '$eos', ids: $(tr '\n' '|' <"$tmp/out")"
 fi
 printf '%s\n' "$eos" | "$LOOM" data decode --tokenizer "$tmp/tok.json" >"$tmp/out"
-[ "$(cat "$tmp/out")" = '<|eos|>' ] && ok tokenizer/decode_special || fail tokenizer/decode_special "got '$(cat "$tmp/out")'"
+if [ "$(cat "$tmp/out")" = '<|eos|>' ]; then
+    ok tokenizer/decode_special
+else
+    fail tokenizer/decode_special "got '$(cat "$tmp/out")'"
+fi
 
 printf 'hi\n\n' | "$LOOM" data encode --tokenizer bytes >"$tmp/out"
 [ "$(tr '\n' '|' <"$tmp/out")" = '104 105||' ] && ok tokenizer/bytes || fail tokenizer/bytes "got '$(cat "$tmp/out")'"
@@ -152,9 +156,9 @@ cmp -s "$tmp/tok.json" "$tmp/tok.copy" && ok tokenizer/no_overwrite_unchanged ||
 
 # ---------------------------------------------------------------------------------------------------
 # the same file in Hugging Face `tokenizers`: identical ids, line by line. Text that looks like a special
-# token must stay text there too: encode_special_tokens = True (the Rust option split_special_tokens)
-# keeps `tokenizers` from matching added tokens in the input, and add_special_tokens=False keeps the
-# post-processor from adding any.
+# token must stay text there too: Tokenizer.encode_special_tokens = True (what `transformers` calls
+# split_special_tokens) keeps `tokenizers` from matching added tokens in the input, and
+# add_special_tokens=False keeps a post-processor from adding any.
 
 if ! python3 -c 'import tokenizers' 2>/dev/null; then
     python3 -m pip install -q tokenizers >/dev/null 2>&1
@@ -184,8 +188,9 @@ if [ -s "$tmp/hf.ids" ] && cmp -s "$tmp/hf.ids" "$tmp/hf.loom"; then
     ok tokenizer/hf_same_ids
 else
     line=$(cmp "$tmp/hf.ids" "$tmp/hf.loom" 2>&1 | sed -n 's/.* line \([0-9]*\).*/\1/p')
+    n=${line:-1}
     fail tokenizer/hf_same_ids "python: $(head -c 300 "$tmp/hf.err"); first differing line ${line:-?}: \
-'$(sed -n "${line:-1}p" "$tmp/hf.txt")' tokenizers: $(sed -n "${line:-1}p" "$tmp/hf.ids") loom: $(sed -n "${line:-1}p" "$tmp/hf.loom")"
+'$(sed -n "${n}p" "$tmp/hf.txt")' tokenizers: $(sed -n "${n}p" "$tmp/hf.ids") loom: $(sed -n "${n}p" "$tmp/hf.loom")"
 fi
 
 [ "$failures" -eq 0 ]
