@@ -107,19 +107,20 @@ const char *loom_bpe_strmap_key(const struct loom_bpe_strmap *m, size_t i, size_
 
 struct loom_bpe_trainer;
 
-/* A trainer with the Youtu-LLM regex (LOOM_PRETOKENIZE_REGEX). */
-struct loom_bpe_trainer *loom_bpe_trainer_init(void);
+/* A trainer with the Youtu-LLM regex (LOOM_PRETOKENIZE_REGEX) for a tokenizer with these special
+ * tokens (copied). No token may be spelled as a special's text (tokenizer.json could not tell them
+ * apart): a special that spells a single byte is an input error, as is a special given twice or an
+ * empty one; and no merge makes a token spelled so. */
+struct loom_bpe_trainer *loom_bpe_trainer_init(const char *const *specials, int n_specials);
 void loom_bpe_trainer_free(struct loom_bpe_trainer *tr);
 /* Counts the pieces of one text. */
 void loom_bpe_trainer_add(struct loom_bpe_trainer *tr, const char *text, size_t len);
 /* Learns merges until the vocabulary holds vocab_size tokens (256 bytes + merges + specials) or no
  * pair occurs min_frequency times; then appends the specials. Ties between pairs of equal count go to
  * the smaller left id, then the smaller right id (bytes have ids 0..255 by value, merges count up
- * from 256 in the order learned). No token is spelled as a special's text (tokenizer.json could not
- * tell them apart): no merge makes one, and a special that spells a single byte is an input error, as
- * is a special given twice. Progress lines go to `progress` when not NULL. */
+ * from 256 in the order learned). Progress lines go to `progress` when not NULL. */
 struct loom_bpe *loom_bpe_trainer_finish(struct loom_bpe_trainer *tr, uint32_t vocab_size, uint64_t min_frequency,
-                                         const char *const *specials, int n_specials, FILE *progress);
+                                         FILE *progress);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* tokenizer.json (data/tokenizer_json.c)                                                           */

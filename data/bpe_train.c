@@ -26,13 +26,40 @@ struct loom_bpe_trainer {
     struct loom_pretok_match *match;
     struct loom_bpe_strmap *words; /* piece -> occurrences */
     uint64_t bytes, pieces;
+    char **specials;               /* [n_specials] */
+    int n_specials;
 };
 
-struct loom_bpe_trainer *loom_bpe_trainer_init(void) {
+static void train_check_specials(const char *const *specials, int n_specials) {
+    for (int i = 0; i < n_specials; i++) {
+        size_t len = strlen(specials[i]);
+        if (len == 0) loom_input_error("--special", NULL, "a special token cannot be empty");
+        for (int j = 0; j < i; j++)
+            if (strcmp(specials[i], specials[j]) == 0)
+                loom_input_error(specials[i], NULL, "special token given twice");
+        char *bytes = malloc_check(len);
+        long n = loom_bpe_unspell(specials[i], bytes);
+        unsigned char first = (unsigned char)bytes[0];
+        free(bytes);
+        if (n == 1)
+            loom_input_error(specials[i], "choose a longer text, e.g. <|name|>",
+                             "special token is the spelling of byte 0x%02x in tokenizer.json", first);
+    }
+}
+
+struct loom_bpe_trainer *loom_bpe_trainer_init(const char *const *specials, int n_specials) {
+    train_check_specials(specials, n_specials);
     struct loom_bpe_trainer *tr = calloc_check(1, sizeof *tr);
     tr->pretok = loom_pretok_init(LOOM_PRETOKENIZE_REGEX, "pre-tokenizer");
     tr->match = loom_pretok_match_init(tr->pretok);
     tr->words = loom_bpe_strmap_init();
+    tr->specials = calloc_check((size_t)n_specials, sizeof *tr->specials);
+    for (int i = 0; i < n_specials; i++) {
+        size_t n = strlen(specials[i]);
+        tr->specials[i] = malloc_check(n + 1);
+        memcpy(tr->specials[i], specials[i], n + 1);
+    }
+    tr->n_specials = n_specials;
     return tr;
 }
 
@@ -41,6 +68,8 @@ void loom_bpe_trainer_free(struct loom_bpe_trainer *tr) {
     loom_pretok_match_free(tr->match);
     loom_pretok_free(tr->pretok);
     loom_bpe_strmap_free(tr->words);
+    for (int i = 0; i < tr->n_specials; i++) free(tr->specials[i]);
+    free(tr->specials);
     free(tr);
 }
 
@@ -253,26 +282,10 @@ static double train_now(void) {
 }
 
 /* Is `spelling` the text of one of the specials? */
-static int train_is_special(const char *spelling, const char *const *specials, int n_specials) {
+static int train_is_special(const char *spelling, char *const *specials, int n_specials) {
     for (int i = 0; i < n_specials; i++)
         if (strcmp(specials[i], spelling) == 0) return 1;
     return 0;
-}
-
-static void train_check_specials(const char *const *specials, int n_specials) {
-    for (int i = 0; i < n_specials; i++) {
-        size_t len = strlen(specials[i]);
-        if (len == 0) loom_input_error("--special", NULL, "a special token cannot be empty");
-        for (int j = 0; j < i; j++)
-            if (strcmp(specials[i], specials[j]) == 0)
-                loom_input_error(specials[i], NULL, "special token given twice");
-        char *bytes = malloc_check(len);
-        long n = loom_bpe_unspell(specials[i], bytes);
-        if (n == 1)
-            loom_input_error(specials[i], "choose a longer text, e.g. <|name|>",
-                             "special token is the spelling of byte 0x%02x in tokenizer.json", (unsigned char)bytes[0]);
-        free(bytes);
-    }
 }
 
 /* The words of two or more bytes as byte symbols, and the counts of their adjacent pairs. */
@@ -329,7 +342,7 @@ static void train_state_free(struct train_state *st) {
 
 /* Merges until bpe holds target tokens or no pair occurs min_frequency times. */
 static void train_learn(struct train_state *st, struct loom_bpe *bpe, uint32_t target, uint64_t min_frequency,
-                        const char *const *specials, int n_specials, FILE *progress) {
+                        char *const *specials, int n_specials, FILE *progress) {
     double t0 = train_now(), last = t0;
     int64_t last_count = 0;
     char *joined = NULL, *spelling = NULL; /* the bytes of a merge's result and their spelling */
@@ -387,9 +400,10 @@ static void train_learn(struct train_state *st, struct loom_bpe *bpe, uint32_t t
 }
 
 struct loom_bpe *loom_bpe_trainer_finish(struct loom_bpe_trainer *tr, uint32_t vocab_size, uint64_t min_frequency,
-                                         const char *const *specials, int n_specials, FILE *progress) {
+                                         FILE *progress) {
+    char *const *specials = tr->specials;
+    int n_specials = tr->n_specials;
     CHECK(vocab_size >= 256 + (uint32_t)n_specials, "vocab_size %u below 256 + %d specials", vocab_size, n_specials);
-    train_check_specials(specials, n_specials);
     struct loom_bpe *bpe = loom_bpe_init(LOOM_PRETOKENIZE_REGEX);
     for (int c = 0; c < 256; c++) {
         char byte = (char)c;

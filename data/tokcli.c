@@ -1,8 +1,8 @@
 /*
  * data/tokcli.c — `loom data tokenizer-train`, `loom data encode`, `loom data decode` (see tokcli.h).
  *
- * tokenizer-train checks its whole command line, the inputs and the output path before it reads a
- * byte, so a refused run costs nothing and writes nothing.
+ * tokenizer-train checks its command line, special tokens, inputs and output path before it reads any
+ * text, and writes the tokenizer only when training is done, so a refused run writes nothing.
  */
 #include "data/tokcli.h"
 
@@ -257,10 +257,9 @@ int data_tokenizer_train_main(int argc, char **argv) {
         return 0;
     }
     train_check_paths(&o);
-    struct loom_bpe_trainer *tr = loom_bpe_trainer_init();
+    struct loom_bpe_trainer *tr = loom_bpe_trainer_init(o.specials, o.n_specials);
     for (int i = 0; i < o.n_inputs; i++) train_read_file(tr, o.inputs[i]);
-    struct loom_bpe *b = loom_bpe_trainer_finish(tr, (uint32_t)o.vocab_size, (uint64_t)o.min_frequency,
-                                                 o.specials, o.n_specials, stderr);
+    struct loom_bpe *b = loom_bpe_trainer_finish(tr, (uint32_t)o.vocab_size, (uint64_t)o.min_frequency, stderr);
     loom_bpe_trainer_free(tr);
     loom_bpe_save_json(b, o.out);
     fprintf(stderr, "tokenizer-train: wrote %s: %u tokens (256 bytes, %u merges, %d special)\n", o.out, b->n_tokens,

@@ -161,7 +161,7 @@ cmp -s "$tmp/tok.json" "$tmp/tok.copy" && ok tokenizer/no_overwrite_unchanged ||
 # add_special_tokens=False keeps a post-processor from adding any.
 
 if ! python3 -c 'import tokenizers' 2>/dev/null; then
-    python3 -m pip install -q tokenizers >/dev/null 2>&1
+    timeout 180 python3 -m pip install -q --retries 1 --timeout 15 tokenizers >/dev/null 2>&1
 fi
 if ! python3 -c 'import tokenizers' 2>/dev/null; then
     echo "skip tokenizer/hf_same_ids: the Python package tokenizers is not available (pip install tokenizers)"

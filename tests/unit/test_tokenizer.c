@@ -5,7 +5,8 @@
  * punctuation, whitespace runs, tabs, emoji); the merge order of a hand-built tokenizer; a tokenizer
  * trained on a generated corpus: round trips on random bytes (invalid UTF-8 included) and on text, no
  * merge touching a digit, no special produced by encoding, the same ids and hash after save and load,
- * a second save byte-identical to the first, encoding from two threads at once; the byte tokenizer
+ * a second save byte-identical to the first, no token learned with a special's text, specials that
+ * would clash refused, encoding from two threads at once; the byte tokenizer
  * still behind the same interface; damaged tokenizer files, each loaded in a child process that must
  * exit 2 naming the file.
  */
@@ -256,9 +257,9 @@ static void corpus_make(struct text *t, int lines) {
 }
 
 static struct loom_bpe *train_small(const struct text *corpus, uint32_t vocab_size) {
-    struct loom_bpe_trainer *tr = loom_bpe_trainer_init();
+    struct loom_bpe_trainer *tr = loom_bpe_trainer_init(SPECIALS, N_SPECIALS);
     loom_bpe_trainer_add(tr, corpus->s, corpus->n);
-    struct loom_bpe *b = loom_bpe_trainer_finish(tr, vocab_size, 2, SPECIALS, N_SPECIALS, NULL);
+    struct loom_bpe *b = loom_bpe_trainer_finish(tr, vocab_size, 2, NULL);
     loom_bpe_trainer_free(tr);
     return b;
 }
@@ -390,6 +391,44 @@ static void test_trained(void) {
     loom_tokenizer_free(t);
     loom_bpe_free(b);
     free(corpus.s);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* special tokens and the tokens training may make                                                 */
+
+/* Trains on text with one extra special; returns whether a token of bytes `probe` was learned. */
+static int learns(const char *text, const char *special, const char *probe) {
+    const char *specials[] = {"<|eos|>", special};
+    struct loom_bpe_trainer *tr = loom_bpe_trainer_init(specials, special ? 2 : 1);
+    loom_bpe_trainer_add(tr, text, strlen(text));
+    struct loom_bpe *b = loom_bpe_trainer_finish(tr, 400, 2, NULL);
+    int found = loom_bpe_find(b, probe, strlen(probe)) >= 0;
+    loom_bpe_trainer_free(tr);
+    loom_bpe_free(b);
+    return found;
+}
+
+static void trainer_with_special(const char *special) {
+    const char *specials[] = {special};
+    loom_bpe_trainer_free(loom_bpe_trainer_init(specials, 1));
+}
+
+static void test_special_rules(void) {
+    /* "<>" would be learned from this text, unless it is a special's text */
+    const char *text = "a<>b<>c<>d<>e<>f<>";
+    int plain = learns(text, NULL, "<>"), with = learns(text, "<>", "<>");
+    test_result(plain && !with, "train/no_token_spelled_as_special", "'<>' learned: %d without the special, %d with",
+                plain, with);
+
+    /* a special spelling a single byte ("a" is byte 0x61, "Ġ" byte 0x20) or given twice is refused */
+    static const char *const refused[][2] = {{"a", "byte 0x61"}, {"Ġ", "byte 0x20"}, {"", "empty"}};
+    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
+        char err[1024], name[64];
+        int code = test_run_child(trainer_with_special, refused[i][0], err, sizeof err);
+        snprintf(name, sizeof name, "train/special_refused_%zu", i);
+        test_result(code == 2 && strncmp(err, "loom: error: ", 13) == 0 && strstr(err, refused[i][1]), name,
+                    "special '%s': exit %d, stderr: %s", refused[i][0], code, err);
+    }
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -528,6 +567,7 @@ int main(void) {
     test_pretokenize();
     test_merge_order();
     test_trained();
+    test_special_rules();
     test_threads();
     test_bytes();
     test_bad_files();
