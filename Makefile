@@ -55,6 +55,7 @@ $(BUILD)/bench/%: bench/%.c $(LIB_OBJS) | deps
 bench: loom $(BUILD)/bench/bench_loader
 	@scripts/bench_cpu.sh
 	@scripts/bench_loader.sh
+	@scripts/bench_tokenizer.sh
 
 clean:
 	rm -rf $(BUILD) loom
