@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/list.h"
 
 /* ---------------------------------------------------------------------------------------------- */
 /* sources                                                                                          */
@@ -37,23 +38,6 @@ int loom_config_sources(const struct loom_config *cfg, const struct loom_source_
 /* ---------------------------------------------------------------------------------------------- */
 /* parsing                                                                                          */
 
-/* Split "a, b ,c" into trimmed items; calls fn(item, i, ctx) for each. Returns the item count. */
-static int list_each(const char *text, void (*fn)(const char *item, int i, void *ctx), void *ctx) {
-    char *copy = strdup(text ? text : "");
-    CHECK(copy != NULL, "out of memory");
-    int n = 0;
-    char *save = NULL;
-    for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        while (*tok == ' ' || *tok == '\t') tok++;
-        char *end = tok + strlen(tok);
-        while (end > tok && (end[-1] == ' ' || end[-1] == '\t')) *--end = 0;
-        if (!*tok) continue;
-        fn(tok, n++, ctx);
-    }
-    free(copy);
-    return n;
-}
-
 struct weights_ctx {
     const struct loom_curriculum *c;
     const char *key;               /* "phase.NAME.weights" */
@@ -61,7 +45,7 @@ struct weights_ctx {
     int *seen;
 };
 
-static void weight_item(const char *item, int i, void *vctx) {
+static int weight_item(char *item, int i, void *vctx) {
     (void)i;
     struct weights_ctx *x = vctx;
     const char *hint = "weights look like `commonsense:0.75, stem:0.20, agentic:0.05`";
@@ -87,13 +71,14 @@ static void weight_item(const char *item, int i, void *vctx) {
     if (x->seen[s]) loom_input_error(x->key, NULL, "source %s given twice", name);
     x->seen[s] = 1;
     x->w[s] = v;
+    return 0;
 }
 
 static void weights_parse(const struct loom_curriculum *c, const char *key, const char *text, double *w) {
     int seen[LOOM_MAX_SOURCES] = {0};
     for (int s = 0; s < LOOM_MAX_SOURCES; s++) w[s] = 0;
     struct weights_ctx x = {.c = c, .key = key, .w = w, .seen = seen};
-    list_each(text, weight_item, &x);
+    loom_list_each(text, weight_item, &x, NULL);
     double sum = 0;
     for (int s = 0; s < c->nsources; s++) sum += w[s];
     if (!(sum > 0)) loom_input_error(key, "give at least one source a positive weight", "weights sum to 0");
@@ -107,7 +92,7 @@ struct phases_ctx {
     int order[LOOM_MAX_PHASES];    /* config index of the i-th listed phase */
 };
 
-static void phase_item(const char *item, int i, void *vctx) {
+static int phase_item(char *item, int i, void *vctx) {
     struct phases_ctx *x = vctx;
     int found = -1;
     for (int p = 0; p < x->cfg->nphases; p++)
@@ -121,6 +106,7 @@ static void phase_item(const char *item, int i, void *vctx) {
     if (i >= LOOM_MAX_PHASES) loom_input_error("curriculum.phases", NULL, "more than %d phases", LOOM_MAX_PHASES);
     x->used[found] = 1;
     x->order[i] = found;
+    return 0;
 }
 
 static int64_t parse_count_or_die(const char *key, const char *hint, const char *text) {
@@ -134,7 +120,7 @@ struct batch_ctx {
     const struct loom_config *cfg;
 };
 
-static void batch_item(const char *item, int i, void *vctx) {
+static int batch_item(char *item, int i, void *vctx) {
     (void)i;
     struct batch_ctx *x = vctx;
     const char *key = "train.batch_schedule", *hint = "write TOKENS:SEQUENCES pairs, e.g. `6T:1536, 8.3T:2048`";
@@ -154,6 +140,7 @@ static void batch_item(const char *item, int i, void *vctx) {
     c->batch_from[c->nbatch] = from;
     c->batch_seqs[c->nbatch] = seqs;
     c->nbatch++;
+    return 0;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -173,7 +160,7 @@ void loom_curriculum_build(struct loom_curriculum *c, const struct loom_config *
     c->nsources = loom_config_sources(cfg, c->sources, &shorthand);
 
     struct phases_ctx px = {.c = c, .cfg = cfg};
-    c->nphases = list_each(cfg->curriculum.phases, phase_item, &px);
+    loom_list_each(cfg->curriculum.phases, phase_item, &px, &c->nphases);
     for (int p = 0; p < cfg->nphases; p++)
         if (!px.used[p]) {
             char key[96];
@@ -225,7 +212,7 @@ void loom_curriculum_build(struct loom_curriculum *c, const struct loom_config *
     c->batch_from[0] = 0;
     c->batch_seqs[0] = cfg->train.global_batch;
     struct batch_ctx bx = {.c = c, .cfg = cfg};
-    list_each(cfg->train.batch_schedule, batch_item, &bx);
+    loom_list_each(cfg->train.batch_schedule, batch_item, &bx, NULL);
 }
 
 void loom_curriculum_check_sizes(const struct loom_curriculum *c, const int64_t *size) {

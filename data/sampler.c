@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "core/error.h"
+#include "core/list.h"
 #include "core/rng.h"
 #include "data/shard.h"
 
@@ -67,7 +68,15 @@ static void stream_add_folder(struct loom_stream *st, const char *key, const cha
     free(names);
 }
 
-static void stream_add_item(struct loom_stream *st, const char *key, const char *item) {
+struct item_ctx {
+    struct loom_stream *st;
+    const char *key;
+};
+
+static int stream_add_item(char *item, int i, void *vctx) {
+    (void)i;
+    struct loom_stream *st = ((struct item_ctx *)vctx)->st;
+    const char *key = ((struct item_ctx *)vctx)->key;
     if (strpbrk(item, "*?[")) {
         glob_t g;
         int rc = glob(item, 0, NULL, &g);
@@ -76,9 +85,9 @@ static void stream_add_item(struct loom_stream *st, const char *key, const char 
             loom_input_error(key, "check the pattern; it is matched against files when training starts",
                              "`%s` matches no file", item);
         }
-        for (size_t i = 0; i < g.gl_pathc; i++) stream_add(st, g.gl_pathv[i]); /* glob sorts its matches */
+        for (size_t j = 0; j < g.gl_pathc; j++) stream_add(st, g.gl_pathv[j]); /* glob sorts its matches */
         globfree(&g);
-        return;
+        return 0;
     }
     struct stat sb;
     if (stat(item, &sb) != 0) {
@@ -88,6 +97,7 @@ static void stream_add_item(struct loom_stream *st, const char *key, const char 
     }
     if (S_ISDIR(sb.st_mode)) stream_add_folder(st, key, item);
     else stream_add(st, item);
+    return 0;
 }
 
 static void stream_open(struct loom_stream *st, const struct loom_source_config *src, int heldout) {
@@ -101,16 +111,8 @@ static void stream_open(struct loom_stream *st, const struct loom_source_config 
         if (heldout) return;
         loom_input_error(key, "list the source's shard files, folders or globs", "source has no shards");
     }
-    char *copy = strdup(list);
-    CHECK(copy != NULL, "out of memory");
-    char *save = NULL;
-    for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
-        while (*item == ' ' || *item == '\t') item++;
-        char *end = item + strlen(item);
-        while (end > item && (end[-1] == ' ' || end[-1] == '\t')) *--end = 0;
-        if (*item) stream_add_item(st, key, item);
-    }
-    free(copy);
+    struct item_ctx x = {.st = st, .key = key};
+    loom_list_each(list, stream_add_item, &x, NULL);
     if (st->nshards == 0) loom_input_error(key, NULL, "names no shard");
     for (int i = 0; i < st->nshards; i++) st->total += loom_shard_tokens(st->shards[i]);
 }

@@ -9,59 +9,57 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/list.h"
 
 static const double PI = 3.14159265358979323846;
+
+struct anneal_ctx {
+    struct loom_anneal_segment *segs;
+    int *nsegs;
+    char *err;
+    int errlen;
+};
+
+static int anneal_item(char *tok, int i, void *vctx) {
+    struct anneal_ctx *x = vctx;
+    if (i == LOOM_SCHEDULE_MAX_SEGMENTS) {
+        snprintf(x->err, x->errlen, "more than %d segments", LOOM_SCHEDULE_MAX_SEGMENTS);
+        return -1;
+    }
+    struct loom_anneal_segment *g = &x->segs[i];
+    char *c1 = strchr(tok, ':');
+    if (!c1) {
+        snprintf(x->err, x->errlen, "segment \"%s\" is not TOKENS:LR", tok);
+        return -1;
+    }
+    *c1 = 0;
+    char *lr = c1 + 1, *shape = strchr(lr, ':');
+    if (shape) *shape++ = 0;
+    char *lr_end = NULL;
+    g->lr = strtod(lr, &lr_end);
+    if (loom_parse_count(tok, &g->tokens) || g->tokens <= 0) {
+        snprintf(x->err, x->errlen, "segment %d: \"%s\" is not a positive token count", i + 1, tok);
+        return -1;
+    }
+    if (lr_end == lr || *lr_end || !(g->lr >= 0) || !isfinite(g->lr)) {
+        snprintf(x->err, x->errlen, "segment %d: \"%s\" is not a learning rate", i + 1, lr);
+        return -1;
+    }
+    if (!shape || strcmp(shape, "linear") == 0) g->cosine = 0;
+    else if (strcmp(shape, "cosine") == 0) g->cosine = 1;
+    else {
+        snprintf(x->err, x->errlen, "segment %d: shape \"%s\" is not linear or cosine", i + 1, shape);
+        return -1;
+    }
+    *x->nsegs = i + 1;
+    return 0;
+}
 
 int loom_schedule_parse_anneal(const char *text, struct loom_anneal_segment *segs, int *nsegs, char *err,
                                int errlen) {
     *nsegs = 0;
-    char *copy = strdup(text ? text : "");
-    CHECK(copy != NULL, "out of memory");
-    int rc = 0;
-    char *save = NULL;
-    for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        while (*tok == ' ' || *tok == '\t') tok++;
-        char *end = tok + strlen(tok);
-        while (end > tok && (end[-1] == ' ' || end[-1] == '\t')) *--end = 0;
-        if (!*tok) continue;
-        if (*nsegs == LOOM_SCHEDULE_MAX_SEGMENTS) {
-            snprintf(err, errlen, "more than %d segments", LOOM_SCHEDULE_MAX_SEGMENTS);
-            rc = -1;
-            break;
-        }
-        struct loom_anneal_segment *g = &segs[*nsegs];
-        char *c1 = strchr(tok, ':');
-        if (!c1) {
-            snprintf(err, errlen, "segment \"%s\" is not TOKENS:LR", tok);
-            rc = -1;
-            break;
-        }
-        *c1 = 0;
-        char *lr = c1 + 1, *shape = strchr(lr, ':');
-        if (shape) *shape++ = 0;
-        char *lr_end = NULL;
-        g->lr = strtod(lr, &lr_end);
-        if (loom_parse_count(tok, &g->tokens) || g->tokens <= 0) {
-            snprintf(err, errlen, "segment %d: \"%s\" is not a positive token count", *nsegs + 1, tok);
-            rc = -1;
-            break;
-        }
-        if (lr_end == lr || *lr_end || !(g->lr >= 0) || !isfinite(g->lr)) {
-            snprintf(err, errlen, "segment %d: \"%s\" is not a learning rate", *nsegs + 1, lr);
-            rc = -1;
-            break;
-        }
-        if (!shape || strcmp(shape, "linear") == 0) g->cosine = 0;
-        else if (strcmp(shape, "cosine") == 0) g->cosine = 1;
-        else {
-            snprintf(err, errlen, "segment %d: shape \"%s\" is not linear or cosine", *nsegs + 1, shape);
-            rc = -1;
-            break;
-        }
-        (*nsegs)++;
-    }
-    free(copy);
-    return rc;
+    struct anneal_ctx x = {.segs = segs, .nsegs = nsegs, .err = err, .errlen = errlen};
+    return loom_list_each(text, anneal_item, &x, NULL);
 }
 
 void loom_schedule_init(struct loom_schedule *s, const struct loom_schedule_config *cfg, int64_t total_tokens) {
