@@ -28,6 +28,7 @@ enum loom_schedule_kind {                                                      /
 };
 enum loom_data_kind { LOOM_DATA_SHARDS, LOOM_DATA_RANDOM };                    /* "shards|random" */
 enum loom_loss_mask { LOOM_LOSS_MASK_ALL, LOOM_LOSS_MASK_ASSISTANT };          /* "all|assistant" */
+enum loom_pipeline { LOOM_PIPELINE_SCHEDULE_1F1B, LOOM_PIPELINE_SCHEDULE_GPIPE }; /* "1f1b|gpipe" */
 
 enum { LOOM_MAX_SOURCES = 32, LOOM_MAX_PHASES = 16, LOOM_SECTION_NAME_MAX = 48 };
 
@@ -119,9 +120,18 @@ struct loom_data_config {
     char *train;                   /* comma-separated shard files or directories of *.tok */
 };
 
+struct loom_parallel_config {
+    int64_t dp, tp, pp, ep;        /* world = dp x tp x pp; ep divides dp x tp */
+    int64_t micro_batches;         /* per step and dp rank; 0 = global_batch / (dp x train.micro_batch) */
+    int zero;                      /* 1: ZeRO-1, optimizer state sharded over dp */
+    int schedule;                  /* enum loom_pipeline */
+    char *stage_layers;            /* layers per pipeline stage "3,3,2"; empty = even */
+};
+
 struct loom_log_config {
     int64_t every;                 /* progress line every N steps */
     double peak_tflops;            /* for MFU; 0 = measure a GEMM at start */
+    char *dump_grads;              /* debugging: reduced gradients after step 1 to PREFIX.rankR.bin */
 };
 
 struct loom_config {
@@ -131,6 +141,7 @@ struct loom_config {
     struct loom_schedule_config schedule;
     struct loom_data_config data;
     struct loom_log_config log;
+    struct loom_parallel_config parallel;
     struct loom_curriculum_config curriculum;
     struct loom_eval_config eval;
     int nsources;

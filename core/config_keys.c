@@ -92,9 +92,22 @@ const struct loom_key loom_config_keys[] = {
     K(eval, every, INT, "0", NULL, "held-out loss per source every N steps; 0 = never"),
     K(eval, batches, INT, "4", NULL, "micro-batches per source in each evaluation"),
 
+    /* [parallel] */
+    K(parallel, dp, INT, "1", NULL, "data-parallel ranks"),
+    K(parallel, tp, INT, "1", NULL, "tensor-parallel ranks (Megatron column/row split)"),
+    K(parallel, pp, INT, "1", NULL, "pipeline stages"),
+    K(parallel, ep, INT, "1", NULL, "expert-parallel ranks, drawn from the dp x tp ranks of a stage"),
+    K(parallel, micro_batches, INT, "0", NULL,
+      "micro-batches per step on each dp rank; 0 = train.global_batch / (dp x train.micro_batch)"),
+    K(parallel, zero, INT, "0", NULL, "1 = ZeRO-1: shard the optimizer state over dp, all-gather parameters"),
+    K(parallel, schedule, ENUM, "1f1b", "1f1b|gpipe", "pipeline schedule"),
+    K(parallel, stage_layers, STRING, "", NULL, "layers per stage, e.g. 3,3,2; empty = as even as possible"),
+
     /* [log] */
     K(log, every, INT, "10", NULL, "print the progress line every N steps"),
     K(log, peak_tflops, FLOAT, "0", NULL, "peak TFLOP/s for MFU; 0 = measure an fp32 GEMM at start"),
+    K(log, dump_grads, STRING, "", NULL,
+      "debugging: after step 1 write each rank's reduced gradients to PREFIX.rankR.bin (parity tests)"),
 };
 
 const size_t loom_config_nkeys = sizeof loom_config_keys / sizeof loom_config_keys[0];

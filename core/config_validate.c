@@ -6,6 +6,8 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 #include <string.h>
 
 #include "core/error.h"
@@ -142,11 +144,69 @@ static void validate_schedule(const struct loom_schedule_config *s) {
                          (long long)s->anneal_start, (long long)s->warmup_tokens);
 }
 
+/* sequences per step on one dp rank, and how they split into micro-batches */
+static void validate_parallel(const struct loom_config *cfg) {
+    const struct loom_parallel_config *p = &cfg->parallel;
+    const struct loom_model_config *m = &cfg->model;
+    require_positive("parallel.dp", p->dp);
+    require_positive("parallel.tp", p->tp);
+    require_positive("parallel.pp", p->pp);
+    require_positive("parallel.ep", p->ep);
+    require_nonneg("parallel.micro_batches", p->micro_batches);
+    require_size("parallel.dp", p->dp);
+    require_size("parallel.tp", p->tp);
+    require_size("parallel.pp", p->pp);
+    if (p->zero != 0 && p->zero != 1) loom_input_error("parallel.zero", NULL, "must be 0 or 1, got %lld", (long long)p->zero);
+    if ((p->dp * p->tp) % p->ep)
+        loom_input_error("parallel.ep", "ep ranks come from the dp x tp ranks of one stage",
+                         "%lld does not divide dp x tp = %lld", (long long)p->ep, (long long)(p->dp * p->tp));
+    int64_t hkv = m->attention == LOOM_ATTENTION_MHA && m->num_kv_heads ? m->num_kv_heads : m->num_heads;
+    struct { const char *key; int64_t v; } split[] = {
+        {"model.num_heads", m->num_heads}, {"model.num_kv_heads", hkv}, {"model.vocab_size", m->vocab_size},
+        {"model.intermediate_size", m->intermediate_size}};
+    for (size_t i = 0; i < sizeof split / sizeof split[0]; i++)
+        if (split[i].v % p->tp)
+            loom_input_error("parallel.tp", "tensor parallelism splits heads, vocabulary and FFN width evenly",
+                             "%lld does not divide %s = %lld", (long long)p->tp, split[i].key, (long long)split[i].v);
+    if (p->pp > m->num_layers)
+        loom_input_error("parallel.pp", "every stage needs at least one layer", "%lld stages for %lld layers",
+                         (long long)p->pp, (long long)m->num_layers);
+    if (p->stage_layers && p->stage_layers[0]) {
+        int64_t n[4096];
+        int count = 0;
+        int64_t sum = 0;
+        char *copy = strdup(p->stage_layers), *save = NULL;
+        for (char *tok = strtok_r(copy, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
+            if (count == 4096 || loom_parse_count(tok, &n[count]) || n[count] < 1)
+                loom_input_error("parallel.stage_layers", "e.g. 3,3,2", "`%s` is not a positive layer count", tok);
+            sum += n[count++];
+        }
+        free(copy);
+        if (count != p->pp || sum != m->num_layers)
+            loom_input_error("parallel.stage_layers", NULL, "%d stages with %lld layers, expected %lld stages with %lld",
+                             count, (long long)sum, (long long)p->pp, (long long)m->num_layers);
+    }
+    const struct loom_train_config *t = &cfg->train;
+    if (t->global_batch % p->dp)
+        loom_input_error("train.global_batch", "each data-parallel rank takes an equal slice",
+                         "%lld sequences do not split over parallel.dp = %lld", (long long)t->global_batch,
+                         (long long)p->dp);
+    int64_t per_rank = t->global_batch / p->dp;
+    if (p->micro_batches && per_rank % p->micro_batches)
+        loom_input_error("parallel.micro_batches", NULL, "%lld micro-batches do not divide %lld sequences per dp rank",
+                         (long long)p->micro_batches, (long long)per_rank);
+    if (!p->micro_batches && per_rank % t->micro_batch)
+        loom_input_error("train.micro_batch", "or set parallel.micro_batches",
+                         "%lld sequences per dp rank (global_batch %lld / dp %lld) are not a multiple of %lld",
+                         (long long)per_rank, (long long)t->global_batch, (long long)p->dp, (long long)t->micro_batch);
+}
+
 void loom_config_validate(const struct loom_config *cfg) {
     validate_model(&cfg->model);
     validate_train(&cfg->train);
     validate_optim(&cfg->optim);
     validate_schedule(&cfg->schedule);
+    validate_parallel(cfg);
     if (cfg->data.kind == LOOM_DATA_SHARDS && (!cfg->data.train || !cfg->data.train[0]) && cfg->nsources == 0)
         loom_input_error("data.train",
                          "make shards with `loom data prep`, then set data.train = FOLDER or add [source.NAME] sections "

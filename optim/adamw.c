@@ -7,13 +7,21 @@
 #include <string.h>
 
 void loom_adamw_init(struct loom_adamw *o, const struct loom_ops *ops, const struct loom_optim_config *cfg,
-                     size_t n) {
+                     size_t lo, size_t hi) {
     memset(o, 0, sizeof *o);
     o->ops = ops;
     o->cfg = *cfg;
-    o->n = n;
-    o->m = ops->alloc(sizeof(float) * n);
-    o->v = ops->alloc(sizeof(float) * n);
+    o->lo = lo;
+    o->hi = hi;
+    o->m = ops->alloc(sizeof(float) * (hi - lo));
+    o->v = ops->alloc(sizeof(float) * (hi - lo));
+}
+
+/* the part [*a, *b) of parameter p inside [lo, hi); 0 when they do not meet */
+static int clip_range(const struct loom_param *p, size_t lo, size_t hi, size_t *a, size_t *b) {
+    *a = p->offset > lo ? p->offset : lo;
+    *b = p->offset + p->numel < hi ? p->offset + p->numel : hi;
+    return *a < *b;
 }
 
 void loom_adamw_free(struct loom_adamw *o) {
@@ -27,10 +35,12 @@ void loom_adamw_step(struct loom_adamw *o, const struct loom_param_table *t, flo
     o->step++;
     for (int i = 0; i < t->count; i++) {
         const struct loom_param *p = &t->params[i];
+        size_t a, b;
+        if (!clip_range(p, o->lo, o->hi, &a, &b)) continue;
         float wd = p->decay ? (float)o->cfg.weight_decay : 0.0f;
-        o->ops->adamw_update(params + p->offset, grads + p->offset, o->m + p->offset, o->v + p->offset, p->numel,
-                             (float)lr, (float)o->cfg.beta1, (float)o->cfg.beta2, (float)o->cfg.eps, wd,
-                             (float)grad_scale, o->step);
+        o->ops->adamw_update(params + a, grads + a, o->m + (a - o->lo), o->v + (a - o->lo), b - a, (float)lr,
+                             (float)o->cfg.beta1, (float)o->cfg.beta2, (float)o->cfg.eps, wd, (float)grad_scale,
+                             o->step);
     }
 }
 
@@ -38,6 +48,16 @@ double loom_grad_norm(const struct loom_ops *ops, const struct loom_param_table 
     double ss = 0;
     for (int i = 0; i < t->count; i++) ss += ops->sum_squares(grads + t->params[i].offset, t->params[i].numel);
     return sqrt(ss);
+}
+
+double loom_grad_sum_squares_range(const struct loom_ops *ops, const struct loom_param_table *t, const float *grads,
+                                   size_t lo, size_t hi) {
+    double ss = 0;
+    for (int i = 0; i < t->count; i++) {
+        size_t a, b;
+        if (clip_range(&t->params[i], lo, hi, &a, &b)) ss += ops->sum_squares(grads + a, b - a);
+    }
+    return ss;
 }
 
 double loom_clip_factor(double norm, double clip) {

@@ -21,21 +21,25 @@ extern "C" {
 struct loom_adamw {
     const struct loom_ops *ops;
     struct loom_optim_config cfg;
-    float *m, *v;                  /* backend memory, like the parameters */
-    size_t n;
+    float *m, *v;                  /* backend memory for the flat range [lo, hi) of the parameters */
+    size_t lo, hi;
     long step;                     /* updates done */
 };
 
+/* Moments for the flat parameter range [lo, hi): the whole buffer, or one rank's ZeRO-1 shard. */
 void loom_adamw_init(struct loom_adamw *o, const struct loom_ops *ops, const struct loom_optim_config *cfg,
-                     size_t n);
+                     size_t lo, size_t hi);
 void loom_adamw_free(struct loom_adamw *o);
-/* One update of every parameter in the table with learning rate lr; gradients are multiplied by
- * grad_scale first (the clipping factor). */
+/* One update of the parameters in [lo, hi) with learning rate lr, each with its own decay setting;
+ * gradients are multiplied by grad_scale first (the clipping factor). */
 void loom_adamw_step(struct loom_adamw *o, const struct loom_param_table *t, float *params, const float *grads,
                      double lr, double grad_scale);
 
 /* L2 norm of all gradients (sqrt of the sum of squares over the table). */
 double loom_grad_norm(const struct loom_ops *ops, const struct loom_param_table *t, const float *grads);
+/* Sum of squares of the gradients in the flat range [lo, hi) (a ZeRO-1 shard). */
+double loom_grad_sum_squares_range(const struct loom_ops *ops, const struct loom_param_table *t, const float *grads,
+                                   size_t lo, size_t hi);
 /* min(1, clip / (norm + 1e-6)); 1 when clip <= 0 (the PyTorch clip_grad_norm_ factor). */
 double loom_clip_factor(double norm, double clip);
 

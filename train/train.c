@@ -18,6 +18,7 @@
 
 #include <cblas.h>
 #include <mpi.h>
+#include <omp.h>
 
 #include "core/config.h"
 #include "core/error.h"
@@ -27,6 +28,8 @@
 #include "model/model.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
+#include "parallel/comm.h"
+#include "parallel/topology.h"
 #include "train/cli.h"
 
 static const char *USAGE = "[mpirun -np N] loom train -c CONFIG [--section.key=value ...]";
@@ -85,8 +88,55 @@ static double measure_peak_flops(void) {
 /* progress                                                                                         */
 
 struct step_times {
-    double data, forward, backward, optimizer, total;
+    double data, forward, backward, comm, optimizer, total;
 };
+
+/* Every core, shared among the ranks that run on this node. */
+static int default_threads(void) {
+    MPI_Comm node;
+    MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+    int local = 1;
+    MPI_Comm_size(node, &local);
+    MPI_Comm_free(&node);
+    int n = omp_get_num_procs() / local;
+    return n > 0 ? n : 1;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* data parallelism                                                                                 */
+
+enum { GRAD_BUCKET = 1 << 22 }; /* floats per all-reduce: 16 MB fp32 buckets, all in flight at once */
+
+/* Sums the gradients over dp — a bucketed all-reduce, or with ZeRO-1 a reduce-scatter that leaves each
+ * rank the sum of its own shard [lo, hi) — and returns the sum of squares of the summed gradients over
+ * the whole model (for the global-norm clip). The loss was already weighted by 1 / (tokens of the
+ * global batch), so the sum is the gradient of the global mean. */
+static double grads_reduce(struct loom_model *m, const struct loom_ops *ops, const struct loom_topology *topo,
+                           int zero, const int *counts, size_t lo, size_t hi) {
+    size_t total = m->table.total;
+    if (topo->dp > 1 && !zero) {
+        size_t nb = (total + GRAD_BUCKET - 1) / GRAD_BUCKET;
+        struct loom_comm_handle *h = malloc_check(sizeof *h * nb);
+        for (size_t b = 0; b < nb; b++) {
+            size_t off = b * GRAD_BUCKET, n = total - off < GRAD_BUCKET ? total - off : GRAD_BUCKET;
+            loom_allreduce_start(&topo->dp_comm, m->grads + off, n, &h[b]);
+        }
+        for (size_t b = 0; b < nb; b++) loom_comm_wait(&h[b]);
+        free(h);
+    }
+    if (zero) {
+        float *shard = malloc_check(sizeof(float) * (hi - lo));
+        struct loom_comm_handle h;
+        loom_reduce_scatterv_start(&topo->dp_comm, m->grads, shard, counts, &h);
+        loom_comm_wait(&h);
+        memcpy(m->grads + lo, shard, sizeof(float) * (hi - lo));
+        free(shard);
+        double ss = loom_grad_sum_squares_range(ops, &m->table, m->grads, lo, hi);
+        loom_allreduce_double(&topo->dp_comm, &ss, 1);
+        return ss;
+    }
+    return loom_grad_sum_squares_range(ops, &m->table, m->grads, 0, total);
+}
 
 static void format_eta(char *buf, size_t n, double seconds) {
     long s = (long)(seconds + 0.5);
@@ -101,6 +151,21 @@ static void format_rate(char *buf, size_t n, double tok_s) {
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+
+/* PREFIX.rankR.bin: int64 lo, hi, total, then the gradients [lo, hi) of this rank's flat buffer
+ * (hi - lo < total under ZeRO-1, where only the rank's shard is reduced). For parity tests. */
+static void grads_dump(const struct loom_model *m, const char *prefix, int rank, size_t lo, size_t hi) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s.rank%d.bin", prefix, rank);
+    FILE *f = fopen_check(path, "wb");
+    int64_t head[3] = {(int64_t)lo, (int64_t)hi, (int64_t)m->table.total};
+    float *g = malloc_check(sizeof(float) * m->table.total);
+    loom_model_get_grads(m, g);
+    CHECK(fwrite(head, sizeof head, 1, f) == 1 && fwrite(g + lo, sizeof(float), hi - lo, f) == hi - lo,
+          "writing %s", path);
+    CHECK(fclose(f) == 0, "writing %s", path);
+    free(g);
+}
 
 /* ---------------------------------------------------------------------------------------------- */
 /* evaluation: held-out loss per source                                                             */
@@ -173,9 +238,17 @@ int loom_train_main(int argc, char **argv) {
 
     struct loom_config cfg;
     loom_cli_load_config(&cfg, argc, argv, USAGE);
-    if (world != 1)
-        loom_input_error("mpirun", "run one process until the [parallel] layouts land",
-                         "world size %d: this build trains on a single process", world);
+    const struct loom_parallel_config *pc = &cfg.parallel;
+    if (pc->dp * pc->tp * pc->pp != world)
+        loom_input_error("parallel", "launch dp x tp x pp ranks, e.g. scripts/launch.sh -np N ./loom train ...",
+                         "dp(%lld)*tp(%lld)*pp(%lld) = %lld != world size %d", (long long)pc->dp, (long long)pc->tp,
+                         (long long)pc->pp, (long long)(pc->dp * pc->tp * pc->pp), world);
+    if (pc->tp > 1 || pc->pp > 1)
+        loom_input_error(pc->tp > 1 ? "parallel.tp" : "parallel.pp", "use parallel.dp (with parallel.zero) for now",
+                         "tensor and pipeline parallelism are not available in this build");
+    struct loom_topology topo;
+    loom_topology_init(&topo, MPI_COMM_WORLD, (int)pc->dp, (int)pc->tp, (int)pc->pp, (int)pc->ep);
+    if (rank == 0) loom_topology_print(&topo, stdout);
     const struct loom_train_config *tc = &cfg.train;
 
     /* data first: a bad shard should fail before anything big is allocated */
@@ -191,7 +264,9 @@ int loom_train_main(int argc, char **argv) {
     loom_curriculum_build(&cur, &cfg, sampler.random ? NULL : sizes);
     if (!sampler.random) loom_curriculum_check_sizes(&cur, sizes);
     int64_t total_tokens = loom_run_tokens(&cur, tc->steps);
-    int B = (int)tc->micro_batch, T_max = (int)loom_curriculum_max_seq_len(&cur);
+    int dp = topo.dp;
+    int B = (int)(pc->micro_batches ? tc->global_batch / dp / pc->micro_batches : tc->micro_batch);
+    int T_max = (int)loom_curriculum_max_seq_len(&cur);
 
     make_dirs(tc->run_dir);
     char existing[4096];
@@ -204,12 +279,21 @@ int loom_train_main(int argc, char **argv) {
     CHECK(fclose(f) == 0, "writing %s/config.ini failed", tc->run_dir);
     FILE *metrics = open_in_run(tc->run_dir, "metrics.jsonl", "w");
 
-    const struct loom_ops *ops = loom_ops_cpu((int)tc->threads);
+    const struct loom_ops *ops = loom_ops_cpu((int)(tc->threads ? tc->threads : default_threads()));
     struct loom_model model;
     loom_model_create(&model, ops, &cfg.model, &cfg.optim, B, T_max);
     loom_model_init_params(&model, (uint64_t)tc->seed);
     struct loom_adamw adamw;
-    loom_adamw_init(&adamw, ops, &cfg.optim, model.table.total);
+    /* ZeRO-1: rank r of dp owns the flat range [total r / dp, total (r + 1) / dp) of the optimizer */
+    size_t total = model.table.total;
+    int *shard_counts = malloc_check(sizeof(int) * dp), *shard_displs = malloc_check(sizeof(int) * dp);
+    for (int r = 0; r < dp; r++) {
+        shard_displs[r] = (int)(total * r / dp);
+        shard_counts[r] = (int)(total * (r + 1) / dp) - shard_displs[r];
+    }
+    int zero = pc->zero && dp > 1;
+    size_t lo = zero ? (size_t)shard_displs[topo.dp_rank] : 0, hi = zero ? lo + shard_counts[topo.dp_rank] : total;
+    loom_adamw_init(&adamw, ops, &cfg.optim, lo, hi);
     struct loom_schedule sched;
     loom_schedule_init(&sched, &cfg.schedule, total_tokens);
 
@@ -230,7 +314,7 @@ int loom_train_main(int argc, char **argv) {
     float *token_losses = malloc_check(sizeof(float) * (size_t)B * T_max);
     int *eval_inputs = malloc_check(sizeof(int) * (size_t)B * T_max);
     int *eval_targets = malloc_check(sizeof(int) * (size_t)B * T_max);
-    struct loom_prefetch *prefetch = loom_prefetch_start(&sampler, &cur, tc->steps, 0, 1);
+    struct loom_prefetch *prefetch = loom_prefetch_start(&sampler, &cur, tc->steps, topo.dp_rank, dp);
     double run_start = now_s();
     int64_t tokens = 0;
 
@@ -238,7 +322,7 @@ int loom_train_main(int argc, char **argv) {
         struct step_times tm = {0};
         double t0 = now_s();
         const struct loom_batch *batch = loom_prefetch_next(prefetch);
-        int T = (int)batch->T, accum = (int)(batch->batch / B);
+        int T = (int)batch->T, accum = (int)(batch->rows / B);
         size_t N = (size_t)B * T;
         int64_t step_tokens = batch->batch * batch->T;
         loom_model_set_shape(&model, T, batch->rope_theta);
@@ -246,6 +330,7 @@ int loom_train_main(int argc, char **argv) {
         /* the loss is a mean over every counted token of the global batch */
         long counted = 0;
         for (size_t i = 0; i < (size_t)batch->rows * T; i++) counted += batch->targets[i] >= 0;
+        loom_allreduce_long(&topo.dp_comm, &counted, 1);
         double t1 = now_s();
         tm.data = t1 - t0;
 
@@ -271,16 +356,31 @@ int loom_train_main(int argc, char **argv) {
                 }
             }
         }
+        double tc0 = now_s();
+        double gsq = grads_reduce(&model, ops, &topo, zero, shard_counts, lo, hi);
+        if (step == 0 && cfg.log.dump_grads[0]) grads_dump(&model, cfg.log.dump_grads, rank, lo, hi);
+        loom_allreduce_double(&topo.dp_comm, &loss_sum, 1);
+        loom_allreduce_double(&topo.dp_comm, src_sum, LOOM_MAX_SOURCES);
+        long src_n[LOOM_MAX_SOURCES];
+        for (int s = 0; s < LOOM_MAX_SOURCES; s++) src_n[s] = src_count[s];
+        loom_allreduce_long(&topo.dp_comm, src_n, LOOM_MAX_SOURCES);
+        tm.comm = now_s() - tc0;
         double loss = counted ? loss_sum / counted : 0.0;
-        for (int s = 0; s < sampler.nstreams; s++) src_loss[s] = src_count[s] ? src_sum[s] / src_count[s] : 0.0;
+        for (int s = 0; s < sampler.nstreams; s++) src_loss[s] = src_n[s] ? src_sum[s] / src_n[s] : 0.0;
 
         double t2 = now_s();
-        double gnorm = loom_grad_norm(ops, &model.table, model.grads);
+        double gnorm = sqrt(gsq);
         double lr = loom_schedule_lr(&sched, tokens + step_tokens);
         int skipped = !isfinite(gnorm) || counted == 0;
-        if (!skipped)
+        if (!skipped) {
             loom_adamw_step(&adamw, &model.table, model.params, model.grads, lr,
                             loom_clip_factor(gnorm, cfg.optim.grad_clip));
+            if (zero) {
+                struct loom_comm_handle h;
+                loom_allgatherv_inplace_start(&topo.dp_comm, model.params, shard_counts, shard_displs, &h);
+                loom_comm_wait(&h);
+            }
+        }
         tokens += step_tokens;
         double t3 = now_s();
         tm.optimizer = t3 - t2;
@@ -310,9 +410,9 @@ int loom_train_main(int argc, char **argv) {
                 json_source_map(metrics, "eval", &sampler, v, present);
             }
             fprintf(metrics,
-                    ", \"time\": {\"forward\": %.6g, \"backward\": %.6g, \"comm_exposed\": 0, \"bubble\": 0, "
+                    ", \"time\": {\"forward\": %.6g, \"backward\": %.6g, \"comm_exposed\": %.6g, \"bubble\": 0, "
                     "\"optimizer\": %.6g, \"data\": %.6g, \"checkpoint\": 0, \"step\": %.6g}}\n",
-                    tm.forward, tm.backward, tm.optimizer, tm.data, tm.total);
+                    tm.forward, tm.backward, tm.comm, tm.optimizer, tm.data, tm.total);
             fflush(metrics);
             if ((step + 1) % cfg.log.every == 0 || step == 0 || step + 1 == tc->steps) {
                 char eta[32], rate[32], phase[512];
@@ -342,10 +442,13 @@ int loom_train_main(int argc, char **argv) {
     free(eval_inputs);
     free(eval_targets);
     loom_adamw_free(&adamw);
+    free(shard_counts);
+    free(shard_displs);
     loom_model_destroy(&model);
     if (do_eval) loom_sampler_close(&heldout);
     loom_sampler_close(&sampler);
     loom_config_free(&cfg);
+    loom_topology_free(&topo);
     MPI_Finalize();
     return 0;
 }

@@ -112,7 +112,7 @@ static void check_variant(const char *variant, const char *path) {
     /* ten AdamW steps on the same batch, clipped by global norm, constant LR */
     loom_model_set_params(&m, host);
     struct loom_adamw opt;
-    loom_adamw_init(&opt, ops, &cfg.optim, m.table.total);
+    loom_adamw_init(&opt, ops, &cfg.optim, 0, m.table.total);
     struct loom_schedule sched;
     loom_schedule_init(&sched, &cfg.schedule, 10 * (int64_t)N);
     const struct loom_ref_entry *ref_losses = need(d, "adamw_losses");

@@ -295,7 +295,7 @@ static void run_adamw(const char *label, int decay_norms, int decay_embeddings) 
     ops->from_host(dev_p, host_p, N * sizeof(float));
 
     struct loom_adamw opt;
-    loom_adamw_init(&opt, ops, o, N);
+    loom_adamw_init(&opt, ops, o, 0, N);
     const double lrs[3] = {1e-2, 2e-2, 5e-3}, scales[3] = {1.0, 0.7, 0.3};
     for (int step = 1; step <= 3; step++) {
         for (int i = 0; i < t.count; i++)
