@@ -396,6 +396,9 @@ static const struct loom_ops cpu_ops = {
 };
 
 const struct loom_ops *loom_ops_cpu(int threads) {
-    if (threads > 0) omp_set_num_threads(threads);
+    if (threads > 0) {
+        omp_set_num_threads(threads);
+        openblas_set_num_threads(threads);
+    }
     return &cpu_ops;
 }

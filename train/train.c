@@ -268,16 +268,27 @@ int loom_train_main(int argc, char **argv) {
     int B = (int)(pc->micro_batches ? tc->global_batch / dp / pc->micro_batches : tc->micro_batch);
     int T_max = (int)loom_curriculum_max_seq_len(&cur);
 
-    make_dirs(tc->run_dir);
+    /* the run folder belongs to rank 0; the verdict on an existing run is shared so every rank stops */
     char existing[4096];
     snprintf(existing, sizeof existing, "%s/metrics.jsonl", tc->run_dir);
-    if (access(existing, F_OK) == 0)
+    int exists = 0;
+    if (rank == 0) {
+        loom_error_set_collective(0);
+        make_dirs(tc->run_dir);
+        loom_error_set_collective(1);
+        exists = access(existing, F_OK) == 0;
+    }
+    MPI_CHECK(MPI_Bcast(&exists, 1, MPI_INT, 0, MPI_COMM_WORLD));
+    if (exists)
         loom_input_error("train.run_dir", "choose another --train.run_dir, or remove the old run",
                          "%s already holds a run (%s exists)", tc->run_dir, existing);
-    FILE *f = open_in_run(tc->run_dir, "config.ini", "w");
-    loom_config_write(f, &cfg);
-    CHECK(fclose(f) == 0, "writing %s/config.ini failed", tc->run_dir);
-    FILE *metrics = open_in_run(tc->run_dir, "metrics.jsonl", "w");
+    FILE *metrics = NULL;
+    if (rank == 0) {
+        FILE *f = open_in_run(tc->run_dir, "config.ini", "w");
+        loom_config_write(f, &cfg);
+        CHECK(fclose(f) == 0, "writing %s/config.ini failed", tc->run_dir);
+        metrics = open_in_run(tc->run_dir, "metrics.jsonl", "w");
+    }
 
     const struct loom_ops *ops = loom_ops_cpu((int)(tc->threads ? tc->threads : default_threads()));
     struct loom_model model;
@@ -401,7 +412,9 @@ int loom_train_main(int argc, char **argv) {
                     cur.phases[batch->phase].name, T, (long long)batch->batch);
             if (sampler.nstreams) {
                 json_source_map(metrics, "weights", &sampler, batch->weights, NULL);
-                json_source_map(metrics, "source_loss", &sampler, src_loss, src_count);
+                int present[LOOM_MAX_SOURCES];
+                for (int i = 0; i < sampler.nstreams; i++) present[i] = src_n[i] > 0;
+                json_source_map(metrics, "source_loss", &sampler, src_loss, present);
             }
             if (ev.n) {
                 double v[LOOM_MAX_SOURCES] = {0};
@@ -436,7 +449,7 @@ int loom_train_main(int argc, char **argv) {
     if (rank == 0) printf("loom train: done, %lld tokens in %.1f s; metrics in %s/metrics.jsonl\n",
                           (long long)tokens, now_s() - run_start, tc->run_dir);
 
-    CHECK(fclose(metrics) == 0, "writing metrics failed");
+    if (metrics) CHECK(fclose(metrics) == 0, "writing metrics failed");
     loom_prefetch_stop(prefetch);
     free(token_losses);
     free(eval_inputs);

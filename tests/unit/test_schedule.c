@@ -21,6 +21,7 @@
  */
 #include <string.h>
 
+#include "core/error.h"
 #include "parallel/schedule.h"
 #include "tests/test.h"
 
@@ -43,7 +44,7 @@ static int schedule_parse(struct loom_pipeline_schedule *s, enum loom_pipeline_k
     s->stages = stages;
     s->micro_batches = micro_batches;
     s->count = 0;
-    s->actions = malloc(MAX_ACTIONS * sizeof *s->actions);
+    s->actions = malloc_check(MAX_ACTIONS * sizeof *s->actions);
     for (const char *p = text; *p;) {
         while (*p == ' ') p++;
         if (!*p) break;
@@ -118,7 +119,8 @@ static int action_is(const struct loom_pipeline_schedule *s, int i, enum loom_ac
 static int check_adjacency(const struct loom_pipeline_schedule *s, char *err, size_t cap) {
     int first = s->stage == 0, last = s->stage == s->stages - 1;
     for (int i = 0; i < s->count; i++) {
-        int k = s->actions[i].kind, mb = s->actions[i].micro;
+        enum loom_action_kind k = s->actions[i].kind;
+        int mb = s->actions[i].micro;
         const char *why = NULL;
         switch (k) {
         case LOOM_ACT_RECV_FORWARD:
@@ -145,12 +147,9 @@ static int check_adjacency(const struct loom_pipeline_schedule *s, char *err, si
             if (!last && !action_is(s, i - 1, LOOM_ACT_RECV_BACKWARD, mb)) why = "not preceded by its receive";
             else if (!first && !action_is(s, i + 1, LOOM_ACT_SEND_BACKWARD, mb)) why = "not followed by its send";
             break;
-        default:
-            why = "of an unknown kind";
         }
         if (why) {
-            snprintf(err, cap, "action %d (%s %d) %s", i, k >= 0 && k <= LOOM_ACT_SEND_BACKWARD ?
-                     loom_action_name(k) : "?", mb, why);
+            snprintf(err, cap, "action %d (%s %d) %s", i, loom_action_name(s->actions[i].kind), mb, why);
             return 0;
         }
     }
