@@ -93,8 +93,9 @@ static float *act_alloc(struct loom_model *m, size_t n) {
     return m->ops ? m->ops->alloc(sizeof(float) * n) : NULL;
 }
 
-/* the saved activations of one micro-batch (m->acts may be NULL when only counting) */
-static void alloc_activations(struct loom_model *m) {
+/* The saved activations of one micro-batch in slot s (s->acts NULL: only counting). Counts the whole
+ * model when m->stage covers it. */
+static void alloc_activations(struct loom_model *m, struct loom_slot *s) {
     const struct loom_model_config *cfg = &m->cfg;
     int B = m->B, T = m->T;
     size_t N = (size_t)B * T, C = cfg->hidden_size, F = cfg->intermediate_size, V = cfg->vocab_size;
@@ -102,11 +103,11 @@ static void alloc_activations(struct loom_model *m) {
     size_t Dqk = loom_model_qk_head_dim(cfg), Dv = loom_model_v_head_dim(cfg);
     size_t rq = cfg->q_lora_rank, rkv = cfg->kv_lora_rank, dn = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim;
     int mla = cfg->attention == LOOM_ATTENTION_MLA;
-    int L = (int)cfg->num_layers;
+    int L = m->stage.layer_hi - m->stage.layer_lo;
 
-    m->res = act_alloc(m, (size_t)(L + 1) * N * C);
+    s->res = act_alloc(m, (size_t)(L + 1) * N * C);
     for (int l = 0; l < L; l++) {
-        struct loom_layer_acts dry, *a = m->acts ? &m->acts[l] : &dry;
+        struct loom_layer_acts dry, *a = s->acts ? &s->acts[l] : &dry;
         a->ln1 = act_alloc(m, N * C);
         a->rstd1 = act_alloc(m, N);
         if (mla) {
@@ -137,10 +138,14 @@ static void alloc_activations(struct loom_model *m) {
         a->up = act_alloc(m, N * F);
         a->hmlp = act_alloc(m, N * F);
     }
-    m->lnf = act_alloc(m, N * C);
-    m->rstdf = act_alloc(m, N);
-    m->logits = act_alloc(m, N * V);
-    m->losses = act_alloc(m, N);
+    if (m->stage.last) {
+        s->lnf = act_alloc(m, N * C);
+        s->rstdf = act_alloc(m, N);
+        s->logits = act_alloc(m, N * V);
+        s->losses = act_alloc(m, N);
+    } else {
+        s->dout = act_alloc(m, N * C);
+    }
 }
 
 size_t loom_model_activation_floats(const struct loom_model_config *cfg, int B, int T) {
@@ -149,7 +154,10 @@ size_t loom_model_activation_floats(const struct loom_model_config *cfg, int B, 
     m.cfg = *cfg;
     m.B = B;
     m.T = T;
-    alloc_activations(&m);
+    m.stage = (struct loom_stage){.layer_lo = 0, .layer_hi = (int)cfg->num_layers, .first = 1, .last = 1};
+    struct loom_slot s;
+    memset(&s, 0, sizeof s);
+    alloc_activations(&m, &s);
     return m.act_floats;
 }
 
@@ -185,47 +193,88 @@ static float *param_ptr(const struct loom_model *m, float *base, const char *nam
     return i < 0 ? NULL : base + m->table.params[i].offset;
 }
 
-void loom_model_create(struct loom_model *m, const struct loom_ops *ops, const struct loom_model_config *cfg,
-                       const struct loom_optim_config *optim, int B, int T) {
+void loom_model_create_stage(struct loom_model *m, const struct loom_ops *ops, const struct loom_model_config *cfg,
+                             const struct loom_optim_config *optim, int B, int T, const struct loom_stage *stage,
+                             int slots) {
     memset(m, 0, sizeof *m);
     m->ops = ops;
     m->cfg = *cfg;
+    m->stage = *stage;
     m->B = B;
     m->T = T;
     m->T_max = T;
     loom_params_build(&m->table, cfg, optim);
+    loom_params_select_stage(&m->table, stage->layer_lo, stage->layer_hi, stage->first, stage->last,
+                             cfg->tie_word_embeddings);
     m->params = ops->alloc(sizeof(float) * m->table.total);
     m->grads = ops->alloc(sizeof(float) * m->table.total);
 
-    m->inputs = ops->alloc(sizeof(int) * (size_t)B * T);
-    m->targets = ops->alloc(sizeof(int) * (size_t)B * T);
-    m->acts = calloc_check((size_t)cfg->num_layers, sizeof(struct loom_layer_acts));
-    for (int l = 0; l < cfg->num_layers; l++) {
-        resolve_layer(m, &m->acts[l].w, m->params, l);
-        resolve_layer(m, &m->acts[l].g, m->grads, l);
+    int L = stage->layer_hi - stage->layer_lo;
+    m->nslots = slots;
+    m->slots = calloc_check((size_t)slots, sizeof(struct loom_slot));
+    for (int k = 0; k < slots; k++) {
+        struct loom_slot *s = &m->slots[k];
+        s->inputs = ops->alloc(sizeof(int) * (size_t)B * T);
+        s->targets = ops->alloc(sizeof(int) * (size_t)B * T);
+        s->acts = calloc_check((size_t)(L ? L : 1), sizeof(struct loom_layer_acts));
+        for (int l = 0; l < L; l++) {
+            resolve_layer(m, &s->acts[l].w, m->params, stage->layer_lo + l);
+            resolve_layer(m, &s->acts[l].g, m->grads, stage->layer_lo + l);
+        }
+        alloc_activations(m, s);
     }
-    alloc_activations(m);
+    m->cur = &m->slots[0];
 
     /* one backward work space, carved from a single allocation */
     m->scratch_floats = scratch_layout(m, NULL, NULL);
     m->scratch = ops->alloc(sizeof(float) * m->scratch_floats);
 }
 
+void loom_model_create(struct loom_model *m, const struct loom_ops *ops, const struct loom_model_config *cfg,
+                       const struct loom_optim_config *optim, int B, int T) {
+    struct loom_stage whole = {.layer_lo = 0, .layer_hi = (int)cfg->num_layers, .first = 1, .last = 1};
+    loom_model_create_stage(m, ops, cfg, optim, B, T, &whole, 1);
+}
+
+void loom_model_use_slot(struct loom_model *m, int k) {
+    CHECK(k >= 0 && k < m->nslots, "slot %d of %d", k, m->nslots);
+    m->cur = &m->slots[k];
+}
+
+float *loom_model_stage_input(struct loom_model *m) { return m->cur->res; }
+
+float *loom_model_stage_output(struct loom_model *m) {
+    return m->cur->res + (size_t)(m->stage.layer_hi - m->stage.layer_lo) * m->B * m->T * m->cfg.hidden_size;
+}
+
+float *loom_model_stage_output_grad(struct loom_model *m) { return m->cur->dout; }
+
+float *loom_model_stage_input_grad(struct loom_model *m) { return m->scratch; /* dres comes first */ }
+
 void loom_model_destroy(struct loom_model *m) {
     const struct loom_ops *ops = m->ops;
-    for (int l = 0; l < m->cfg.num_layers; l++) {
-        struct loom_layer_acts *a = &m->acts[l];
-        float *bufs[] = {a->ln1, a->rstd1, a->qa, a->qa_n, a->rstd_qa, a->q_raw, a->k_raw, a->rstd_q,
-                         a->rstd_k, a->kva, a->c_n, a->rstd_kv, a->kvb, a->q, a->k, a->v, a->probs,
-                         a->att, a->mid, a->ln2, a->rstd2, a->gate, a->up, a->hmlp};
+    int L = m->stage.layer_hi - m->stage.layer_lo;
+    for (int k = 0; k < m->nslots; k++) {
+        struct loom_slot *s = &m->slots[k];
+        for (int l = 0; l < L; l++) {
+            struct loom_layer_acts *a = &s->acts[l];
+            float *bufs[] = {a->ln1, a->rstd1, a->qa, a->qa_n, a->rstd_qa, a->q_raw, a->k_raw, a->rstd_q,
+                             a->rstd_k, a->kva, a->c_n, a->rstd_kv, a->kvb, a->q, a->k, a->v, a->probs,
+                             a->att, a->mid, a->ln2, a->rstd2, a->gate, a->up, a->hmlp};
+            for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+                if (bufs[i]) ops->free(bufs[i]);
+        }
+        free(s->acts);
+        float *bufs[] = {s->res, s->lnf, s->rstdf, s->logits, s->losses, s->dout};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
             if (bufs[i]) ops->free(bufs[i]);
+        ops->free(s->inputs);
+        ops->free(s->targets);
     }
-    free(m->acts);
-    float *bufs[] = {m->res, m->lnf, m->rstdf, m->logits, m->losses, m->scratch, m->params, m->grads};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) ops->free(bufs[i]);
-    ops->free(m->inputs);
-    ops->free(m->targets);
+    free(m->slots);
+    ops->free(m->scratch);
+    ops->free(m->params);
+    ops->free(m->grads);
     loom_params_free(&m->table);
     memset(m, 0, sizeof *m);
 }
@@ -452,20 +501,27 @@ double loom_model_forward(struct loom_model *m, const int *ids, const int *targe
                           float *token_losses) {
     const struct loom_ops *ops = m->ops;
     const struct loom_model_config *cfg = &m->cfg;
-    int N = m->B * m->T, C = (int)cfg->hidden_size, V = (int)cfg->vocab_size, L = (int)cfg->num_layers;
+    struct loom_slot *s = m->cur;
+    int N = m->B * m->T, C = (int)cfg->hidden_size, V = (int)cfg->vocab_size;
+    int lo = m->stage.layer_lo, L = m->stage.layer_hi - lo;
     size_t NC = (size_t)N * C;
 
-    ops->from_host(m->inputs, ids, sizeof(int) * N);
-    ops->from_host(m->targets, targets, sizeof(int) * N);
-    ops->embedding_forward(m->res, m->inputs, param_ptr(m, m->params, "embed_tokens.weight"), N, C);
-    for (int l = 0; l < L; l++) block_forward(m, &m->acts[l], m->res + l * NC, m->res + (l + 1) * NC);
-    ops->rmsnorm_forward(m->lnf, m->rstdf, m->res + L * NC, param_ptr(m, m->params, "norm.weight"), N, C, C, C,
+    if (m->stage.first) {
+        ops->from_host(s->inputs, ids, sizeof(int) * N);
+        ops->embedding_forward(s->res, s->inputs, param_ptr(m, m->params, "embed_tokens.weight"), N, C);
+    }
+    for (int l = 0; l < L; l++) block_forward(m, &s->acts[l], s->res + l * NC, s->res + (l + 1) * NC);
+    if (count) *count = 0;
+    if (!m->stage.last) return 0.0;
+
+    ops->from_host(s->targets, targets, sizeof(int) * N);
+    ops->rmsnorm_forward(s->lnf, s->rstdf, s->res + L * NC, param_ptr(m, m->params, "norm.weight"), N, C, C, C,
                          (float)cfg->rms_norm_eps);
-    ops->matmul_forward(m->logits, m->lnf, head_weight(m, m->params), N, C, V);
-    ops->cross_entropy(m->losses, dloss > 0 ? m->logits : NULL, m->logits, m->targets, N, V, dloss);
+    ops->matmul_forward(s->logits, s->lnf, head_weight(m, m->params), N, C, V);
+    ops->cross_entropy(s->losses, dloss > 0 ? s->logits : NULL, s->logits, s->targets, N, V, dloss);
 
     float *losses = token_losses ? token_losses : malloc_check(sizeof(float) * N);
-    ops->to_host(losses, m->losses, sizeof(float) * N);
+    ops->to_host(losses, s->losses, sizeof(float) * N);
     double sum = 0;
     long n = 0;
     for (int i = 0; i < N; i++) {
@@ -481,16 +537,23 @@ double loom_model_forward(struct loom_model *m, const int *ids, const int *targe
 void loom_model_backward(struct loom_model *m) {
     const struct loom_ops *ops = m->ops;
     const struct loom_model_config *cfg = &m->cfg;
-    int N = m->B * m->T, C = (int)cfg->hidden_size, V = (int)cfg->vocab_size, L = (int)cfg->num_layers;
+    struct loom_slot *sl = m->cur;
+    int N = m->B * m->T, C = (int)cfg->hidden_size, V = (int)cfg->vocab_size;
+    int L = m->stage.layer_hi - m->stage.layer_lo;
     size_t NC = (size_t)N * C;
     struct scratch s;
     scratch_layout(m, m->scratch, &s);
 
-    /* head and final norm; m->logits holds d(loss)/d(logits) */
-    ops->matmul_backward_weight(head_weight(m, m->grads), m->logits, m->lnf, N, C, V);
-    ops->matmul_backward_input(s.dln, m->logits, head_weight(m, m->params), N, C, V, 0);
-    ops->rmsnorm_backward(s.dres, param_ptr(m, m->grads, "norm.weight"), s.dln, m->res + L * NC,
-                          param_ptr(m, m->params, "norm.weight"), m->rstdf, N, C, C, C);
-    for (int l = L - 1; l >= 0; l--) block_backward(m, &m->acts[l], m->res + l * NC, &s);
-    ops->embedding_backward(param_ptr(m, m->grads, "embed_tokens.weight"), s.dres, m->inputs, N, C);
+    if (m->stage.last) {
+        /* head and final norm; the slot's logits hold d(loss)/d(logits) */
+        ops->matmul_backward_weight(head_weight(m, m->grads), sl->logits, sl->lnf, N, C, V);
+        ops->matmul_backward_input(s.dln, sl->logits, head_weight(m, m->params), N, C, V, 0);
+        ops->rmsnorm_backward(s.dres, param_ptr(m, m->grads, "norm.weight"), s.dln, sl->res + L * NC,
+                              param_ptr(m, m->params, "norm.weight"), sl->rstdf, N, C, C, C);
+    } else {
+        ops->copy_2d(s.dres, C, sl->dout, C, N, C, 0);
+    }
+    for (int l = L - 1; l >= 0; l--) block_backward(m, &sl->acts[l], sl->res + l * NC, &s);
+    if (m->stage.first)
+        ops->embedding_backward(param_ptr(m, m->grads, "embed_tokens.weight"), s.dres, sl->inputs, N, C);
 }

@@ -23,29 +23,58 @@ extern "C" {
 
 struct loom_layer_acts;
 
+/* The slice of the model one pipeline stage runs: blocks [layer_lo, layer_hi), the embedding on the
+ * first stage, the final norm, head and loss on the last. */
+struct loom_stage {
+    int layer_lo, layer_hi;
+    int first, last;
+};
+
+/* The activations of one micro-batch in flight (a pipeline stage keeps several). */
+struct loom_slot {
+    int *inputs, *targets;         /* [B*T] backend memory */
+    struct loom_layer_acts *acts;  /* per block of the stage */
+    float *res;                    /* residual stream at each block boundary, [(nl+1), N, C]; [0] = stage input */
+    float *lnf, *rstdf;            /* last stage: final norm output [N,C], its rstd [N] */
+    float *logits;                 /* last stage: [N,V]; after a forward with grad, d(loss)/d(logits) */
+    float *losses;                 /* last stage: [N] */
+    float *dout;                   /* not last: d(loss)/d(stage output) [N,C], received from the next stage */
+};
+
 struct loom_model {
     const struct loom_ops *ops;
     struct loom_model_config cfg;
-    struct loom_param_table table;
+    struct loom_stage stage;
+    struct loom_param_table table; /* this stage's parameters */
     float *params;                 /* backend memory, table.total floats */
     float *grads;                  /* same layout */
     int B, T;                      /* current micro-batch shape */
     int T_max;                     /* the activations are sized for B x T_max */
-    int *inputs, *targets;         /* [B*T] backend memory */
-    struct loom_layer_acts *acts;  /* per layer */
-    float *res;                    /* residual stream at each layer boundary, [(L+1), N, C] */
-    float *lnf, *rstdf;            /* final norm output [N,C], its rstd [N] */
-    float *logits;                 /* [N,V]; after a forward with grad, d(loss)/d(logits) */
-    float *losses;                 /* [N] */
-    float *scratch;                /* backward work space */
+    int nslots;
+    struct loom_slot *slots;
+    struct loom_slot *cur;         /* the slot forward and backward work on */
+    float *scratch;                /* backward work space; after a backward of a stage that is not the
+                                    * first, it begins with d(loss)/d(stage input) [N,C] */
     size_t scratch_floats;
-    size_t act_floats;             /* activation memory in floats (for reports) */
+    size_t act_floats;             /* activation memory in floats, all slots (for reports) */
 };
 
 /* Build the table, allocate params/grads/activations on the backend. Parameters are zero until
  * loom_model_init_params or loom_model_set_params. */
 void loom_model_create(struct loom_model *m, const struct loom_ops *ops, const struct loom_model_config *cfg,
                        const struct loom_optim_config *optim, int B, int T);
+/* The same for one pipeline stage with `slots` micro-batches in flight. */
+void loom_model_create_stage(struct loom_model *m, const struct loom_ops *ops, const struct loom_model_config *cfg,
+                             const struct loom_optim_config *optim, int B, int T, const struct loom_stage *stage,
+                             int slots);
+/* Forward and backward work on slot k from now on. */
+void loom_model_use_slot(struct loom_model *m, int k);
+/* Stage boundaries of the current slot, [B*T, C]: the input a stage that is not first receives, its
+ * output, d(loss)/d(output) it receives, and after its backward d(loss)/d(input) to send back. */
+float *loom_model_stage_input(struct loom_model *m);
+float *loom_model_stage_output(struct loom_model *m);
+float *loom_model_stage_output_grad(struct loom_model *m);
+float *loom_model_stage_input_grad(struct loom_model *m);
 void loom_model_destroy(struct loom_model *m);
 /* Floats of saved activations for a micro-batch of B x T (what loom_model_create allocates). */
 size_t loom_model_activation_floats(const struct loom_model_config *cfg, int B, int T);
@@ -63,10 +92,13 @@ void loom_model_set_shape(struct loom_model *m, int T, double rope_theta);
 /* Forward over host ids/targets [B*T] (target < 0: not in the loss). Returns the sum of the token
  * losses in double; *count (may be NULL) gets the number of counted tokens and token_losses (may be
  * NULL) each token's loss. When dloss > 0, the logits buffer is left holding d(loss)/d(logits) with
- * each token's loss weighted by dloss (1 / tokens in the global batch, for a mean over it). */
+ * each token's loss weighted by dloss (1 / tokens in the global batch, for a mean over it).
+ * On a pipeline stage: ids are read on the first stage (others start from loom_model_stage_input),
+ * and only the last stage has a loss (others return 0 with *count 0). */
 double loom_model_forward(struct loom_model *m, const int *ids, const int *targets, float dloss, long *count,
                           float *token_losses);
-/* Backward after a forward with dloss > 0: grads += d(loss)/d(params). */
+/* Backward after a forward with dloss > 0: grads += d(loss)/d(params). A stage that is not last
+ * starts from loom_model_stage_output_grad. */
 void loom_model_backward(struct loom_model *m);
 
 #ifdef __cplusplus

@@ -36,6 +36,7 @@ int64_t loom_model_kv_heads(const struct loom_model_config *m) {
 struct builder {
     struct loom_param_table *t;
     int cap;
+    int layer;                     /* the block being added, or -1 */
     const struct loom_model_config *m;
     const struct loom_optim_config *o;
 };
@@ -48,8 +49,10 @@ static void add_param(struct builder *b, struct loom_shape shape, enum loom_init
         t->params = realloc(t->params, sizeof(struct loom_param) * b->cap);
         CHECK(t->params != NULL, "out of memory growing the parameter table");
     }
-    struct loom_param *p = &t->params[t->count++];
+    struct loom_param *p = &t->params[t->count];
     memset(p, 0, sizeof *p);
+    p->index = t->count++;
+    p->layer = b->layer;
     va_list ap;
     va_start(ap, fmt);
     int len = vsnprintf(p->name, sizeof p->name, fmt, ap);
@@ -113,7 +116,7 @@ static void add_attention(struct builder *b, int l) {
 void loom_params_build(struct loom_param_table *t, const struct loom_model_config *m,
                        const struct loom_optim_config *o) {
     memset(t, 0, sizeof *t);
-    struct builder b = {.t = t, .cap = 0, .m = m, .o = o};
+    struct builder b = {.t = t, .cap = 0, .layer = -1, .m = m, .o = o};
     int64_t C = m->hidden_size, F = m->intermediate_size, V = m->vocab_size;
 
     add_param(&b, loom_shape_2d(V, C), LOOM_INIT_NORMAL, LOOM_SHARD_VOCAB, "embed_tokens.weight");
@@ -123,6 +126,7 @@ void loom_params_build(struct loom_param_table *t, const struct loom_model_confi
     emb->matmul = m->tie_word_embeddings; /* the lookup is free; a tied head is a matmul */
 
     for (int l = 0; l < m->num_layers; l++) {
+        b.layer = l;
         add_norm(&b, C, "input_layernorm", l);
         add_attention(&b, l);
         add_norm(&b, C, "post_attention_layernorm", l);
@@ -130,6 +134,7 @@ void loom_params_build(struct loom_param_table *t, const struct loom_model_confi
         add_matrix(&b, F, C, LOOM_SHARD_COLUMN, "mlp.up_proj", l);
         add_matrix(&b, C, F, LOOM_SHARD_ROW, "mlp.down_proj", l);
     }
+    b.layer = -1;
     add_param(&b, loom_shape_1d(C), LOOM_INIT_ONES, LOOM_SHARD_REPLICATED, "norm.weight");
     if (!m->tie_word_embeddings) add_param(&b, loom_shape_2d(V, C), LOOM_INIT_NORMAL, LOOM_SHARD_VOCAB, "lm_head.weight");
 }
@@ -137,6 +142,24 @@ void loom_params_build(struct loom_param_table *t, const struct loom_model_confi
 void loom_params_free(struct loom_param_table *t) {
     free(t->params);
     memset(t, 0, sizeof *t);
+}
+
+void loom_params_select_stage(struct loom_param_table *t, int layer_lo, int layer_hi, int first, int last, int tied) {
+    int n = 0;
+    size_t total = 0;
+    for (int i = 0; i < t->count; i++) {
+        struct loom_param p = t->params[i];
+        int keep;
+        if (p.layer >= 0) keep = p.layer >= layer_lo && p.layer < layer_hi;
+        else if (strcmp(p.name, "embed_tokens.weight") == 0) keep = first || (last && tied);
+        else keep = last; /* norm.weight, lm_head.weight */
+        if (!keep) continue;
+        p.offset = total;
+        total += (p.numel + 15) / 16 * 16;
+        t->params[n++] = p;
+    }
+    t->count = n;
+    t->total = total;
 }
 
 int loom_params_find(const struct loom_param_table *t, const char *name) {
@@ -152,7 +175,7 @@ void loom_params_init(const struct loom_param_table *t, float *params, uint64_t 
         if (p->init == LOOM_INIT_ONES) {
             for (size_t j = 0; j < p->numel; j++) x[j] = 1.0f;
         } else {
-            loom_rng_normal_fill(x, p->numel, seed, (uint64_t)i, 0, 0.0f, p->init_std);
+            loom_rng_normal_fill(x, p->numel, seed, (uint64_t)p->index, 0, 0.0f, p->init_std);
         }
     }
 }

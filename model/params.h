@@ -32,6 +32,8 @@ enum { LOOM_PARAM_NAME_MAX = 96 };
 
 struct loom_param {
     char name[LOOM_PARAM_NAME_MAX];
+    int index;                     /* in the full model's table: names its init stream, whatever the layout */
+    int layer;                     /* transformer block, or -1 (embedding, final norm, head) */
     struct loom_shape shape;       /* [rows, cols], or [n] for vectors */
     size_t offset;                 /* in floats, into the flat buffer */
     size_t numel;
@@ -51,6 +53,11 @@ struct loom_param_table {
 void loom_params_build(struct loom_param_table *t, const struct loom_model_config *m,
                        const struct loom_optim_config *o);
 void loom_params_free(struct loom_param_table *t);
+/* Keeps only what pipeline stage [layer_lo, layer_hi) holds: its blocks, the embedding on the first
+ * stage, the final norm and head on the last (a tied head keeps the embedding there too), and lays the
+ * flat buffer out again. */
+void loom_params_select_stage(struct loom_param_table *t, int layer_lo, int layer_hi, int first, int last, int tied);
+
 /* Index of the named parameter, or -1. */
 int loom_params_find(const struct loom_param_table *t, const char *name);
 /* Initialise every parameter in host memory (params: t->total floats) from (seed, parameter index). */

@@ -84,7 +84,7 @@ static void check_variant(const char *variant, const char *path) {
     long counted = 0;
     double loss_sum = loom_model_forward(&m, inputs, targets, 0.0f, &counted, NULL);
     float *logits = malloc_check(sizeof(float) * (size_t)N * V);
-    ops->to_host(logits, m.logits, sizeof(float) * (size_t)N * V);
+    ops->to_host(logits, m.cur->logits, sizeof(float) * (size_t)N * V);
     double *want = to_double(need(d, "logits"));
     snprintf(test, sizeof test, "model_ref.%s.logits", variant);
     test_close(test, logits, want, (size_t)N * V, 1e-4, 1e-5);
