@@ -202,8 +202,9 @@ void loom_config_write(FILE *f, const struct loom_config *cfg);
 /* The same text in a malloc'd string. */
 char *loom_config_to_string(const struct loom_config *cfg);
 
-/* Cross-key checks, done once before anything is allocated. Exits 2 on the first problem. */
-void loom_config_validate(const struct loom_config *cfg);
+/* Cross-key checks, done once before anything is allocated. Exits 2 on the first problem. world: the
+ * number of ranks started (the layout must fill it first of all), or 0 when not launched to train. */
+void loom_config_validate(const struct loom_config *cfg, int world);
 
 /* Name of enum value v of key section.name (for printing). */
 const char *loom_config_choice(const char *section, const char *name, int v);

@@ -201,7 +201,12 @@ static void validate_parallel(const struct loom_config *cfg) {
                          (long long)per_rank, (long long)t->global_batch, (long long)p->dp, (long long)t->micro_batch);
 }
 
-void loom_config_validate(const struct loom_config *cfg) {
+void loom_config_validate(const struct loom_config *cfg, int world) {
+    const struct loom_parallel_config *p = &cfg->parallel;
+    if (world > 0 && p->dp * p->tp * p->pp != world)
+        loom_input_error("parallel", "launch dp x tp x pp ranks, e.g. scripts/launch.sh -np N ./loom train ...",
+                         "dp(%lld)*tp(%lld)*pp(%lld) = %lld != world size %d", (long long)p->dp, (long long)p->tp,
+                         (long long)p->pp, (long long)(p->dp * p->tp * p->pp), world);
     validate_model(&cfg->model);
     validate_train(&cfg->train);
     validate_optim(&cfg->optim);

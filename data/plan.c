@@ -63,7 +63,7 @@ int data_plan_main(int argc, char **argv) {
     }
     rest[nrest] = NULL;
     struct loom_config cfg;
-    loom_cli_load_config(&cfg, nrest, rest, USAGE);
+    loom_cli_load_config(&cfg, nrest, rest, USAGE, 0);
     free(rest);
 
     /* source sizes: declared in the config, else counted from the shards */

@@ -9,7 +9,7 @@
 
 #include "core/error.h"
 
-void loom_cli_load_config(struct loom_config *cfg, int argc, char **argv, const char *usage) {
+void loom_cli_load_config(struct loom_config *cfg, int argc, char **argv, const char *usage, int world) {
     const char *path = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -35,5 +35,5 @@ void loom_cli_load_config(struct loom_config *cfg, int argc, char **argv, const 
         }
         loom_config_set_arg(cfg, argv[i]);
     }
-    loom_config_validate(cfg);
+    loom_config_validate(cfg, world);
 }

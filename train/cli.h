@@ -7,9 +7,10 @@
 
 #include "core/config.h"
 
-/* Defaults, then the file, then the overrides in order; then validation. Bad input exits 2.
+/* Defaults, then the file, then the overrides in order; then validation (against `world` ranks when
+ * training, 0 otherwise). Bad input exits 2.
  * `usage` is printed for -h/--help (then exit 0) and as the hint of a usage error. */
-void loom_cli_load_config(struct loom_config *cfg, int argc, char **argv, const char *usage);
+void loom_cli_load_config(struct loom_config *cfg, int argc, char **argv, const char *usage, int world);
 
 int loom_info_main(int argc, char **argv);
 int loom_train_main(int argc, char **argv);

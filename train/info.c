@@ -24,7 +24,7 @@ static void print_count(const char *what, int64_t n) {
 
 int loom_info_main(int argc, char **argv) {
     struct loom_config cfg;
-    loom_cli_load_config(&cfg, argc, argv, USAGE);
+    loom_cli_load_config(&cfg, argc, argv, USAGE, 0);
 
     printf("# resolved config\n");
     loom_config_write(stdout, &cfg);

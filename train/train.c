@@ -29,6 +29,7 @@
 #include "optim/adamw.h"
 #include "optim/schedule.h"
 #include "parallel/comm.h"
+#include "parallel/pipeline.h"
 #include "parallel/topology.h"
 #include "train/cli.h"
 
@@ -88,8 +89,30 @@ static double measure_peak_flops(void) {
 /* progress                                                                                         */
 
 struct step_times {
-    double data, forward, backward, comm, optimizer, total;
+    double data, compute, bubble, comm, optimizer, total;
 };
+
+/* per-source training loss: the last stage adds each micro-batch's token losses to its rows' sources */
+struct source_tally {
+    const struct loom_batch *batch;
+    int B, T;
+    double *sum;
+    int *count;
+};
+
+static void source_tally_add(void *ctx, int micro, const float *token_losses) {
+    struct source_tally *x = ctx;
+    size_t N = (size_t)x->B * x->T;
+    for (int b = 0; b < x->B; b++) {
+        int s = x->batch->src[micro * x->B + b];
+        if (s < 0) continue;
+        for (int t = 0; t < x->T; t++) {
+            if (x->batch->targets[micro * N + (size_t)b * x->T + t] < 0) continue;
+            x->sum[s] += token_losses[(size_t)b * x->T + t];
+            x->count[s]++;
+        }
+    }
+}
 
 /* Every core, shared among the ranks that run on this node. */
 static int default_threads(void) {
@@ -110,9 +133,10 @@ enum { GRAD_BUCKET = 1 << 22 }; /* floats per all-reduce: 16 MB fp32 buckets, al
 /* Sums the gradients over dp — a bucketed all-reduce, or with ZeRO-1 a reduce-scatter that leaves each
  * rank the sum of its own shard [lo, hi) — and returns the sum of squares of the summed gradients over
  * the whole model (for the global-norm clip). The loss was already weighted by 1 / (tokens of the
- * global batch), so the sum is the gradient of the global mean. */
+ * global batch), so the sum is the gradient of the global mean. Parameter `skip` (or -1), a second copy
+ * of a tied embedding, is left out of the sum of squares. */
 static double grads_reduce(struct loom_model *m, const struct loom_ops *ops, const struct loom_topology *topo,
-                           int zero, const int *counts, size_t lo, size_t hi) {
+                           int zero, const int *counts, size_t lo, size_t hi, int skip) {
     size_t total = m->table.total;
     if (topo->dp > 1 && !zero) {
         size_t nb = (total + GRAD_BUCKET - 1) / GRAD_BUCKET;
@@ -131,11 +155,11 @@ static double grads_reduce(struct loom_model *m, const struct loom_ops *ops, con
         loom_comm_wait(&h);
         memcpy(m->grads + lo, shard, sizeof(float) * (hi - lo));
         free(shard);
-        double ss = loom_grad_sum_squares_range(ops, &m->table, m->grads, lo, hi);
+        double ss = loom_grad_sum_squares_range(ops, &m->table, m->grads, lo, hi, skip);
         loom_allreduce_double(&topo->dp_comm, &ss, 1);
         return ss;
     }
-    return loom_grad_sum_squares_range(ops, &m->table, m->grads, 0, total);
+    return loom_grad_sum_squares_range(ops, &m->table, m->grads, 0, total, skip);
 }
 
 static void format_eta(char *buf, size_t n, double seconds) {
@@ -176,8 +200,8 @@ struct eval_result {
     double loss[LOOM_MAX_SOURCES];
 };
 
-static void evaluate(struct loom_model *model, struct loom_sampler *heldout, const struct loom_config *cfg, int T,
-                     int *inputs, int *targets, struct eval_result *r) {
+static void evaluate(struct loom_model *model, const struct loom_topology *topo, struct loom_sampler *heldout,
+                     const struct loom_config *cfg, int T, int *inputs, int *targets, struct eval_result *r) {
     int B = model->B;
     r->n = 0;
     for (int s = 0; s < heldout->nstreams; s++) {
@@ -191,7 +215,7 @@ static void evaluate(struct loom_model *model, struct loom_sampler *heldout, con
                                              targets + (size_t)rows * T);
             if (rows < B) break; /* the held-out set is smaller than asked: use what is there */
             long n = 0;
-            sum += loom_model_forward(model, inputs, targets, 0.0f, &n, NULL);
+            sum += loom_pipeline_forward(model, topo, inputs, targets, &n);
             count += n;
         }
         if (count == 0) continue;
@@ -237,15 +261,11 @@ int loom_train_main(int argc, char **argv) {
     loom_error_set_collective(1);
 
     struct loom_config cfg;
-    loom_cli_load_config(&cfg, argc, argv, USAGE);
+    loom_cli_load_config(&cfg, argc, argv, USAGE, world);
     const struct loom_parallel_config *pc = &cfg.parallel;
-    if (pc->dp * pc->tp * pc->pp != world)
-        loom_input_error("parallel", "launch dp x tp x pp ranks, e.g. scripts/launch.sh -np N ./loom train ...",
-                         "dp(%lld)*tp(%lld)*pp(%lld) = %lld != world size %d", (long long)pc->dp, (long long)pc->tp,
-                         (long long)pc->pp, (long long)(pc->dp * pc->tp * pc->pp), world);
-    if (pc->tp > 1 || pc->pp > 1)
-        loom_input_error(pc->tp > 1 ? "parallel.tp" : "parallel.pp", "use parallel.dp (with parallel.zero) for now",
-                         "tensor and pipeline parallelism are not available in this build");
+    if (pc->tp > 1)
+        loom_input_error("parallel.tp", "use parallel.dp and parallel.pp for now",
+                         "tensor parallelism is not available in this build");
     struct loom_topology topo;
     loom_topology_init(&topo, MPI_COMM_WORLD, (int)pc->dp, (int)pc->tp, (int)pc->pp, (int)pc->ep);
     if (rank == 0) loom_topology_print(&topo, stdout);
@@ -292,7 +312,22 @@ int loom_train_main(int argc, char **argv) {
 
     const struct loom_ops *ops = loom_ops_cpu((int)(tc->threads ? tc->threads : default_threads()));
     struct loom_model model;
-    loom_model_create(&model, ops, &cfg.model, &cfg.optim, B, T_max);
+    struct loom_stage stage;
+    loom_pipeline_stage(&stage, (int)cfg.model.num_layers, topo.pp, topo.pp_rank, pc->stage_layers);
+    enum loom_pipeline_kind pipe = pc->schedule == LOOM_PIPELINE_SCHEDULE_GPIPE ? LOOM_PIPELINE_GPIPE
+                                                                                 : LOOM_PIPELINE_1F1B;
+    int m_max = (int)(loom_curriculum_max_batch(&cur) / dp / B);
+    loom_model_create_stage(&model, ops, &cfg.model, &cfg.optim, B, T_max, &stage,
+                            loom_pipeline_slots(pipe, topo.pp_rank, topo.pp, m_max));
+    /* a tied embedding lives on the first and the last stage: its gradient is summed over both, and
+     * counted once in the norm */
+    int tied_copy = -1;
+    const struct loom_param *tied_embed = NULL;
+    if (topo.pp > 1 && cfg.model.tie_word_embeddings) {
+        int e = loom_params_find(&model.table, "embed_tokens.weight");
+        if (stage.last) tied_copy = e;
+        if (stage.first || stage.last) tied_embed = &model.table.params[e];
+    }
     loom_model_init_params(&model, (uint64_t)tc->seed);
     struct loom_adamw adamw;
     /* ZeRO-1: rank r of dp owns the flat range [total r / dp, total (r + 1) / dp) of the optimizer */
@@ -334,7 +369,6 @@ int loom_train_main(int argc, char **argv) {
         double t0 = now_s();
         const struct loom_batch *batch = loom_prefetch_next(prefetch);
         int T = (int)batch->T, accum = (int)(batch->rows / B);
-        size_t N = (size_t)B * T;
         int64_t step_tokens = batch->batch * batch->T;
         loom_model_set_shape(&model, T, batch->rope_theta);
 
@@ -346,35 +380,33 @@ int loom_train_main(int argc, char **argv) {
         tm.data = t1 - t0;
 
         loom_model_zero_grads(&model);
-        double loss_sum = 0, src_sum[LOOM_MAX_SOURCES] = {0}, src_loss[LOOM_MAX_SOURCES];
+        double src_sum[LOOM_MAX_SOURCES] = {0}, src_loss[LOOM_MAX_SOURCES];
         int src_count[LOOM_MAX_SOURCES] = {0};
         float dloss = counted ? 1.0f / (float)counted : 0.0f;
-        for (int a = 0; a < accum; a++) {
-            double ta = now_s();
-            loss_sum += loom_model_forward(&model, batch->inputs + a * N, batch->targets + a * N, dloss, NULL,
-                                           token_losses);
-            double tb = now_s();
-            loom_model_backward(&model);
-            tm.forward += tb - ta;
-            tm.backward += now_s() - tb;
-            for (int b = 0; b < B; b++) {
-                int s = batch->src[a * B + b];
-                if (s < 0) continue;
-                for (int t = 0; t < T; t++) {
-                    if (batch->targets[a * N + (size_t)b * T + t] < 0) continue;
-                    src_sum[s] += token_losses[(size_t)b * T + t];
-                    src_count[s]++;
-                }
-            }
-        }
+        struct source_tally tally = {.batch = batch, .B = B, .T = T, .sum = src_sum, .count = src_count};
+        struct loom_pipeline_stats ps;
+        loom_pipeline_train(&model, &topo, pipe, accum, batch->inputs, batch->targets, dloss, token_losses,
+                            source_tally_add, &tally, &ps);
+        double loss_sum = ps.loss_sum;
+        tm.compute = ps.compute;
+        tm.bubble = ps.blocked;
         double tc0 = now_s();
-        double gsq = grads_reduce(&model, ops, &topo, zero, shard_counts, lo, hi);
+        if (tied_embed) {
+            struct loom_comm_handle h;
+            loom_allreduce_start(&topo.embed_comm, model.grads + tied_embed->offset, tied_embed->numel, &h);
+            loom_comm_wait(&h);
+        }
+        double gsq = grads_reduce(&model, ops, &topo, zero, shard_counts, lo, hi, tied_copy);
+        loom_allreduce_double(&topo.pp_comm, &gsq, 1);
         if (step == 0 && cfg.log.dump_grads[0]) grads_dump(&model, cfg.log.dump_grads, rank, lo, hi);
         loom_allreduce_double(&topo.dp_comm, &loss_sum, 1);
         loom_allreduce_double(&topo.dp_comm, src_sum, LOOM_MAX_SOURCES);
         long src_n[LOOM_MAX_SOURCES];
         for (int s = 0; s < LOOM_MAX_SOURCES; s++) src_n[s] = src_count[s];
         loom_allreduce_long(&topo.dp_comm, src_n, LOOM_MAX_SOURCES);
+        loom_allreduce_double(&topo.pp_comm, &loss_sum, 1);
+        loom_allreduce_double(&topo.pp_comm, src_sum, LOOM_MAX_SOURCES);
+        loom_allreduce_long(&topo.pp_comm, src_n, LOOM_MAX_SOURCES);
         tm.comm = now_s() - tc0;
         double loss = counted ? loss_sum / counted : 0.0;
         for (int s = 0; s < sampler.nstreams; s++) src_loss[s] = src_n[s] ? src_sum[s] / src_n[s] : 0.0;
@@ -399,9 +431,14 @@ int loom_train_main(int argc, char **argv) {
 
         struct eval_result ev = {0};
         int eval_now = do_eval && ((step + 1) % cfg.eval.every == 0 || step + 1 == tc->steps);
-        if (eval_now) evaluate(&model, &heldout, &cfg, T, eval_inputs, eval_targets, &ev);
+        if (eval_now) evaluate(&model, &topo, &heldout, &cfg, T, eval_inputs, eval_targets, &ev);
 
         double tok_s = step_tokens / tm.total;
+        /* the pipeline bubble: time this step's stages sat waiting, as a fraction of the compute window
+         * (forward, backward and the waits between them), averaged over the stages */
+        double bubble_frac = tm.compute + tm.bubble > 0 ? tm.bubble / (tm.compute + tm.bubble) : 0;
+        loom_allreduce_double(&topo.pp_comm, &bubble_frac, 1);
+        bubble_frac /= topo.pp;
         double mfu = counts.flops_per_token * tok_s / peak;
         if (rank == 0) {
             fprintf(metrics,
@@ -423,9 +460,11 @@ int loom_train_main(int argc, char **argv) {
                 json_source_map(metrics, "eval", &sampler, v, present);
             }
             fprintf(metrics,
-                    ", \"time\": {\"forward\": %.6g, \"backward\": %.6g, \"comm_exposed\": %.6g, \"bubble\": 0, "
-                    "\"optimizer\": %.6g, \"data\": %.6g, \"checkpoint\": 0, \"step\": %.6g}}\n",
-                    tm.forward, tm.backward, tm.comm, tm.optimizer, tm.data, tm.total);
+                    ", \"time\": {\"compute\": %.6g, \"comm_exposed\": %.6g, \"bubble\": %.6g, "
+                    "\"optimizer\": %.6g, \"data\": %.6g, \"checkpoint\": 0, \"step\": %.6g}, "
+                    "\"bubble_fraction\": %.6g, \"bubble_ideal\": %.6g}\n",
+                    tm.compute, tm.comm, tm.bubble, tm.optimizer, tm.data, tm.total, bubble_frac,
+                    (double)(topo.pp - 1) / (accum + topo.pp - 1));
             fflush(metrics);
             if ((step + 1) % cfg.log.every == 0 || step == 0 || step + 1 == tc->steps) {
                 char eta[32], rate[32], phase[512];
@@ -433,9 +472,14 @@ int loom_train_main(int argc, char **argv) {
                 format_eta(eta, sizeof eta, elapsed / (step + 1) * (tc->steps - step - 1));
                 format_rate(rate, sizeof rate, tok_s);
                 format_phase(phase, sizeof phase, &cur, &sampler, batch);
+                char bubble[64] = "";
+                if (topo.pp > 1)
+                    snprintf(bubble, sizeof bubble, " | bubble %.1f%% (ideal %.1f%%)", 100 * bubble_frac,
+                             100.0 * (topo.pp - 1) / (accum + topo.pp - 1));
                 printf("step %6lld/%lld | loss %.4f | lr %.3e | gnorm %.3f | %s tok/s | mfu %.1f%% | scale 1 | "
-                       "phase %s | eta %s\n",
-                       (long long)(step + 1), (long long)tc->steps, loss, lr, gnorm, rate, 100 * mfu, phase, eta);
+                       "phase %s%s | eta %s\n",
+                       (long long)(step + 1), (long long)tc->steps, loss, lr, gnorm, rate, 100 * mfu, phase, bubble,
+                       eta);
             }
             if (ev.n) {
                 printf("eval %6lld/%lld", (long long)(step + 1), (long long)tc->steps);

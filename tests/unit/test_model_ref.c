@@ -44,7 +44,7 @@ static void check_variant(const char *variant, const char *path) {
     loom_config_init(&cfg);
     loom_config_load_string(&cfg, (const char *)need(d, "config")->data, path);
     cfg.data.kind = LOOM_DATA_RANDOM;
-    loom_config_validate(&cfg);
+    loom_config_validate(&cfg, 0);
 
     const struct loom_ref_entry *ids = need(d, "ids");
     int B = (int)ids->dims[0], T = (int)ids->dims[1] - 1, N = B * T, V = (int)cfg.model.vocab_size;

@@ -1,0 +1,138 @@
+/*
+ * parallel/pipeline.c — the pipeline executor (see pipeline.h).
+ */
+#include "parallel/pipeline.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/error.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void loom_pipeline_stage(struct loom_stage *s, int num_layers, int pp, int pp_rank, const char *stage_layers) {
+    int lo = 0, n = 0;
+    if (stage_layers && stage_layers[0]) {
+        const char *p = stage_layers;
+        for (int i = 0; i <= pp_rank; i++) {
+            n = (int)strtol(p, (char **)&p, 10);
+            while (*p == ',' || *p == ' ') p++;
+            if (i < pp_rank) lo += n;
+        }
+    } else {
+        int base = num_layers / pp, extra = num_layers % pp;
+        for (int i = 0; i < pp_rank; i++) lo += base + (i < extra);
+        n = base + (pp_rank < extra);
+    }
+    s->layer_lo = lo;
+    s->layer_hi = lo + n;
+    s->first = pp_rank == 0;
+    s->last = pp_rank == pp - 1;
+}
+
+int loom_pipeline_slots(enum loom_pipeline_kind kind, int stage, int stages, int m) {
+    if (kind == LOOM_PIPELINE_GPIPE) return m;
+    return stages - stage < m ? stages - stage : m;
+}
+
+enum { TAG_FORWARD = 0, TAG_BACKWARD = 1 };
+
+void loom_pipeline_train(struct loom_model *model, const struct loom_topology *t, enum loom_pipeline_kind kind,
+                         int m, const int *inputs, const int *targets, float dloss, float *token_losses,
+                         loom_pipeline_loss_fn on_loss, void *ctx, struct loom_pipeline_stats *st) {
+    memset(st, 0, sizeof *st);
+    struct loom_pipeline_schedule sched;
+    loom_pipeline_schedule_build(&sched, kind, t->pp_rank, t->pp, m);
+    int K = loom_pipeline_schedule_max_in_flight(&sched);
+    CHECK(K <= model->nslots, "schedule needs %d slots, the model has %d", K, model->nslots);
+    size_t N = (size_t)model->B * model->T, NC = N * model->cfg.hidden_size;
+    struct loom_comm_handle *sends = calloc_check((size_t)m * 2, sizeof *sends);
+    const struct loom_comm *pp = &t->pp_comm;
+
+    for (int i = 0; i < sched.count; i++) {
+        const struct loom_action *a = &sched.actions[i];
+        int micro = a->micro;
+        loom_model_use_slot(model, micro % K);
+        struct loom_comm_handle h;
+        double t0 = now_s();
+        if ((a->kind == LOOM_ACT_RECV_FORWARD || a->kind == LOOM_ACT_FORWARD) && micro >= K) {
+            /* the slot's input and output were last sent from by micro-batch micro - K */
+            loom_comm_wait(&sends[2 * (micro - K)]);
+            loom_comm_wait(&sends[2 * (micro - K) + 1]);
+            st->blocked += now_s() - t0;
+            t0 = now_s();
+        }
+        switch (a->kind) {
+        case LOOM_ACT_RECV_FORWARD:
+            loom_recv_start(pp, loom_model_stage_input(model), NC, t->pp_rank - 1, 2 * micro + TAG_FORWARD, &h);
+            loom_comm_wait(&h);
+            st->blocked += now_s() - t0;
+            break;
+        case LOOM_ACT_FORWARD: {
+            double loss = loom_model_forward(model, inputs + micro * N, targets + micro * N, dloss, NULL,
+                                             token_losses);
+            if (model->stage.last) {
+                st->loss_sum += loss;
+                if (on_loss) on_loss(ctx, micro, token_losses);
+            }
+            st->compute += now_s() - t0;
+            break;
+        }
+        case LOOM_ACT_SEND_FORWARD:
+            loom_send_start(pp, loom_model_stage_output(model), NC, t->pp_rank + 1, 2 * micro + TAG_FORWARD,
+                            &sends[2 * micro]);
+            break;
+        case LOOM_ACT_RECV_BACKWARD:
+            loom_recv_start(pp, loom_model_stage_output_grad(model), NC, t->pp_rank + 1, 2 * micro + TAG_BACKWARD,
+                            &h);
+            loom_comm_wait(&h);
+            st->blocked += now_s() - t0;
+            break;
+        case LOOM_ACT_BACKWARD:
+            loom_model_backward(model);
+            if (!model->stage.first) {
+                /* the stage input is spent: it carries d(loss)/d(input) back */
+                model->ops->copy_2d(loom_model_stage_input(model), (int)NC, loom_model_stage_input_grad(model),
+                                    (int)NC, 1, (int)NC, 0);
+            }
+            st->compute += now_s() - t0;
+            break;
+        case LOOM_ACT_SEND_BACKWARD:
+            loom_send_start(pp, loom_model_stage_input(model), NC, t->pp_rank - 1, 2 * micro + TAG_BACKWARD,
+                            &sends[2 * micro + 1]);
+            break;
+        }
+    }
+    double t0 = now_s();
+    for (int i = 0; i < 2 * m; i++) loom_comm_wait(&sends[i]);
+    st->blocked += now_s() - t0;
+    free(sends);
+    loom_pipeline_schedule_free(&sched);
+}
+
+double loom_pipeline_forward(struct loom_model *model, const struct loom_topology *t, const int *inputs,
+                             const int *targets, long *count) {
+    size_t NC = (size_t)model->B * model->T * model->cfg.hidden_size;
+    const struct loom_comm *pp = &t->pp_comm;
+    struct loom_comm_handle h;
+    loom_model_use_slot(model, 0);
+    if (!model->stage.first) {
+        loom_recv_start(pp, loom_model_stage_input(model), NC, t->pp_rank - 1, TAG_FORWARD, &h);
+        loom_comm_wait(&h);
+    }
+    long n = 0;
+    double v[2] = {loom_model_forward(model, inputs, targets, 0.0f, &n, NULL), 0};
+    if (!model->stage.last) {
+        loom_send_start(pp, loom_model_stage_output(model), NC, t->pp_rank + 1, TAG_FORWARD, &h);
+        loom_comm_wait(&h);
+    }
+    v[1] = (double)n;
+    loom_allreduce_double(pp, v, 2);
+    *count = (long)v[1];
+    return v[0];
+}
