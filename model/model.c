@@ -25,6 +25,8 @@ struct layer_weights {
     float *gate, *up, *down;
 };
 
+static void tp_sum(const struct loom_model *m, float *buf, size_t n);
+
 struct loom_layer_acts {
     struct layer_weights w, g;     /* this layer's parameters and their gradients */
     float *ln1, *rstd1;            /* [N,C], [N] */
@@ -143,6 +145,11 @@ static void alloc_activations(struct loom_model *m, struct loom_slot *s) {
         s->rstdf = act_alloc(m, N);
         s->logits = act_alloc(m, N * V);
         s->losses = act_alloc(m, N);
+        if (m->stage.tp > 1) {
+            s->rowmax = act_alloc(m, N);
+            s->sumexp = act_alloc(m, N);
+            s->tlogit = act_alloc(m, N);
+        }
     } else {
         s->dout = act_alloc(m, N * C);
     }
@@ -198,14 +205,24 @@ void loom_model_create_stage(struct loom_model *m, const struct loom_ops *ops, c
                              int slots) {
     memset(m, 0, sizeof *m);
     m->ops = ops;
-    m->cfg = *cfg;
     m->stage = *stage;
+    if (m->stage.tp < 1) m->stage.tp = 1;
+    int tp = m->stage.tp;
     m->B = B;
     m->T = T;
     m->T_max = T;
     loom_params_build(&m->table, cfg, optim);
     loom_params_select_stage(&m->table, stage->layer_lo, stage->layer_hi, stage->first, stage->last,
                              cfg->tie_word_embeddings);
+    loom_params_shard_tp(&m->table, m->stage.tp_rank, tp);
+    /* the rest of the model works on this rank's share: resolve the derived widths first */
+    m->cfg = *cfg;
+    m->cfg.head_dim = loom_model_qk_head_dim(cfg);
+    m->cfg.v_head_dim = loom_model_v_head_dim(cfg);
+    m->cfg.num_kv_heads = loom_model_kv_heads(cfg) / tp;
+    m->cfg.num_heads = cfg->num_heads / tp;
+    m->cfg.intermediate_size = cfg->intermediate_size / tp;
+    m->cfg.vocab_size = cfg->vocab_size / tp;
     m->params = ops->alloc(sizeof(float) * m->table.total);
     m->grads = ops->alloc(sizeof(float) * m->table.total);
 
@@ -265,7 +282,7 @@ void loom_model_destroy(struct loom_model *m) {
                 if (bufs[i]) ops->free(bufs[i]);
         }
         free(s->acts);
-        float *bufs[] = {s->res, s->lnf, s->rstdf, s->logits, s->losses, s->dout};
+        float *bufs[] = {s->res, s->lnf, s->rstdf, s->logits, s->losses, s->dout, s->rowmax, s->sumexp, s->tlogit};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
             if (bufs[i]) ops->free(bufs[i]);
         ops->free(s->inputs);
@@ -277,6 +294,14 @@ void loom_model_destroy(struct loom_model *m) {
     ops->free(m->grads);
     loom_params_free(&m->table);
     memset(m, 0, sizeof *m);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* tensor parallelism: Megatron's f and g — a row-parallel output, and the input gradient of a
+ * column-parallel layer, are partial sums over the tp group                                        */
+
+static void tp_sum(const struct loom_model *m, float *buf, size_t n) {
+    if (m->stage.tp > 1) m->comm.sum(m->comm.ctx, buf, n);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -352,15 +377,19 @@ static void mla_backward(const struct loom_model *m, struct loom_layer_acts *a, 
 
     ops->attention_backward(s->dq, s->dk, s->dv, s->datt, a->probs, a->q, a->k, a->v, B, T, H, H, Dqk, dv,
                             1.0f / sqrtf((float)Dqk));
-    /* un-assemble k/v: per-head parts back to kv_b's output; the shared rope key sums over heads */
+    /* un-assemble k/v: per-head parts back to kv_b's output; the shared rope key sums over heads (over
+     * every tp rank's heads: the latent columns are zeroed so the whole buffer can be summed) */
+    ops->zero(s->dkva, sizeof(float) * (size_t)N * ldkva);
     for (int h = 0; h < H; h++) {
         ops->copy_2d(s->dkvb + h * ldkvb, H * ldkvb, s->dk + h * Dqk, H * Dqk, N, dn, 0);
         ops->copy_2d(s->dkvb + h * ldkvb + dn, H * ldkvb, s->dv + h * dv, H * dv, N, dv, 0);
         ops->copy_2d(s->dkva + rkv, ldkva, s->dk + h * Dqk + dn, H * Dqk, N, dr, h > 0);
     }
     ops->rope_backward(s->dkva + rkv, N, T, 1, ldkva, 0, dr, theta, inter);
+    tp_sum(m, s->dkva, (size_t)N * ldkva);
     ops->matmul_backward_weight(a->g.kv_b, s->dkvb, a->c_n, N, rkv, H * ldkvb);
     ops->matmul_backward_input(s->dc_n, s->dkvb, a->w.kv_b, N, rkv, H * ldkvb, 0);
+    tp_sum(m, s->dc_n, (size_t)N * rkv);
     ops->rmsnorm_backward(s->dkva, a->g.kv_norm, s->dc_n, a->kva, a->w.kv_norm, a->rstd_kv, N, rkv, rkv, ldkva);
     ops->matmul_backward_weight(a->g.kv_a, s->dkva, a->ln1, N, C, ldkva);
     ops->matmul_backward_input(s->dln, s->dkva, a->w.kv_a, N, C, ldkva, 0);
@@ -369,12 +398,15 @@ static void mla_backward(const struct loom_model *m, struct loom_layer_acts *a, 
     if (rq > 0) {
         ops->matmul_backward_weight(a->g.q_b, s->dq, a->qa_n, N, rq, H * Dqk);
         ops->matmul_backward_input(s->dqa_n, s->dq, a->w.q_b, N, rq, H * Dqk, 0);
+        tp_sum(m, s->dqa_n, (size_t)N * rq);
         ops->rmsnorm_backward(s->dqa, a->g.q_a_norm, s->dqa_n, a->qa, a->w.q_a_norm, a->rstd_qa, N, rq, rq, rq);
         ops->matmul_backward_weight(a->g.q_a, s->dqa, a->ln1, N, C, rq);
         ops->matmul_backward_input(s->dln, s->dqa, a->w.q_a, N, C, rq, 1);
     } else {
         ops->matmul_backward_weight(a->g.q, s->dq, a->ln1, N, C, H * Dqk);
-        ops->matmul_backward_input(s->dln, s->dq, a->w.q, N, C, H * Dqk, 1);
+        ops->matmul_backward_input(s->dtmp, s->dq, a->w.q, N, C, H * Dqk, 0);
+        tp_sum(m, s->dtmp, (size_t)N * C);
+        ops->accumulate(s->dln, s->dtmp, (size_t)N * C);
     }
 }
 
@@ -430,6 +462,7 @@ static void mha_backward(const struct loom_model *m, struct loom_layer_acts *a, 
     ops->matmul_backward_input(s->dln, dq, a->w.q, N, C, H * D, 0);
     ops->matmul_backward_input(s->dln, dk, a->w.k, N, C, Hkv * D, 1);
     ops->matmul_backward_input(s->dln, s->dv, a->w.v, N, C, Hkv * Dv, 1);
+    tp_sum(m, s->dln, (size_t)N * C);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -446,6 +479,7 @@ static void block_forward(const struct loom_model *m, struct loom_layer_acts *a,
     if (cfg->attention == LOOM_ATTENTION_MLA) mla_forward(m, a);
     else mha_forward(m, a);
     ops->matmul_forward(out, a->att, a->w.o, N, H * Dv, C); /* out used as a temporary */
+    tp_sum(m, out, (size_t)N * C);
     ops->add(a->mid, x, out, (size_t)N * C);
 
     ops->rmsnorm_forward(a->ln2, a->rstd2, a->mid, a->w.ln2, N, C, C, C, eps);
@@ -453,6 +487,7 @@ static void block_forward(const struct loom_model *m, struct loom_layer_acts *a,
     ops->matmul_forward(a->up, a->ln2, a->w.up, N, C, F);
     ops->swiglu_forward(a->hmlp, a->gate, a->up, N, F);
     ops->matmul_forward(out, a->hmlp, a->w.down, N, F, C);
+    tp_sum(m, out, (size_t)N * C);
     ops->accumulate(out, a->mid, (size_t)N * C);
 }
 
@@ -472,6 +507,7 @@ static void block_backward(const struct loom_model *m, struct loom_layer_acts *a
     ops->matmul_backward_weight(a->g.up, s->dup, a->ln2, N, C, F);
     ops->matmul_backward_input(s->dln, s->dgate, a->w.gate, N, C, F, 0);
     ops->matmul_backward_input(s->dln, s->dup, a->w.up, N, C, F, 1);
+    tp_sum(m, s->dln, (size_t)N * C);
     ops->rmsnorm_backward(s->dtmp, a->g.ln2, s->dln, a->mid, a->w.ln2, a->rstd2, N, C, C, C);
     ops->accumulate(s->dres, s->dtmp, (size_t)N * C);
 
@@ -507,8 +543,17 @@ double loom_model_forward(struct loom_model *m, const int *ids, const int *targe
     size_t NC = (size_t)N * C;
 
     if (m->stage.first) {
-        ops->from_host(s->inputs, ids, sizeof(int) * N);
+        if (m->stage.tp > 1) {
+            /* vocabulary-parallel embedding: this rank looks up the tokens of its rows, then the sum */
+            int v0 = m->stage.tp_rank * V, *local = malloc_check(sizeof(int) * N);
+            for (int i = 0; i < N; i++) local[i] = ids[i] >= v0 && ids[i] < v0 + V ? ids[i] - v0 : -1;
+            ops->from_host(s->inputs, local, sizeof(int) * N);
+            free(local);
+        } else {
+            ops->from_host(s->inputs, ids, sizeof(int) * N);
+        }
         ops->embedding_forward(s->res, s->inputs, param_ptr(m, m->params, "embed_tokens.weight"), N, C);
+        tp_sum(m, s->res, NC);
     }
     for (int l = 0; l < L; l++) block_forward(m, &s->acts[l], s->res + l * NC, s->res + (l + 1) * NC);
     if (count) *count = 0;
@@ -518,7 +563,19 @@ double loom_model_forward(struct loom_model *m, const int *ids, const int *targe
     ops->rmsnorm_forward(s->lnf, s->rstdf, s->res + L * NC, param_ptr(m, m->params, "norm.weight"), N, C, C, C,
                          (float)cfg->rms_norm_eps);
     ops->matmul_forward(s->logits, s->lnf, head_weight(m, m->params), N, C, V);
-    ops->cross_entropy(s->losses, dloss > 0 ? s->logits : NULL, s->logits, s->targets, N, V, dloss);
+    if (m->stage.tp > 1) {
+        /* vocabulary-parallel cross-entropy: the full logits never meet on one rank */
+        int v0 = m->stage.tp_rank * V;
+        ops->xent_rowmax(s->rowmax, s->logits, N, V);
+        m->comm.max(m->comm.ctx, s->rowmax, N);
+        ops->xent_sumexp(s->sumexp, s->tlogit, s->logits, s->targets, s->rowmax, N, V, v0);
+        tp_sum(m, s->sumexp, N);
+        tp_sum(m, s->tlogit, N);
+        ops->xent_finish(s->losses, dloss > 0 ? s->logits : NULL, s->logits, s->targets, s->rowmax, s->sumexp,
+                         s->tlogit, N, V, v0, dloss);
+    } else {
+        ops->cross_entropy(s->losses, dloss > 0 ? s->logits : NULL, s->logits, s->targets, N, V, dloss);
+    }
 
     float *losses = token_losses ? token_losses : malloc_check(sizeof(float) * N);
     ops->to_host(losses, s->losses, sizeof(float) * N);
@@ -548,6 +605,7 @@ void loom_model_backward(struct loom_model *m) {
         /* head and final norm; the slot's logits hold d(loss)/d(logits) */
         ops->matmul_backward_weight(head_weight(m, m->grads), sl->logits, sl->lnf, N, C, V);
         ops->matmul_backward_input(s.dln, sl->logits, head_weight(m, m->params), N, C, V, 0);
+        tp_sum(m, s.dln, NC);
         ops->rmsnorm_backward(s.dres, param_ptr(m, m->grads, "norm.weight"), s.dln, sl->res + L * NC,
                               param_ptr(m, m->params, "norm.weight"), sl->rstdf, N, C, C, C);
     } else {

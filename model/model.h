@@ -28,6 +28,15 @@ struct loom_layer_acts;
 struct loom_stage {
     int layer_lo, layer_hi;
     int first, last;
+    int tp, tp_rank;               /* tensor parallelism: this rank's share of heads, FFN and vocabulary (0 = 1) */
+};
+
+/* The collectives a tensor-parallel model needs, over its tp group (set by the parallel layer, so the
+ * model itself stays free of any communication library). */
+struct loom_model_comm {
+    void (*sum)(void *ctx, float *buf, size_t n);   /* all-reduce sum, in place */
+    void (*max)(void *ctx, float *buf, size_t n);   /* all-reduce max, in place */
+    void *ctx;
 };
 
 /* The activations of one micro-batch in flight (a pipeline stage keeps several). */
@@ -39,12 +48,14 @@ struct loom_slot {
     float *logits;                 /* last stage: [N,V]; after a forward with grad, d(loss)/d(logits) */
     float *losses;                 /* last stage: [N] */
     float *dout;                   /* not last: d(loss)/d(stage output) [N,C], received from the next stage */
+    float *rowmax, *sumexp, *tlogit; /* last stage with tp > 1: vocabulary-parallel loss statistics [N] */
 };
 
 struct loom_model {
     const struct loom_ops *ops;
-    struct loom_model_config cfg;
+    struct loom_model_config cfg; /* this rank's share: heads, kv heads, FFN width, vocabulary divided by tp */
     struct loom_stage stage;
+    struct loom_model_comm comm;   /* tp > 1 only */
     struct loom_param_table table; /* this stage's parameters */
     float *params;                 /* backend memory, table.total floats */
     float *grads;                  /* same layout */

@@ -43,9 +43,9 @@ struct loom_ops {
                                    int N, int C, int OC);
 
     /* embedding --------------------------------------------------------------------------------- */
-    /* out[N,C] = wte[ids[n], :] */
+    /* out[N,C] = wte[ids[n], :], or zeros where ids[n] < 0 (a token another tensor-parallel rank holds) */
     void (*embedding_forward)(float *out, const int *ids, const float *wte, int N, int C);
-    /* dwte[ids[n], :] += dout[n, :] */
+    /* dwte[ids[n], :] += dout[n, :] where ids[n] >= 0 */
     void (*embedding_backward)(float *dwte, const float *dout, const int *ids, int N, int C);
 
     /* RMSNorm over the first C columns of each row -------------------------------------------- */
@@ -98,6 +98,20 @@ struct loom_ops {
      * (0 rows where targets[n] < 0); dlogits may alias logits. */
     void (*cross_entropy)(float *losses, float *dlogits, const float *logits, const int *targets,
                           int N, int V, float dloss);
+
+    /* The same loss with the vocabulary split over tensor-parallel ranks (Megatron's vocab-parallel
+     * cross-entropy): this rank holds logits [N,V] of vocabulary rows v0 .. v0+V-1. Between the steps
+     * the caller reduces over the ranks: rowmax by max, sumexp and tlogit by sum.
+     * rowmax[n] = max of the local logits of row n. */
+    void (*xent_rowmax)(float *rowmax, const float *logits, int N, int V);
+    /* with the global rowmax: sumexp[n] = Σ exp(logits - rowmax), tlogit[n] = logits[n, targets[n] - v0]
+     * when this rank holds the target, else 0 */
+    void (*xent_sumexp)(float *sumexp, float *tlogit, const float *logits, const int *targets, const float *rowmax,
+                        int N, int V, int v0);
+    /* with the global sums: losses[n] = log(sumexp) + rowmax - tlogit (0 where targets[n] < 0); when
+     * dlogits is not NULL, dlogits = (exp(logits - rowmax) / sumexp - onehot) * dloss (may alias) */
+    void (*xent_finish)(float *losses, float *dlogits, const float *logits, const int *targets, const float *rowmax,
+                        const float *sumexp, const float *tlogit, int N, int V, int v0, float dloss);
 
     /* optimizer ----------------------------------------------------------------------------------- */
     /* sum of x[i]^2 in double, deterministic for a given n */

@@ -58,7 +58,10 @@ static void cpu_matmul_backward_weight(float *dweight, const float *dout, const 
 
 static void cpu_embedding_forward(float *out, const int *ids, const float *wte, int N, int C) {
 #pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) memcpy(out + (size_t)n * C, wte + (size_t)ids[n] * C, sizeof(float) * C);
+    for (int n = 0; n < N; n++) {
+        if (ids[n] >= 0) memcpy(out + (size_t)n * C, wte + (size_t)ids[n] * C, sizeof(float) * C);
+        else memset(out + (size_t)n * C, 0, sizeof(float) * C);
+    }
 }
 
 static void cpu_embedding_backward(float *dwte, const float *dout, const int *ids, int N, int C) {
@@ -68,6 +71,7 @@ static void cpu_embedding_backward(float *dwte, const float *dout, const int *id
         int nt = omp_get_num_threads(), t = omp_get_thread_num();
         int c0 = (int)((long)C * t / nt), c1 = (int)((long)C * (t + 1) / nt);
         for (int n = 0; n < N; n++) {
+            if (ids[n] < 0) continue;
             float *row = dwte + (size_t)ids[n] * C;
             const float *g = dout + (size_t)n * C;
             for (int c = c0; c < c1; c++) row[c] += g[c];
@@ -325,6 +329,50 @@ static void cpu_cross_entropy(float *losses, float *dlogits, const float *logits
     }
 }
 
+static void cpu_xent_rowmax(float *rowmax, const float *logits, int N, int V) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = logits + (size_t)n * V;
+        float m = -INFINITY;
+        for (int i = 0; i < V; i++) m = x[i] > m ? x[i] : m;
+        rowmax[n] = m;
+    }
+}
+
+static void cpu_xent_sumexp(float *sumexp, float *tlogit, const float *logits, const int *targets,
+                            const float *rowmax, int N, int V, int v0) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = logits + (size_t)n * V;
+        double sum = 0;
+        for (int i = 0; i < V; i++) sum += exp((double)(x[i] - rowmax[n]));
+        sumexp[n] = (float)sum;
+        int t = targets[n] - v0;
+        tlogit[n] = targets[n] >= 0 && t >= 0 && t < V ? x[t] : 0.0f;
+    }
+}
+
+static void cpu_xent_finish(float *losses, float *dlogits, const float *logits, const int *targets,
+                            const float *rowmax, const float *sumexp, const float *tlogit, int N, int V, int v0,
+                            float dloss) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        int tgt = targets[n];
+        losses[n] = tgt >= 0 ? (float)(log((double)sumexp[n]) + rowmax[n] - tlogit[n]) : 0.0f;
+        if (!dlogits) continue;
+        const float *x = logits + (size_t)n * V;
+        float *dx = dlogits + (size_t)n * V;
+        if (tgt < 0) {
+            memset(dx, 0, sizeof(float) * V);
+            continue;
+        }
+        float inv = 1.0f / sumexp[n];
+        for (int i = 0; i < V; i++) dx[i] = expf(x[i] - rowmax[n]) * inv * dloss;
+        int t = tgt - v0;
+        if (t >= 0 && t < V) dx[t] -= dloss;
+    }
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* optimizer                                                                                        */
 
@@ -391,6 +439,9 @@ static const struct loom_ops cpu_ops = {
     .scale = cpu_scale,
     .copy_2d = cpu_copy_2d,
     .cross_entropy = cpu_cross_entropy,
+    .xent_rowmax = cpu_xent_rowmax,
+    .xent_sumexp = cpu_xent_sumexp,
+    .xent_finish = cpu_xent_finish,
     .sum_squares = cpu_sum_squares,
     .adamw_update = cpu_adamw_update,
 };

@@ -59,6 +59,7 @@ static void add_param(struct builder *b, struct loom_shape shape, enum loom_init
     va_end(ap);
     CHECK(len < (int)sizeof p->name, "parameter name too long");
     p->shape = shape;
+    p->local = shape;
     p->numel = (size_t)loom_shape_numel(&shape);
     p->offset = t->total;
     /* keep every tensor 16-float aligned so backends can vector-load any of them */
@@ -144,22 +145,50 @@ void loom_params_free(struct loom_param_table *t) {
     memset(t, 0, sizeof *t);
 }
 
+static void layout(struct loom_param_table *t) {
+    size_t total = 0;
+    for (int i = 0; i < t->count; i++) {
+        struct loom_param *p = &t->params[i];
+        p->numel = (size_t)loom_shape_numel(&p->local);
+        p->offset = total;
+        total += (p->numel + 15) / 16 * 16;
+    }
+    t->total = total;
+}
+
+void loom_params_shard_tp(struct loom_param_table *t, int tp_rank, int tp) {
+    for (int i = 0; i < t->count; i++) {
+        struct loom_param *p = &t->params[i];
+        int64_t rows = p->shape.dims[0], cols = p->shape.ndim > 1 ? p->shape.dims[1] : 1;
+        switch (p->shard) {
+        case LOOM_SHARD_COLUMN:
+        case LOOM_SHARD_VOCAB:
+            p->row0 = rows / tp * tp_rank;
+            p->local = loom_shape_2d(rows / tp, cols);
+            break;
+        case LOOM_SHARD_ROW:
+            p->col0 = cols / tp * tp_rank;
+            p->local = loom_shape_2d(rows, cols / tp);
+            break;
+        case LOOM_SHARD_REPLICATED: break;
+        }
+        p->tp_sum_grad = tp > 1 && (strstr(p->name, "q_norm") || strstr(p->name, "k_norm"));
+    }
+    layout(t);
+}
+
 void loom_params_select_stage(struct loom_param_table *t, int layer_lo, int layer_hi, int first, int last, int tied) {
     int n = 0;
-    size_t total = 0;
     for (int i = 0; i < t->count; i++) {
         struct loom_param p = t->params[i];
         int keep;
         if (p.layer >= 0) keep = p.layer >= layer_lo && p.layer < layer_hi;
         else if (strcmp(p.name, "embed_tokens.weight") == 0) keep = first || (last && tied);
         else keep = last; /* norm.weight, lm_head.weight */
-        if (!keep) continue;
-        p.offset = total;
-        total += (p.numel + 15) / 16 * 16;
-        t->params[n++] = p;
+        if (keep) t->params[n++] = p;
     }
     t->count = n;
-    t->total = total;
+    layout(t);
 }
 
 int loom_params_find(const struct loom_param_table *t, const char *name) {
@@ -174,9 +203,17 @@ void loom_params_init(const struct loom_param_table *t, float *params, uint64_t 
         float *x = params + p->offset;
         if (p->init == LOOM_INIT_ONES) {
             for (size_t j = 0; j < p->numel; j++) x[j] = 1.0f;
-        } else {
-            loom_rng_normal_fill(x, p->numel, seed, (uint64_t)p->index, 0, 0.0f, p->init_std);
+            continue;
         }
+        int64_t cols = p->shape.ndim > 1 ? p->shape.dims[1] : 1;
+        int64_t lrows = p->local.dims[0], lcols = p->local.ndim > 1 ? p->local.dims[1] : 1;
+        if (lcols == cols) {
+            loom_rng_normal_fill(x, p->numel, seed, (uint64_t)p->index, (uint64_t)(p->row0 * cols), 0.0f, p->init_std);
+            continue;
+        }
+        for (int64_t r = 0; r < lrows; r++)
+            loom_rng_normal_fill(x + r * lcols, (size_t)lcols, seed, (uint64_t)p->index,
+                                 (uint64_t)((p->row0 + r) * cols + p->col0), 0.0f, p->init_std);
     }
 }
 

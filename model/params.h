@@ -34,9 +34,12 @@ struct loom_param {
     char name[LOOM_PARAM_NAME_MAX];
     int index;                     /* in the full model's table: names its init stream, whatever the layout */
     int layer;                     /* transformer block, or -1 (embedding, final norm, head) */
-    struct loom_shape shape;       /* [rows, cols], or [n] for vectors */
+    struct loom_shape shape;       /* the whole tensor: [rows, cols], or [n] for vectors */
+    struct loom_shape local;       /* the part this rank holds (tensor parallelism), rows row0.., cols col0.. */
+    int64_t row0, col0;
     size_t offset;                 /* in floats, into the flat buffer */
-    size_t numel;
+    size_t numel;                  /* of the local part */
+    int tp_sum_grad;               /* replicated, but each tp rank sees only its heads: sum the gradient over tp */
     enum loom_init init;
     float init_std;
     enum loom_shard_style shard;
@@ -58,9 +61,14 @@ void loom_params_free(struct loom_param_table *t);
  * flat buffer out again. */
 void loom_params_select_stage(struct loom_param_table *t, int layer_lo, int layer_hi, int first, int last, int tied);
 
+/* Keeps tensor-parallel rank tp_rank's part of every tensor: column tensors their rows, row tensors
+ * their columns, vocabulary tensors their vocabulary rows, each 1/tp; replicated tensors whole. */
+void loom_params_shard_tp(struct loom_param_table *t, int tp_rank, int tp);
+
 /* Index of the named parameter, or -1. */
 int loom_params_find(const struct loom_param_table *t, const char *name);
-/* Initialise every parameter in host memory (params: t->total floats) from (seed, parameter index). */
+/* Initialise every parameter in host memory (params: t->total floats): element (r, c) of a tensor is
+ * drawn from (seed, parameter index, r * cols + c), so any shard holds the values of the whole. */
 void loom_params_init(const struct loom_param_table *t, float *params, uint64_t seed);
 
 const char *loom_shard_style_name(enum loom_shard_style s);

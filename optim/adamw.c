@@ -51,11 +51,12 @@ double loom_grad_norm(const struct loom_ops *ops, const struct loom_param_table 
 }
 
 double loom_grad_sum_squares_range(const struct loom_ops *ops, const struct loom_param_table *t, const float *grads,
-                                   size_t lo, size_t hi, int skip) {
+                                   size_t lo, size_t hi, const unsigned char *counted) {
     double ss = 0;
     for (int i = 0; i < t->count; i++) {
         size_t a, b;
-        if (i != skip && clip_range(&t->params[i], lo, hi, &a, &b)) ss += ops->sum_squares(grads + a, b - a);
+        if ((!counted || counted[i]) && clip_range(&t->params[i], lo, hi, &a, &b))
+            ss += ops->sum_squares(grads + a, b - a);
     }
     return ss;
 }

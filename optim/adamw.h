@@ -37,10 +37,10 @@ void loom_adamw_step(struct loom_adamw *o, const struct loom_param_table *t, flo
 
 /* L2 norm of all gradients (sqrt of the sum of squares over the table). */
 double loom_grad_norm(const struct loom_ops *ops, const struct loom_param_table *t, const float *grads);
-/* Sum of squares of the gradients in the flat range [lo, hi) (a ZeRO-1 shard), leaving out parameter
- * `skip` (an index into the table, or -1). */
+/* Sum of squares of the gradients in the flat range [lo, hi) (a ZeRO-1 shard), over the parameters i
+ * with counted[i] set (NULL: all) — so a tensor held by several ranks is counted once. */
 double loom_grad_sum_squares_range(const struct loom_ops *ops, const struct loom_param_table *t, const float *grads,
-                                   size_t lo, size_t hi, int skip);
+                                   size_t lo, size_t hi, const unsigned char *counted);
 /* min(1, clip / (norm + 1e-6)); 1 when clip <= 0 (the PyTorch clip_grad_norm_ factor). */
 double loom_clip_factor(double norm, double clip);
 

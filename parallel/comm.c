@@ -99,6 +99,11 @@ void loom_allreduce_long(const struct loom_comm *c, long *v, int n) {
     if (c->size > 1) MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_LONG, MPI_SUM, c->mpi));
 }
 
+void loom_allreduce_max_float(const struct loom_comm *c, float *v, size_t n) {
+    CHECK(n <= INT_MAX, "max-reduce of %zu floats", n);
+    if (c->size > 1) MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v, (int)n, MPI_FLOAT, MPI_MAX, c->mpi));
+}
+
 void loom_allreduce_max_double(const struct loom_comm *c, double *v, int n) {
     if (c->size > 1) MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_MAX, c->mpi));
 }

@@ -58,6 +58,7 @@ void loom_comm_wait(struct loom_comm_handle *h);
 void loom_allreduce_double(const struct loom_comm *c, double *v, int n);
 void loom_allreduce_long(const struct loom_comm *c, long *v, int n);
 void loom_allreduce_max_double(const struct loom_comm *c, double *v, int n);
+void loom_allreduce_max_float(const struct loom_comm *c, float *v, size_t n);
 
 #ifdef __cplusplus
 }

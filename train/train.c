@@ -114,6 +114,15 @@ static void source_tally_add(void *ctx, int micro, const float *token_losses) {
     }
 }
 
+/* the tensor-parallel collectives the model calls (struct loom_model_comm) */
+static void tp_allreduce_sum(void *ctx, float *buf, size_t n) {
+    struct loom_comm_handle h;
+    loom_allreduce_start(ctx, buf, n, &h);
+    loom_comm_wait(&h);
+}
+
+static void tp_allreduce_max(void *ctx, float *buf, size_t n) { loom_allreduce_max_float(ctx, buf, n); }
+
 /* Every core, shared among the ranks that run on this node. */
 static int default_threads(void) {
     MPI_Comm node;
@@ -133,10 +142,10 @@ enum { GRAD_BUCKET = 1 << 22 }; /* floats per all-reduce: 16 MB fp32 buckets, al
 /* Sums the gradients over dp — a bucketed all-reduce, or with ZeRO-1 a reduce-scatter that leaves each
  * rank the sum of its own shard [lo, hi) — and returns the sum of squares of the summed gradients over
  * the whole model (for the global-norm clip). The loss was already weighted by 1 / (tokens of the
- * global batch), so the sum is the gradient of the global mean. Parameter `skip` (or -1), a second copy
- * of a tied embedding, is left out of the sum of squares. */
+ * global batch), so the sum is the gradient of the global mean. Only parameters with counted[i] set
+ * enter the sum of squares (each tensor counted once over tp and over the tied-embedding copies). */
 static double grads_reduce(struct loom_model *m, const struct loom_ops *ops, const struct loom_topology *topo,
-                           int zero, const int *counts, size_t lo, size_t hi, int skip) {
+                           int zero, const int *counts, size_t lo, size_t hi, const unsigned char *counted) {
     size_t total = m->table.total;
     if (topo->dp > 1 && !zero) {
         size_t nb = (total + GRAD_BUCKET - 1) / GRAD_BUCKET;
@@ -155,11 +164,11 @@ static double grads_reduce(struct loom_model *m, const struct loom_ops *ops, con
         loom_comm_wait(&h);
         memcpy(m->grads + lo, shard, sizeof(float) * (hi - lo));
         free(shard);
-        double ss = loom_grad_sum_squares_range(ops, &m->table, m->grads, lo, hi, skip);
+        double ss = loom_grad_sum_squares_range(ops, &m->table, m->grads, lo, hi, counted);
         loom_allreduce_double(&topo->dp_comm, &ss, 1);
         return ss;
     }
-    return loom_grad_sum_squares_range(ops, &m->table, m->grads, 0, total, skip);
+    return loom_grad_sum_squares_range(ops, &m->table, m->grads, 0, total, counted);
 }
 
 static void format_eta(char *buf, size_t n, double seconds) {
@@ -263,9 +272,6 @@ int loom_train_main(int argc, char **argv) {
     struct loom_config cfg;
     loom_cli_load_config(&cfg, argc, argv, USAGE, world);
     const struct loom_parallel_config *pc = &cfg.parallel;
-    if (pc->tp > 1)
-        loom_input_error("parallel.tp", "use parallel.dp and parallel.pp for now",
-                         "tensor parallelism is not available in this build");
     struct loom_topology topo;
     loom_topology_init(&topo, MPI_COMM_WORLD, (int)pc->dp, (int)pc->tp, (int)pc->pp, (int)pc->ep);
     if (rank == 0) loom_topology_print(&topo, stdout);
@@ -314,19 +320,25 @@ int loom_train_main(int argc, char **argv) {
     struct loom_model model;
     struct loom_stage stage;
     loom_pipeline_stage(&stage, (int)cfg.model.num_layers, topo.pp, topo.pp_rank, pc->stage_layers);
+    stage.tp = topo.tp;
+    stage.tp_rank = topo.tp_rank;
     enum loom_pipeline_kind pipe = pc->schedule == LOOM_PIPELINE_SCHEDULE_GPIPE ? LOOM_PIPELINE_GPIPE
                                                                                  : LOOM_PIPELINE_1F1B;
     int m_max = (int)(loom_curriculum_max_batch(&cur) / dp / B);
     loom_model_create_stage(&model, ops, &cfg.model, &cfg.optim, B, T_max, &stage,
                             loom_pipeline_slots(pipe, topo.pp_rank, topo.pp, m_max));
+    struct loom_model_comm tp_comm = {.sum = tp_allreduce_sum, .max = tp_allreduce_max, .ctx = &topo.tp_comm};
+    model.comm = tp_comm;
     /* a tied embedding lives on the first and the last stage: its gradient is summed over both, and
-     * counted once in the norm */
-    int tied_copy = -1;
+     * counted once in the norm; a replicated tensor is counted on tp rank 0 only */
     const struct loom_param *tied_embed = NULL;
-    if (topo.pp > 1 && cfg.model.tie_word_embeddings) {
+    unsigned char *counted_param = malloc_check((size_t)model.table.count);
+    for (int i = 0; i < model.table.count; i++)
+        counted_param[i] = model.table.params[i].shard != LOOM_SHARD_REPLICATED || topo.tp_rank == 0;
+    if (topo.pp > 1 && cfg.model.tie_word_embeddings && (stage.first || stage.last)) {
         int e = loom_params_find(&model.table, "embed_tokens.weight");
-        if (stage.last) tied_copy = e;
-        if (stage.first || stage.last) tied_embed = &model.table.params[e];
+        if (stage.last) counted_param[e] = 0;
+        tied_embed = &model.table.params[e];
     }
     loom_model_init_params(&model, (uint64_t)tc->seed);
     struct loom_adamw adamw;
@@ -344,17 +356,22 @@ int loom_train_main(int argc, char **argv) {
     loom_schedule_init(&sched, &cfg.schedule, total_tokens);
 
     struct loom_model_counts counts;
-    loom_model_count(&counts, &model.table, &cfg.model, tc->seq_len);
+    struct loom_param_table whole;
+    loom_params_build(&whole, &cfg.model, &cfg.optim);
+    loom_model_count(&counts, &whole, &cfg.model, tc->seq_len);
+    loom_params_free(&whole);
     double peak = cfg.log.peak_tflops > 0 ? cfg.log.peak_tflops * 1e12 : measure_peak_flops();
 
-    printf("loom train: %s attention, %lld layers, %.2fM parameters, %.3g FLOPs/token\n",
-           loom_config_choice("model", "attention", cfg.model.attention), (long long)cfg.model.num_layers,
-           counts.total_params / 1e6, counts.flops_per_token);
-    printf("loom train: %lld steps, %lld tokens, micro-batches of %d, %d source%s, %d phase%s, run folder %s\n",
-           (long long)tc->steps, (long long)total_tokens, B, sampler.nstreams, sampler.nstreams == 1 ? "" : "s",
-           cur.nphases, cur.nphases == 1 ? "" : "s", tc->run_dir);
-    printf("loom train: MFU against %.3g TFLOP/s (%s)\n", peak / 1e12,
-           cfg.log.peak_tflops > 0 ? "log.peak_tflops" : "measured fp32 GEMM");
+    if (rank == 0) {
+        printf("loom train: %s attention, %lld layers, %.2fM parameters, %.3g FLOPs/token\n",
+               loom_config_choice("model", "attention", cfg.model.attention), (long long)cfg.model.num_layers,
+               counts.total_params / 1e6, counts.flops_per_token);
+        printf("loom train: %lld steps, %lld tokens, micro-batches of %d, %d source%s, %d phase%s, run folder %s\n",
+               (long long)tc->steps, (long long)total_tokens, B, sampler.nstreams, sampler.nstreams == 1 ? "" : "s",
+               cur.nphases, cur.nphases == 1 ? "" : "s", tc->run_dir);
+        printf("loom train: MFU against %.3g TFLOP/s (%s)\n", peak / 1e12,
+               cfg.log.peak_tflops > 0 ? "log.peak_tflops" : "measured fp32 GEMM");
+    }
     fflush(stdout);
 
     float *token_losses = malloc_check(sizeof(float) * (size_t)B * T_max);
@@ -396,8 +413,13 @@ int loom_train_main(int argc, char **argv) {
             loom_allreduce_start(&topo.embed_comm, model.grads + tied_embed->offset, tied_embed->numel, &h);
             loom_comm_wait(&h);
         }
-        double gsq = grads_reduce(&model, ops, &topo, zero, shard_counts, lo, hi, tied_copy);
+        for (int i = 0; i < model.table.count; i++) {
+            const struct loom_param *p = &model.table.params[i];
+            if (p->tp_sum_grad) tp_allreduce_sum(&topo.tp_comm, model.grads + p->offset, p->numel);
+        }
+        double gsq = grads_reduce(&model, ops, &topo, zero, shard_counts, lo, hi, counted_param);
         loom_allreduce_double(&topo.pp_comm, &gsq, 1);
+        loom_allreduce_double(&topo.tp_comm, &gsq, 1);
         if (step == 0 && cfg.log.dump_grads[0]) grads_dump(&model, cfg.log.dump_grads, rank, lo, hi);
         loom_allreduce_double(&topo.dp_comm, &loss_sum, 1);
         loom_allreduce_double(&topo.dp_comm, src_sum, LOOM_MAX_SOURCES);
@@ -439,7 +461,7 @@ int loom_train_main(int argc, char **argv) {
         double bubble_frac = tm.compute + tm.bubble > 0 ? tm.bubble / (tm.compute + tm.bubble) : 0;
         loom_allreduce_double(&topo.pp_comm, &bubble_frac, 1);
         bubble_frac /= topo.pp;
-        double mfu = counts.flops_per_token * tok_s / peak;
+        double mfu = counts.flops_per_token * tok_s / (peak * world);
         if (rank == 0) {
             fprintf(metrics,
                     "{\"step\": %lld, \"tokens\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, "
@@ -500,6 +522,7 @@ int loom_train_main(int argc, char **argv) {
     free(eval_targets);
     loom_adamw_free(&adamw);
     free(shard_counts);
+    free(counted_param);
     free(shard_displs);
     loom_model_destroy(&model);
     if (do_eval) loom_sampler_close(&heldout);
