@@ -56,6 +56,7 @@ bench: loom $(BUILD)/bench/bench_loader
 	@scripts/bench_cpu.sh
 	@scripts/bench_loader.sh
 	@scripts/bench_tokenizer.sh
+	@scripts/bench_parallel.sh
 
 clean:
 	rm -rf $(BUILD) loom

@@ -83,7 +83,7 @@ struct loom_curriculum_config {
 
 struct loom_eval_config {
     int64_t every;                 /* held-out loss per source every N steps; 0 = off */
-    int64_t batches;               /* micro-batches per source per evaluation */
+    int64_t sequences;             /* held-out sequences per source per evaluation */
 };
 
 struct loom_train_config {

@@ -90,7 +90,7 @@ const struct loom_key loom_config_keys[] = {
 
     /* [eval] */
     K(eval, every, INT, "0", NULL, "held-out loss per source every N steps; 0 = never"),
-    K(eval, batches, INT, "4", NULL, "micro-batches per source in each evaluation"),
+    K(eval, sequences, INT, "16", NULL, "held-out sequences per source in each evaluation (the same ones every time)"),
 
     /* [parallel] */
     K(parallel, dp, INT, "1", NULL, "data-parallel ranks"),

@@ -219,7 +219,7 @@ void loom_config_validate(const struct loom_config *cfg, int world) {
                          "no training shards given");
     require_positive("log.every", cfg->log.every);
     require_nonneg("eval.every", cfg->eval.every);
-    require_positive("eval.batches", cfg->eval.batches);
+    require_positive("eval.sequences", cfg->eval.sequences);
     require_range("curriculum.max_epochs", cfg->curriculum.max_epochs, 0, INFINITY, 1, 1);
     struct loom_curriculum c;
     loom_curriculum_build(&c, cfg, NULL);

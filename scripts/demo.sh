@@ -5,8 +5,9 @@
 #      trajectories, role-tagged);
 #   2. a byte-level BPE tokenizer trained on them (Youtu-LLM pre-tokenization), as tokenizer.json;
 #   3. train and held-out shards per source (trajectories carry a loss mask);
-#   4. the tiny MLA model trained through the commonsense -> STEM -> agentic curriculum, with held-out
-#      loss per source; the loss falls well below its start, ln(vocab);
+#   4. the tiny MLA model trained through the commonsense -> STEM -> agentic curriculum on 4 ranks
+#      (data parallel 2 x pipeline 2, 1F1B), with held-out loss per source; the loss falls well below
+#      its start, ln(vocab);
 #   5. a plot of per-source loss against tokens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +33,8 @@ for source in commonsense stem agentic; do
 done
 
 rm -rf "$run_dir"
-./loom train -c configs/runs/demo.ini --train.run_dir="$run_dir" "$@"
+scripts/launch.sh -np 4 ./loom train -c configs/runs/demo.ini --parallel.dp=2 --parallel.pp=2 \
+    --train.micro_batch=2 --train.run_dir="$run_dir" "$@"
 
 python3 - "$run_dir/metrics.jsonl" <<'PY'
 import json, math, sys

@@ -217,12 +217,19 @@ static void evaluate(struct loom_model *model, const struct loom_topology *topo,
         if (heldout->streams[s].nshards == 0) continue;
         double sum = 0;
         long count = 0;
-        for (int64_t k = 0; k < cfg->eval.batches; k++) {
+        /* the first eval.sequences windows of the held-out stream, in micro-batches of B; a short last
+         * micro-batch is padded with rows that count nowhere */
+        for (int64_t k0 = 0; k0 < cfg->eval.sequences; k0 += B) {
             int rows = 0;
-            for (int b = 0; b < B; b++)
-                rows += loom_sampler_heldout(heldout, s, k * B + b, T, inputs + (size_t)rows * T,
-                                             targets + (size_t)rows * T);
-            if (rows < B) break; /* the held-out set is smaller than asked: use what is there */
+            for (int b = 0; b < B; b++) {
+                int *in = inputs + (size_t)b * T, *tg = targets + (size_t)b * T;
+                if (k0 + b < cfg->eval.sequences && loom_sampler_heldout(heldout, s, k0 + b, T, in, tg)) {
+                    rows++;
+                    continue;
+                }
+                for (int t = 0; t < T; t++) in[t] = 0, tg[t] = -1;
+            }
+            if (rows == 0) break; /* the held-out set is smaller than asked: use what is there */
             long n = 0;
             sum += loom_pipeline_forward(model, topo, inputs, targets, &n);
             count += n;

@@ -93,7 +93,7 @@ peak_tflops = 0.1
 
 [eval]
 every = 5
-batches = 1
+sequences = 2
 
 [source.web]
 shards = $tmp/data/web

@@ -216,7 +216,7 @@ weights = web:0.5, stem:0.5
 weights = web:0.5, stem:0.5
 [eval]
 every = 3
-batches = 1
+sequences = 2
 [log]
 every = 3
 peak_tflops = 0.1
