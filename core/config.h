@@ -124,8 +124,11 @@ struct loom_parallel_config {
     int64_t dp, tp, pp, ep;        /* world = dp x tp x pp; ep divides dp x tp */
     int64_t micro_batches;         /* per step and dp rank; 0 = global_batch / (dp x train.micro_batch) */
     int zero;                      /* 1: ZeRO-1, optimizer state sharded over dp */
-    int schedule;                  /* enum loom_pipeline */
     char *stage_layers;            /* layers per pipeline stage "3,3,2"; empty = even */
+};
+
+struct loom_pipeline_config {
+    int schedule;                  /* enum loom_pipeline */
 };
 
 struct loom_log_config {
@@ -142,6 +145,7 @@ struct loom_config {
     struct loom_data_config data;
     struct loom_log_config log;
     struct loom_parallel_config parallel;
+    struct loom_pipeline_config pipeline;
     struct loom_curriculum_config curriculum;
     struct loom_eval_config eval;
     int nsources;

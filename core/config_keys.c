@@ -100,8 +100,11 @@ const struct loom_key loom_config_keys[] = {
     K(parallel, micro_batches, INT, "0", NULL,
       "micro-batches per step on each dp rank; 0 = train.global_batch / (dp x train.micro_batch)"),
     K(parallel, zero, INT, "0", NULL, "1 = ZeRO-1: shard the optimizer state over dp, all-gather parameters"),
-    K(parallel, schedule, ENUM, "1f1b", "1f1b|gpipe", "pipeline schedule"),
-    K(parallel, stage_layers, STRING, "", NULL, "layers per stage, e.g. 3,3,2; empty = as even as possible"),
+    K(parallel, stage_layers, STRING, "", NULL, "layers per pipeline stage, e.g. 3,3,2; empty = as even as possible"),
+
+    /* [pipeline] */
+    K(pipeline, schedule, ENUM, "1f1b", "1f1b|gpipe",
+      "pipeline schedule: one-forward-one-backward (Megatron), or all forwards then all backwards"),
 
     /* [log] */
     K(log, every, INT, "10", NULL, "print the progress line every N steps"),

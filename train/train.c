@@ -329,7 +329,7 @@ int loom_train_main(int argc, char **argv) {
     loom_pipeline_stage(&stage, (int)cfg.model.num_layers, topo.pp, topo.pp_rank, pc->stage_layers);
     stage.tp = topo.tp;
     stage.tp_rank = topo.tp_rank;
-    enum loom_pipeline_kind pipe = pc->schedule == LOOM_PIPELINE_SCHEDULE_GPIPE ? LOOM_PIPELINE_GPIPE
+    enum loom_pipeline_kind pipe = cfg.pipeline.schedule == LOOM_PIPELINE_SCHEDULE_GPIPE ? LOOM_PIPELINE_GPIPE
                                                                                  : LOOM_PIPELINE_1F1B;
     int m_max = (int)(loom_curriculum_max_batch(&cur) / dp / B);
     loom_model_create_stage(&model, ops, &cfg.model, &cfg.optim, B, T_max, &stage,
