@@ -186,7 +186,9 @@ static void format_rate(char *buf, size_t n, double tok_s) {
 /* ---------------------------------------------------------------------------------------------- */
 
 /* PREFIX.rankR.bin: int64 lo, hi, total, then the gradients [lo, hi) of this rank's flat buffer
- * (hi - lo < total under ZeRO-1, where only the rank's shard is reduced). For parity tests. */
+ * (hi - lo < total under ZeRO-1, where only the rank's shard is reduced). PREFIX.rankR.map: one line
+ * per tensor of the buffer, "name offset row0 col0 local_rows local_cols rows cols", where the tensor's
+ * local part is rows row0.. and columns col0.. of the whole [rows, cols]. For parity tests. */
 static void grads_dump(const struct loom_model *m, const char *prefix, int rank, size_t lo, size_t hi) {
     char path[4096];
     snprintf(path, sizeof path, "%s.rank%d.bin", prefix, rank);
@@ -198,6 +200,15 @@ static void grads_dump(const struct loom_model *m, const char *prefix, int rank,
           "writing %s", path);
     CHECK(fclose(f) == 0, "writing %s", path);
     free(g);
+    snprintf(path, sizeof path, "%s.rank%d.map", prefix, rank);
+    f = fopen_check(path, "w");
+    for (int i = 0; i < m->table.count; i++) {
+        const struct loom_param *p = &m->table.params[i];
+        long long cols = p->shape.ndim > 1 ? p->shape.dims[1] : 1, lcols = p->local.ndim > 1 ? p->local.dims[1] : 1;
+        fprintf(f, "%s %zu %lld %lld %lld %lld %lld %lld\n", p->name, p->offset, (long long)p->row0,
+                (long long)p->col0, (long long)p->local.dims[0], lcols, (long long)p->shape.dims[0], cols);
+    }
+    CHECK(fclose(f) == 0, "writing %s", path);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
