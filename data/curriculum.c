@@ -133,10 +133,15 @@ static int batch_item(char *item, int i, void *vctx) {
     int64_t from = parse_count_or_die(key, hint, tokens), seqs = parse_count_or_die(key, hint, colon + 1);
     if (from <= c->batch_from[c->nbatch - 1])
         loom_input_error(key, "list the steps in increasing token order", "step at %s tokens is out of order", tokens);
-    if (seqs <= 0 || seqs % x->cfg->train.micro_batch)
-        loom_input_error(key, "each global batch is a positive multiple of train.micro_batch",
-                         "%lld sequences at %s is not a multiple of train.micro_batch %lld", (long long)seqs, tokens,
-                         (long long)x->cfg->train.micro_batch);
+    /* every data-parallel rank takes whole micro-batches of the size set at the start of the run */
+    const struct loom_train_config *tc = &x->cfg->train;
+    const struct loom_parallel_config *pc = &x->cfg->parallel;
+    int64_t dp = pc->dp > 0 ? pc->dp : 1;
+    int64_t micro = pc->micro_batches > 0 ? tc->global_batch / dp / pc->micro_batches : tc->micro_batch;
+    if (seqs <= 0 || micro <= 0 || seqs % (dp * micro))
+        loom_input_error(key, "each global batch is a whole number of micro-batches on every data-parallel rank",
+                         "%lld sequences at %s is not a multiple of dp x micro-batch = %lld x %lld", (long long)seqs,
+                         tokens, (long long)dp, (long long)micro);
     c->batch_from[c->nbatch] = from;
     c->batch_seqs[c->nbatch] = seqs;
     c->nbatch++;

@@ -899,7 +899,7 @@ static void test_errors(void) {
         "[phase.b]\nuntil = 2000\nramp = 1500\nweights = y:1\n[phase.c]\nweights = x:1\n", BASE_XY);
     expect_error("ramp_longer_than_phase", child_build, ini, "phase.b.ramp", NULL);
     INI("%s[train]\nbatch_schedule = 1000:10\n", BASE_XY);
-    expect_error("batch_schedule_not_multiple", child_build, ini, "train.batch_schedule", "micro_batch");
+    expect_error("batch_schedule_not_multiple", child_build, ini, "train.batch_schedule", "micro-batch");
     INI("%s[train]\nbatch_schedule = 2000:16, 1000:24\n", BASE_XY);
     expect_error("batch_schedule_out_of_order", child_build, ini, "train.batch_schedule", "order");
     INI("%s[train]\nbatch_schedule = 2000\n", BASE_XY);
