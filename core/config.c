@@ -184,7 +184,10 @@ static const struct loom_key *key_nearest(const char *section, const char *name)
         const struct loom_key *k = &loom_config_keys[i];
         snprintf(full, sizeof full, "%s.%s", k->section, k->name);
         int d = edit_distance(typed, full);
-        int d_name = edit_distance(name, k->name) + (strcmp(section, k->section) != 0);
+        const char *inst;
+        const struct loom_named_section *ns = named_split(section, &inst);
+        int same = ns ? k->named && strcmp(ns->prefix, k->section) == 0 : strcmp(section, k->section) == 0;
+        int d_name = edit_distance(name, k->name) + !same;
         if (d_name < d) d = d_name;
         if (d < best_d) {
             best_d = d;

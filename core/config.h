@@ -29,10 +29,26 @@ enum loom_schedule_kind {                                                      /
 enum loom_data_kind { LOOM_DATA_SHARDS, LOOM_DATA_RANDOM };                    /* "shards|random" */
 enum loom_loss_mask { LOOM_LOSS_MASK_ALL, LOOM_LOSS_MASK_ASSISTANT };          /* "all|assistant" */
 enum loom_pipeline { LOOM_PIPELINE_SCHEDULE_1F1B, LOOM_PIPELINE_SCHEDULE_GPIPE }; /* "1f1b|gpipe" */
+enum loom_moe_score { LOOM_MOE_SIGMOID, LOOM_MOE_SOFTMAX };                    /* "sigmoid|softmax" */
 
 enum { LOOM_MAX_SOURCES = 32, LOOM_MAX_PHASES = 16, LOOM_SECTION_NAME_MAX = 48 };
 
 /* ---------------------------------------------------------------------------------------------- */
+
+/* [moe]: the dots.llm1 / DeepSeek-V3 mixture-of-experts MLP */
+struct loom_moe_config {
+    int64_t experts;               /* routed experts per MoE layer; 0 = dense model */
+    int64_t top_k;                 /* routed experts per token */
+    int64_t shared;                /* shared experts, run as one SwiGLU of width shared x intermediate */
+    int64_t intermediate;          /* width of one expert */
+    int64_t first_dense;           /* the first layers keep the dense MLP */
+    double scaling;                /* routed_scaling_factor on the routed weights */
+    int norm_topk;                 /* normalise the top-k weights to sum 1 before scaling */
+    int score;                     /* enum loom_moe_score */
+    int64_t groups, topk_groups;   /* group-limited routing (DeepSeek-V3); 1, 1 = off */
+    double bias_update_rate;       /* aux-loss-free balancing: b_i += rate * sign(mean load - load_i) */
+    double balance_alpha;          /* sequence-wise balance loss weight */
+};
 
 struct loom_model_config {
     int attention;                 /* enum loom_attention */
@@ -55,6 +71,7 @@ struct loom_model_config {
     int qk_norm;                   /* MHA: RMSNorm over head_dim on q and k before RoPE */
     double init_std;
     double embed_init_std;         /* 0 = init_std */
+    struct loom_moe_config moe;    /* the [moe] section */
 };
 
 /* [source.NAME]: one stream of training data */

@@ -8,6 +8,8 @@
 
 #define K(sec, field, type, def, choices, meaning) \
     { #sec, #field, LOOM_KEY_##type, offsetof(struct loom_config, sec.field), def, choices, meaning, 0 }
+#define KM(field, type, def, choices, meaning) \
+    { "moe", #field, LOOM_KEY_##type, offsetof(struct loom_config, model.moe.field), def, choices, meaning, 0 }
 #define NAMED(sec, elem, field, type, def, choices, meaning) \
     { #sec, #field, LOOM_KEY_##type, offsetof(struct elem, field), def, choices, meaning, 1 }
 
@@ -34,6 +36,20 @@ const struct loom_key loom_config_keys[] = {
     K(model, qk_norm, BOOL, "false", NULL, "mha: RMSNorm over head_dim on q and k before RoPE (dots.llm1)"),
     K(model, init_std, FLOAT, "0.02", NULL, "std of the normal init of matrices"),
     K(model, embed_init_std, FLOAT, "0", NULL, "std of the embedding init; 0 = init_std"),
+
+    /* [moe] */
+    KM(experts, INT, "0", NULL, "routed experts per MoE layer; 0 = dense MLP everywhere"),
+    KM(top_k, INT, "2", NULL, "routed experts per token"),
+    KM(shared, INT, "0", NULL, "shared experts (one SwiGLU of width shared x intermediate, added unscaled)"),
+    KM(intermediate, INT, "0", NULL, "width of one expert's SwiGLU"),
+    KM(first_dense, INT, "0", NULL, "the first layers keep the dense MLP (dots.llm1: 1)"),
+    KM(scaling, FLOAT, "1", NULL, "routed_scaling_factor on the routed weights (dots.llm1: 2.5)"),
+    KM(norm_topk, BOOL, "true", NULL, "normalise the top-k weights to sum 1 before scaling"),
+    KM(score, ENUM, "sigmoid", "sigmoid|softmax", "router scores"),
+    KM(groups, INT, "1", NULL, "expert groups for group-limited routing (DeepSeek-V3); 1 = off"),
+    KM(topk_groups, INT, "1", NULL, "groups kept per token under group-limited routing"),
+    KM(bias_update_rate, FLOAT, "1e-3", NULL, "aux-loss-free balancing rate gamma; 0 = off"),
+    KM(balance_alpha, FLOAT, "1e-4", NULL, "weight alpha of the sequence-wise balance loss; 0 = off"),
 
     /* [train] */
     K(train, steps, INT, "100", NULL, "optimizer steps to run"),

@@ -92,6 +92,43 @@ static void validate_model(const struct loom_model_config *m) {
                          "head width %lld is odd", (long long)d);
 }
 
+static void validate_moe(const struct loom_model_config *m, const struct loom_parallel_config *p) {
+    const struct loom_moe_config *e = &m->moe;
+    require_nonneg("moe.experts", e->experts);
+    require_size("moe.experts", e->experts);
+    if (e->experts == 0) return;
+    if (e->top_k < 1 || e->top_k > e->experts)
+        loom_input_error("moe.top_k", NULL, "%lld is outside 1..moe.experts = %lld", (long long)e->top_k,
+                         (long long)e->experts);
+    require_positive("moe.intermediate", e->intermediate);
+    require_size("moe.intermediate", e->intermediate);
+    require_nonneg("moe.shared", e->shared);
+    require_size("moe.shared", e->shared);
+    if (e->first_dense < 0 || e->first_dense > m->num_layers)
+        loom_input_error("moe.first_dense", NULL, "%lld is outside 0..model.num_layers = %lld",
+                         (long long)e->first_dense, (long long)m->num_layers);
+    require_range("moe.scaling", e->scaling, 0, INFINITY, 1, 1);
+    require_range("moe.bias_update_rate", e->bias_update_rate, 0, INFINITY, 0, 1);
+    require_range("moe.balance_alpha", e->balance_alpha, 0, INFINITY, 0, 1);
+    require_positive("moe.groups", e->groups);
+    if (e->experts % e->groups)
+        loom_input_error("moe.groups", NULL, "%lld groups do not divide moe.experts = %lld", (long long)e->groups,
+                         (long long)e->experts);
+    if (e->topk_groups < 1 || e->topk_groups > e->groups)
+        loom_input_error("moe.topk_groups", NULL, "%lld is outside 1..moe.groups = %lld", (long long)e->topk_groups,
+                         (long long)e->groups);
+    if (e->top_k > e->topk_groups * (e->experts / e->groups))
+        loom_input_error("moe.top_k", "keep more groups (moe.topk_groups) or route to fewer experts",
+                         "%lld experts per token, but the kept groups hold only %lld", (long long)e->top_k,
+                         (long long)(e->topk_groups * (e->experts / e->groups)));
+    if (p->tp > 1)
+        loom_input_error("parallel.tp", "use data, pipeline or expert parallelism with MoE models",
+                         "tensor parallelism of MoE layers is not available in this build");
+    if (e->experts % p->ep)
+        loom_input_error("parallel.ep", "expert parallelism splits the experts of a layer evenly",
+                         "%lld does not divide moe.experts = %lld", (long long)p->ep, (long long)e->experts);
+}
+
 static void validate_train(const struct loom_train_config *t) {
     require_positive("train.steps", t->steps);
     require_positive("train.seq_len", t->seq_len);
@@ -212,6 +249,7 @@ void loom_config_validate(const struct loom_config *cfg, int world) {
     validate_optim(&cfg->optim);
     validate_schedule(&cfg->schedule);
     validate_parallel(cfg);
+    validate_moe(&cfg->model, &cfg->parallel);
     if (cfg->data.kind == LOOM_DATA_SHARDS && (!cfg->data.train || !cfg->data.train[0]) && cfg->nsources == 0)
         loom_input_error("data.train",
                          "make shards with `loom data prep`, then set data.train = FOLDER or add [source.NAME] sections "

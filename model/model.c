@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "model/moe.h"
 
 struct layer_weights {
     float *ln1, *ln2;
@@ -41,7 +42,10 @@ struct loom_layer_acts {
     float *att;                    /* [N, H*Dv] */
     float *mid;                    /* residual after attention [N,C] */
     float *ln2, *rstd2;            /* [N,C], [N] */
-    float *gate, *up, *hmlp;       /* [N,F] x3 */
+    float *gate, *up, *hmlp;       /* [N,F] x3 (dense MLP) */
+    struct loom_moe_layer *moe;    /* MoE MLP, or NULL */
+    float *bias;                   /* MoE: this block's router bias and expert loads, in the model */
+    int64_t *load;
 };
 
 /* backward work space, shared by all layers */
@@ -136,6 +140,16 @@ static void alloc_activations(struct loom_model *m, struct loom_slot *s) {
         a->mid = act_alloc(m, N * C);
         a->ln2 = act_alloc(m, N * C);
         a->rstd2 = act_alloc(m, N);
+        int layer = m->stage.layer_lo + l;
+        if (loom_model_layer_is_moe(cfg, layer)) {
+            if (s->acts) {
+                a->moe = loom_moe_layer_create(m, layer, B, T);
+                m->act_floats += loom_moe_layer_floats(a->moe);
+            } else {
+                m->act_floats += loom_moe_activation_floats(cfg, B, T);
+            }
+            continue;
+        }
         a->gate = act_alloc(m, N * F);
         a->up = act_alloc(m, N * F);
         a->hmlp = act_alloc(m, N * F);
@@ -227,6 +241,10 @@ void loom_model_create_stage(struct loom_model *m, const struct loom_ops *ops, c
     m->grads = ops->alloc(sizeof(float) * m->table.total);
 
     int L = stage->layer_hi - stage->layer_lo;
+    int E = (int)cfg->moe.experts;
+    for (int l = stage->layer_lo; l < stage->layer_hi; l++) m->moe_layers += loom_model_layer_is_moe(cfg, l);
+    m->router_bias = calloc_check((size_t)(m->moe_layers * E + 1), sizeof(float));
+    m->expert_load = calloc_check((size_t)(m->moe_layers * E + 1), sizeof(int64_t));
     m->nslots = slots;
     m->slots = calloc_check((size_t)slots, sizeof(struct loom_slot));
     for (int k = 0; k < slots; k++) {
@@ -239,6 +257,12 @@ void loom_model_create_stage(struct loom_model *m, const struct loom_ops *ops, c
             resolve_layer(m, &s->acts[l].g, m->grads, stage->layer_lo + l);
         }
         alloc_activations(m, s);
+        for (int l = 0, k = 0; l < L; l++) {
+            if (!s->acts[l].moe) continue;
+            s->acts[l].bias = m->router_bias + (size_t)k * E;
+            s->acts[l].load = m->expert_load + (size_t)k * E;
+            k++;
+        }
     }
     m->cur = &m->slots[0];
 
@@ -275,6 +299,7 @@ void loom_model_destroy(struct loom_model *m) {
         struct loom_slot *s = &m->slots[k];
         for (int l = 0; l < L; l++) {
             struct loom_layer_acts *a = &s->acts[l];
+            if (a->moe) loom_moe_layer_free(m, a->moe);
             float *bufs[] = {a->ln1, a->rstd1, a->qa, a->qa_n, a->rstd_qa, a->q_raw, a->k_raw, a->rstd_q,
                              a->rstd_k, a->kva, a->c_n, a->rstd_kv, a->kvb, a->q, a->k, a->v, a->probs,
                              a->att, a->mid, a->ln2, a->rstd2, a->gate, a->up, a->hmlp};
@@ -289,6 +314,8 @@ void loom_model_destroy(struct loom_model *m) {
         ops->free(s->targets);
     }
     free(m->slots);
+    free(m->router_bias);
+    free(m->expert_load);
     ops->free(m->scratch);
     ops->free(m->params);
     ops->free(m->grads);
@@ -483,6 +510,11 @@ static void block_forward(const struct loom_model *m, struct loom_layer_acts *a,
     ops->add(a->mid, x, out, (size_t)N * C);
 
     ops->rmsnorm_forward(a->ln2, a->rstd2, a->mid, a->w.ln2, N, C, C, C, eps);
+    if (a->moe) {
+        loom_moe_forward(m, a->moe, a->ln2, out, a->bias, a->load, &((struct loom_model *)m)->balance, m->bal_scale);
+        ops->accumulate(out, a->mid, (size_t)N * C);
+        return;
+    }
     ops->matmul_forward(a->gate, a->ln2, a->w.gate, N, C, F);
     ops->matmul_forward(a->up, a->ln2, a->w.up, N, C, F);
     ops->swiglu_forward(a->hmlp, a->gate, a->up, N, F);
@@ -500,14 +532,18 @@ static void block_backward(const struct loom_model *m, struct loom_layer_acts *a
     int Dv = (int)loom_model_v_head_dim(cfg);
 
     /* MLP */
-    ops->matmul_backward_weight(a->g.down, s->dres, a->hmlp, N, F, C);
-    ops->matmul_backward_input(s->dh, s->dres, a->w.down, N, F, C, 0);
-    ops->swiglu_backward(s->dgate, s->dup, s->dh, a->gate, a->up, N, F);
-    ops->matmul_backward_weight(a->g.gate, s->dgate, a->ln2, N, C, F);
-    ops->matmul_backward_weight(a->g.up, s->dup, a->ln2, N, C, F);
-    ops->matmul_backward_input(s->dln, s->dgate, a->w.gate, N, C, F, 0);
-    ops->matmul_backward_input(s->dln, s->dup, a->w.up, N, C, F, 1);
-    tp_sum(m, s->dln, (size_t)N * C);
+    if (a->moe) {
+        loom_moe_backward(m, a->moe, a->ln2, s->dres, s->dln);
+    } else {
+        ops->matmul_backward_weight(a->g.down, s->dres, a->hmlp, N, F, C);
+        ops->matmul_backward_input(s->dh, s->dres, a->w.down, N, F, C, 0);
+        ops->swiglu_backward(s->dgate, s->dup, s->dh, a->gate, a->up, N, F);
+        ops->matmul_backward_weight(a->g.gate, s->dgate, a->ln2, N, C, F);
+        ops->matmul_backward_weight(a->g.up, s->dup, a->ln2, N, C, F);
+        ops->matmul_backward_input(s->dln, s->dgate, a->w.gate, N, C, F, 0);
+        ops->matmul_backward_input(s->dln, s->dup, a->w.up, N, C, F, 1);
+        tp_sum(m, s->dln, (size_t)N * C);
+    }
     ops->rmsnorm_backward(s->dtmp, a->g.ln2, s->dln, a->mid, a->w.ln2, a->rstd2, N, C, C, C);
     ops->accumulate(s->dres, s->dtmp, (size_t)N * C);
 
@@ -525,6 +561,14 @@ static void block_backward(const struct loom_model *m, struct loom_layer_acts *a
 
 static float *head_weight(const struct loom_model *m, float *base) {
     return param_ptr(m, base, m->cfg.tie_word_embeddings ? "embed_tokens.weight" : "lm_head.weight");
+}
+
+void loom_model_update_router_bias(struct loom_model *m) {
+    int E = (int)m->cfg.moe.experts;
+    for (int k = 0; k < m->moe_layers; k++)
+        loom_moe_bias_update(m->router_bias + (size_t)k * E, m->expert_load + (size_t)k * E, E,
+                             m->cfg.moe.bias_update_rate);
+    memset(m->expert_load, 0, sizeof(int64_t) * (size_t)(m->moe_layers * E + 1));
 }
 
 void loom_model_set_shape(struct loom_model *m, int T, double rope_theta) {

@@ -68,6 +68,12 @@ struct loom_model {
                                     * first, it begins with d(loss)/d(stage input) [N,C] */
     size_t scratch_floats;
     size_t act_floats;             /* activation memory in floats, all slots (for reports) */
+    /* mixture of experts: per MoE block of the stage (in block order), E entries each */
+    int moe_layers;
+    float *router_bias;            /* host: the score-correction bias (a buffer: no gradient) */
+    int64_t *expert_load;          /* host: tokens sent to each expert since the last bias update */
+    double balance;                /* sum of the balance losses of the forwards since it was zeroed */
+    float bal_scale;               /* balance_alpha / sequences in the global batch */
 };
 
 /* Build the table, allocate params/grads/activations on the backend. Parameters are zero until
@@ -96,6 +102,10 @@ void loom_model_set_params(struct loom_model *m, const float *host);
 void loom_model_get_params(const struct loom_model *m, float *host);
 void loom_model_get_grads(const struct loom_model *m, float *host);
 void loom_model_zero_grads(struct loom_model *m);
+
+/* Aux-loss-free balancing after an optimizer step: each MoE block's bias moves by the rate toward
+ * even load (loads already summed over the data-parallel ranks), then the loads restart. */
+void loom_model_update_router_bias(struct loom_model *m);
 
 /* Sequences of T tokens from now on (T <= the T the model was created with); RoPE base theta. */
 void loom_model_set_shape(struct loom_model *m, int T, double rope_theta);

@@ -92,6 +92,14 @@ struct loom_ops {
     void (*copy_2d)(float *dst, int ld_dst, const float *src, int ld_src, int rows, int cols,
                     int accumulate);
 
+    /* rows by index (MoE permutation) ----------------------------------------------------------- */
+    /* dst[i, :] = scale[i] * src[idx[i], :] (scale NULL: 1), i < n */
+    void (*gather_rows)(float *dst, const float *src, const int *idx, const float *scale, int n, int C);
+    /* dst[idx[i], :] += scale[i] * src[i, :] (scale NULL: 1), i < n; rows of dst summed in i order */
+    void (*scatter_add_rows)(float *dst, const float *src, const int *idx, const float *scale, int n, int C);
+    /* out[i] = dot(a[i, :], b[idx[i], :]), i < n */
+    void (*row_dot)(float *out, const float *a, const float *b, const int *idx, int n, int C);
+
     /* loss ---------------------------------------------------------------------------------------- */
     /* losses[n] = logsumexp(logits[n]) - logits[n, targets[n]] (0 where targets[n] < 0).
      * When dlogits is not NULL: dlogits[n] = (softmax(logits[n]) - onehot(targets[n])) * dloss

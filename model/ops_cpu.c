@@ -302,6 +302,47 @@ static void cpu_copy_2d(float *dst, int ld_dst, const float *src, int ld_src, in
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* rows by index                                                                                    */
+
+static void cpu_gather_rows(float *dst, const float *src, const int *idx, const float *scale, int n, int C) {
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++) {
+        float *d = dst + (size_t)i * C;
+        const float *s = src + (size_t)idx[i] * C;
+        if (!scale) {
+            memcpy(d, s, sizeof(float) * C);
+            continue;
+        }
+        for (int c = 0; c < C; c++) d[c] = scale[i] * s[c];
+    }
+}
+
+static void cpu_scatter_add_rows(float *dst, const float *src, const int *idx, const float *scale, int n, int C) {
+    /* split over columns: every destination row sums its sources in i order, whatever the threads */
+#pragma omp parallel
+    {
+        int nt = omp_get_num_threads(), t = omp_get_thread_num();
+        int c0 = (int)((long)C * t / nt), c1 = (int)((long)C * (t + 1) / nt);
+        for (int i = 0; i < n; i++) {
+            float s = scale ? scale[i] : 1.0f;
+            float *d = dst + (size_t)idx[i] * C;
+            const float *x = src + (size_t)i * C;
+            for (int c = c0; c < c1; c++) d[c] += s * x[c];
+        }
+    }
+}
+
+static void cpu_row_dot(float *out, const float *a, const float *b, const int *idx, int n, int C) {
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++) {
+        const float *x = a + (size_t)i * C, *y = b + (size_t)idx[i] * C;
+        double s = 0;
+        for (int c = 0; c < C; c++) s += (double)x[c] * y[c];
+        out[i] = (float)s;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
 /* fused softmax cross-entropy                                                                      */
 
 static void cpu_cross_entropy(float *losses, float *dlogits, const float *logits, const int *targets, int N,
@@ -438,6 +479,9 @@ static const struct loom_ops cpu_ops = {
     .accumulate = cpu_accumulate,
     .scale = cpu_scale,
     .copy_2d = cpu_copy_2d,
+    .gather_rows = cpu_gather_rows,
+    .scatter_add_rows = cpu_scatter_add_rows,
+    .row_dot = cpu_row_dot,
     .cross_entropy = cpu_cross_entropy,
     .xent_rowmax = cpu_xent_rowmax,
     .xent_sumexp = cpu_xent_sumexp,

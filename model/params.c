@@ -37,6 +37,7 @@ struct builder {
     struct loom_param_table *t;
     int cap;
     int layer;                     /* the block being added, or -1 */
+    int expert;                    /* the routed expert being added, or -1 */
     const struct loom_model_config *m;
     const struct loom_optim_config *o;
 };
@@ -53,6 +54,7 @@ static void add_param(struct builder *b, struct loom_shape shape, enum loom_init
     memset(p, 0, sizeof *p);
     p->index = t->count++;
     p->layer = b->layer;
+    p->expert = b->expert;
     va_list ap;
     va_start(ap, fmt);
     int len = vsnprintf(p->name, sizeof p->name, fmt, ap);
@@ -114,10 +116,38 @@ static void add_attention(struct builder *b, int l) {
     add_matrix(b, C, H * dv, LOOM_SHARD_ROW, "self_attn.o_proj", l);
 }
 
+int loom_model_layer_is_moe(const struct loom_model_config *m, int l) {
+    return m->moe.experts > 0 && l >= m->moe.first_dense;
+}
+
+/* dots.llm1 / DeepSeek-V3 MoE MLP (HF names): the router, the routed experts, the shared experts
+ * as one SwiGLU. The router's score-correction bias is a buffer, not a parameter. */
+static void add_moe(struct builder *b, int l) {
+    const struct loom_moe_config *e = &b->m->moe;
+    int64_t C = b->m->hidden_size, I = e->intermediate, S = e->shared * e->intermediate;
+    add_matrix(b, e->experts, C, LOOM_SHARD_REPLICATED, "mlp.gate", l);
+    char name[64];
+    for (int x = 0; x < e->experts; x++) {
+        b->expert = x;
+        snprintf(name, sizeof name, "mlp.experts.%d.gate_proj", x);
+        add_matrix(b, I, C, LOOM_SHARD_EXPERT, name, l);
+        snprintf(name, sizeof name, "mlp.experts.%d.up_proj", x);
+        add_matrix(b, I, C, LOOM_SHARD_EXPERT, name, l);
+        snprintf(name, sizeof name, "mlp.experts.%d.down_proj", x);
+        add_matrix(b, C, I, LOOM_SHARD_EXPERT, name, l);
+    }
+    b->expert = -1;
+    if (S > 0) {
+        add_matrix(b, S, C, LOOM_SHARD_COLUMN, "mlp.shared_experts.gate_proj", l);
+        add_matrix(b, S, C, LOOM_SHARD_COLUMN, "mlp.shared_experts.up_proj", l);
+        add_matrix(b, C, S, LOOM_SHARD_ROW, "mlp.shared_experts.down_proj", l);
+    }
+}
+
 void loom_params_build(struct loom_param_table *t, const struct loom_model_config *m,
                        const struct loom_optim_config *o) {
     memset(t, 0, sizeof *t);
-    struct builder b = {.t = t, .cap = 0, .layer = -1, .m = m, .o = o};
+    struct builder b = {.t = t, .cap = 0, .layer = -1, .expert = -1, .m = m, .o = o};
     int64_t C = m->hidden_size, F = m->intermediate_size, V = m->vocab_size;
 
     add_param(&b, loom_shape_2d(V, C), LOOM_INIT_NORMAL, LOOM_SHARD_VOCAB, "embed_tokens.weight");
@@ -131,6 +161,10 @@ void loom_params_build(struct loom_param_table *t, const struct loom_model_confi
         add_norm(&b, C, "input_layernorm", l);
         add_attention(&b, l);
         add_norm(&b, C, "post_attention_layernorm", l);
+        if (loom_model_layer_is_moe(m, l)) {
+            add_moe(&b, l);
+            continue;
+        }
         add_matrix(&b, F, C, LOOM_SHARD_COLUMN, "mlp.gate_proj", l);
         add_matrix(&b, F, C, LOOM_SHARD_COLUMN, "mlp.up_proj", l);
         add_matrix(&b, C, F, LOOM_SHARD_ROW, "mlp.down_proj", l);
@@ -170,7 +204,8 @@ void loom_params_shard_tp(struct loom_param_table *t, int tp_rank, int tp) {
             p->col0 = cols / tp * tp_rank;
             p->local = loom_shape_2d(rows, cols / tp);
             break;
-        case LOOM_SHARD_REPLICATED: break;
+        case LOOM_SHARD_REPLICATED:
+        case LOOM_SHARD_EXPERT: break;
         }
         p->tp_sum_grad = tp > 1 && (strstr(p->name, "q_norm") || strstr(p->name, "k_norm"));
     }
@@ -223,6 +258,7 @@ const char *loom_shard_style_name(enum loom_shard_style s) {
     case LOOM_SHARD_COLUMN: return "column";
     case LOOM_SHARD_ROW: return "row";
     case LOOM_SHARD_VOCAB: return "vocab";
+    case LOOM_SHARD_EXPERT: return "expert";
     }
     return "?";
 }
@@ -233,12 +269,17 @@ const char *loom_shard_style_name(enum loom_shard_style s) {
 void loom_model_count(struct loom_model_counts *c, const struct loom_param_table *t,
                       const struct loom_model_config *m, int64_t seq_len) {
     memset(c, 0, sizeof *c);
+    int64_t experts = 0, experts_matmul = 0; /* routed expert parameters */
     for (int i = 0; i < t->count; i++) {
         const struct loom_param *p = &t->params[i];
         c->total_params += (int64_t)p->numel;
         if (p->matmul) c->matmul_params += (int64_t)p->numel;
+        if (p->expert >= 0) experts += (int64_t)p->numel, experts_matmul += p->matmul ? (int64_t)p->numel : 0;
     }
-    c->active_params = c->total_params;
+    /* a token runs top_k of the E routed experts of each MoE layer (all experts of a layer are alike) */
+    int64_t E = m->moe.experts, K = m->moe.top_k;
+    c->active_params = c->total_params - (E ? experts / E * (E - K) : 0);
+    c->matmul_params -= E ? experts_matmul / E * (E - K) : 0;
     double attn = 6.0 * (double)m->num_layers * (double)seq_len * (double)m->num_heads *
                   (double)(loom_model_qk_head_dim(m) + loom_model_v_head_dim(m)) / 2.0;
     c->flops_per_token = 6.0 * (double)c->matmul_params + attn;

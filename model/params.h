@@ -24,6 +24,7 @@ enum loom_shard_style {
     LOOM_SHARD_COLUMN,     /* output rows split over tp (q/k/v, q_b, kv_b, gate, up) */
     LOOM_SHARD_ROW,        /* input columns split over tp (o, down) */
     LOOM_SHARD_VOCAB,      /* vocabulary rows split over tp (embedding, LM head) */
+    LOOM_SHARD_EXPERT,     /* one routed expert's weights: experts split over ep */
 };
 
 enum loom_init { LOOM_INIT_NORMAL, LOOM_INIT_ONES };
@@ -34,6 +35,7 @@ struct loom_param {
     char name[LOOM_PARAM_NAME_MAX];
     int index;                     /* in the full model's table: names its init stream, whatever the layout */
     int layer;                     /* transformer block, or -1 (embedding, final norm, head) */
+    int expert;                    /* routed expert of an MoE layer, or -1 */
     struct loom_shape shape;       /* the whole tensor: [rows, cols], or [n] for vectors */
     struct loom_shape local;       /* the part this rank holds (tensor parallelism), rows row0.., cols col0.. */
     int64_t row0, col0;
@@ -76,12 +78,15 @@ const char *loom_shard_style_name(enum loom_shard_style s);
 /* Counts for `loom info` and MFU. */
 struct loom_model_counts {
     int64_t total_params;          /* every parameter (tied embedding once) */
-    int64_t active_params;         /* parameters used per token (dense: all) */
+    int64_t active_params;         /* parameters used per token: all but the routed experts a token skips */
     int64_t matmul_params;         /* weights of per-token matmuls, LM head included, embedding lookup excluded */
     double flops_per_token;        /* 6 * matmul_params + 6 * L * T * H * (d_qk + d_v) / 2 */
 };
 void loom_model_count(struct loom_model_counts *c, const struct loom_param_table *t,
                       const struct loom_model_config *m, int64_t seq_len);
+
+/* Whether block l has the MoE MLP. */
+int loom_model_layer_is_moe(const struct loom_model_config *m, int l);
 
 /* Derived head widths. */
 int64_t loom_model_qk_head_dim(const struct loom_model_config *m);

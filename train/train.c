@@ -224,6 +224,7 @@ static void evaluate(struct loom_model *model, const struct loom_topology *topo,
                      const struct loom_config *cfg, int T, int *inputs, int *targets, struct eval_result *r) {
     int B = model->B;
     r->n = 0;
+    model->bal_scale = 0; /* evaluation neither adds balance loss nor counts expert load */
     for (int s = 0; s < heldout->nstreams; s++) {
         if (heldout->streams[s].nshards == 0) continue;
         double sum = 0;
@@ -249,6 +250,7 @@ static void evaluate(struct loom_model *model, const struct loom_topology *topo,
         r->source[r->n] = s;
         r->loss[r->n++] = sum / count;
     }
+    memset(model->expert_load, 0, sizeof(int64_t) * (size_t)(model->moe_layers * model->cfg.moe.experts + 1));
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -290,6 +292,9 @@ int loom_train_main(int argc, char **argv) {
     struct loom_config cfg;
     loom_cli_load_config(&cfg, argc, argv, USAGE, world);
     const struct loom_parallel_config *pc = &cfg.parallel;
+    if (pc->ep > 1)
+        loom_input_error("parallel.ep", "leave parallel.ep = 1; experts then run data-parallel",
+                         "expert parallelism is not available in this build");
     struct loom_topology topo;
     loom_topology_init(&topo, MPI_COMM_WORLD, (int)pc->dp, (int)pc->tp, (int)pc->pp, (int)pc->ep);
     if (rank == 0) loom_topology_print(&topo, stdout);
@@ -415,6 +420,8 @@ int loom_train_main(int argc, char **argv) {
         tm.data = t1 - t0;
 
         loom_model_zero_grads(&model);
+        model.balance = 0;
+        model.bal_scale = (float)(cfg.model.moe.balance_alpha / (double)batch->batch);
         double src_sum[LOOM_MAX_SOURCES] = {0}, src_loss[LOOM_MAX_SOURCES];
         int src_count[LOOM_MAX_SOURCES] = {0};
         float dloss = counted ? 1.0f / (float)counted : 0.0f;
@@ -455,6 +462,22 @@ int loom_train_main(int argc, char **argv) {
         double gnorm = sqrt(gsq);
         double lr = loom_schedule_lr(&sched, tokens + step_tokens);
         int skipped = !isfinite(gnorm) || counted == 0;
+        double balance = model.balance;
+        loom_allreduce_double(&topo.dp_comm, &balance, 1);
+        loom_allreduce_double(&topo.pp_comm, &balance, 1);
+        double load_stats[2 * 64] = {0}; /* max/mean and min/mean of the first 64 MoE blocks of the stage */
+        int nload = model.moe_layers < 64 ? model.moe_layers : 64;
+        if (model.moe_layers) {
+            int E = (int)cfg.model.moe.experts;
+            loom_allreduce_long(&topo.dp_comm, (long *)model.expert_load, model.moe_layers * E);
+            for (int k = 0; k < nload; k++) {
+                const int64_t *load = model.expert_load + (size_t)k * E;
+                double sum = 0, mx = 0, mn = 1e300;
+                for (int e = 0; e < E; e++) sum += load[e], mx = load[e] > mx ? load[e] : mx, mn = load[e] < mn ? load[e] : mn;
+                load_stats[2 * k] = sum > 0 ? mx * E / sum : 0;
+                load_stats[2 * k + 1] = sum > 0 ? mn * E / sum : 0;
+            }
+        }
         if (!skipped) {
             loom_adamw_step(&adamw, &model.table, model.params, model.grads, lr,
                             loom_clip_factor(gnorm, cfg.optim.grad_clip));
@@ -464,6 +487,7 @@ int loom_train_main(int argc, char **argv) {
                 loom_comm_wait(&h);
             }
         }
+        if (model.moe_layers) loom_model_update_router_bias(&model);
         tokens += step_tokens;
         double t3 = now_s();
         tm.optimizer = t3 - t2;
@@ -487,6 +511,13 @@ int loom_train_main(int argc, char **argv) {
                     "\"seq_len\": %d, \"batch\": %lld",
                     (long long)(step + 1), (long long)tokens, loss, lr, gnorm, tok_s, mfu, skipped ? "true" : "false",
                     cur.phases[batch->phase].name, T, (long long)batch->batch);
+            if (model.moe_layers) {
+                fprintf(metrics, ", \"balance_loss\": %.9g, \"expert_load\": [", balance);
+                for (int k = 0; k < nload; k++)
+                    fprintf(metrics, "%s{\"max_over_mean\": %.4g, \"min_over_mean\": %.4g}", k ? ", " : "",
+                            load_stats[2 * k], load_stats[2 * k + 1]);
+                fputc(']', metrics);
+            }
             if (sampler.nstreams) {
                 json_source_map(metrics, "weights", &sampler, batch->weights, NULL);
                 int present[LOOM_MAX_SOURCES];
@@ -512,14 +543,19 @@ int loom_train_main(int argc, char **argv) {
                 format_eta(eta, sizeof eta, elapsed / (step + 1) * (tc->steps - step - 1));
                 format_rate(rate, sizeof rate, tok_s);
                 format_phase(phase, sizeof phase, &cur, &sampler, batch);
-                char bubble[64] = "";
+                char bubble[64] = "", experts[96] = "";
+                if (model.moe_layers) {
+                    double mx = 0;
+                    for (int k = 0; k < nload; k++) mx = load_stats[2 * k] > mx ? load_stats[2 * k] : mx;
+                    snprintf(experts, sizeof experts, " | experts max/mean %.2f bal %.2e", mx, balance);
+                }
                 if (topo.pp > 1)
                     snprintf(bubble, sizeof bubble, " | bubble %.1f%% (ideal %.1f%%)", 100 * bubble_frac,
                              100.0 * (topo.pp - 1) / (accum + topo.pp - 1));
                 printf("step %6lld/%lld | loss %.4f | lr %.3e | gnorm %.3f | %s tok/s | mfu %.1f%% | scale 1 | "
-                       "phase %s%s | eta %s\n",
-                       (long long)(step + 1), (long long)tc->steps, loss, lr, gnorm, rate, 100 * mfu, phase, bubble,
-                       eta);
+                       "phase %s%s%s | eta %s\n",
+                       (long long)(step + 1), (long long)tc->steps, loss, lr, gnorm, rate, 100 * mfu, phase, experts,
+                       bubble, eta);
             }
             if (ev.n) {
                 printf("eval %6lld/%lld", (long long)(step + 1), (long long)tc->steps);

@@ -80,6 +80,18 @@ static void check_variant(const char *variant, const char *path) {
     test_result(shapes_ok, test, "parameter shapes differ from the reference");
     loom_model_set_params(&m, host);
 
+    /* MoE: the router's score-correction biases (buffers) and the balance loss weight per sequence */
+    int E = (int)cfg.model.moe.experts;
+    float *bias0 = calloc_check((size_t)(m.moe_layers * E + 1), sizeof(float));
+    for (int l = 0, k = 0; l < cfg.model.num_layers; l++) {
+        if (!loom_model_layer_is_moe(&cfg.model, l)) continue;
+        snprintf(name, sizeof name, "buffer/layers.%d.mlp.gate.e_score_correction_bias", l);
+        memcpy(bias0 + (size_t)k * E, need(d, name)->data, sizeof(float) * E);
+        k++;
+    }
+    memcpy(m.router_bias, bias0, sizeof(float) * (size_t)(m.moe_layers * E));
+    m.bal_scale = (float)(cfg.model.moe.balance_alpha / B);
+
     /* forward only: logits and loss */
     long counted = 0;
     double loss_sum = loom_model_forward(&m, inputs, targets, 0.0f, &counted, NULL);
@@ -93,6 +105,18 @@ static void check_variant(const char *variant, const char *path) {
     double want_loss = ((const float *)need(d, "loss")->data)[0];
     snprintf(test, sizeof test, "model_ref.%s.loss", variant);
     test_close(test, &loss, &want_loss, 1, 0, 1e-5);
+    if (m.moe_layers) {
+        float balance = (float)m.balance, loads[4096];
+        double want_balance = ((const float *)need(d, "balance_loss")->data)[0];
+        snprintf(test, sizeof test, "model_ref.%s.balance_loss", variant);
+        test_close(test, &balance, &want_balance, 1, 0, 1e-5);
+        double *want_load = to_double(need(d, "expert_load_step1"));
+        for (int e = 0; e < E; e++) loads[e] = (float)m.expert_load[e];
+        snprintf(test, sizeof test, "model_ref.%s.expert_load", variant);
+        test_close(test, loads, want_load, E, 0, 0);
+        free(want_load);
+        memset(m.expert_load, 0, sizeof(int64_t) * (size_t)(m.moe_layers * E));
+    }
 
     /* backward: every parameter gradient, with a tolerance relative to the tensor's largest value */
     loom_model_zero_grads(&m);
@@ -109,8 +133,11 @@ static void check_variant(const char *variant, const char *path) {
         free(g);
     }
 
-    /* ten AdamW steps on the same batch, clipped by global norm, constant LR */
+    /* ten AdamW steps on the same batch, clipped by global norm, constant LR; MoE biases follow the
+     * aux-loss-free update after each step */
     loom_model_set_params(&m, host);
+    memcpy(m.router_bias, bias0, sizeof(float) * (size_t)(m.moe_layers * E));
+    memset(m.expert_load, 0, sizeof(int64_t) * (size_t)(m.moe_layers * E));
     struct loom_adamw opt;
     loom_adamw_init(&opt, ops, &cfg.optim, 0, m.table.total);
     struct loom_schedule sched;
@@ -125,6 +152,16 @@ static void check_variant(const char *variant, const char *path) {
         double norm = loom_grad_norm(ops, &m.table, m.grads);
         loom_adamw_step(&opt, &m.table, m.params, m.grads, loom_schedule_lr(&sched, (int64_t)(s + 1) * N),
                         loom_clip_factor(norm, cfg.optim.grad_clip));
+        if (m.moe_layers) loom_model_update_router_bias(&m);
+    }
+    for (int l = 0, k = 0; l < cfg.model.num_layers; l++) {
+        if (!loom_model_layer_is_moe(&cfg.model, l)) continue;
+        snprintf(name, sizeof name, "final_buffer/layers.%d.mlp.gate.e_score_correction_bias", l);
+        double *want_bias = to_double(need(d, name));
+        snprintf(test, sizeof test, "model_ref.%s.router_bias_after_10_steps.layer%d", variant, l);
+        test_close(test, m.router_bias + (size_t)k * E, want_bias, E, 1e-6, 0);
+        free(want_bias);
+        k++;
     }
     want = to_double(ref_losses);
     snprintf(test, sizeof test, "model_ref.%s.adamw_losses", variant);
@@ -132,6 +169,7 @@ static void check_variant(const char *variant, const char *path) {
     free(want);
 
     free(losses);
+    free(bias0);
     loom_adamw_free(&opt);
     free(grads);
     free(logits);
@@ -146,5 +184,6 @@ static void check_variant(const char *variant, const char *path) {
 int main(void) {
     check_variant("mla", "tests/ref/tiny-mla.bin");
     check_variant("mha", "tests/ref/tiny-mha.bin");
+    check_variant("moe", "tests/ref/tiny-moe.bin");
     return test_exit();
 }

@@ -1,0 +1,368 @@
+/*
+ * model/moe.c — the mixture-of-experts MLP (see moe.h), forward and backward.
+ *
+ * Legend: N tokens (B sequences of T), C width, E routed experts, K experts per token, I expert
+ * width, SI shared width; an assignment a = n K + j is token n's j-th expert. Routing runs on the
+ * host (scores are copied out once per micro-batch); the heavy work — gathers, expert GEMMs,
+ * weighted scatters — goes through the backend.
+ */
+#include "model/moe.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "model/model.h"
+
+struct loom_moe_layer {
+    int E, K, C, I, SI, B, T_max;
+    /* parameters and their gradients */
+    float *w_gate, *g_gate;                              /* router [E, C] */
+    float **w_eg, **w_eu, **w_ed, **g_eg, **g_eu, **g_ed; /* expert e: [I, C], [I, C], [C, I] */
+    float *w_sg, *w_su, *w_sd, *g_sg, *g_su, *g_sd;       /* shared: [SI, C], [SI, C], [C, SI] */
+    /* device activations, assignments in expert order */
+    float *logits;                                       /* [N, E] */
+    float *xp, *gp, *up, *hp, *yp;                       /* [NK, C], [NK, I] x 3, [NK, C] */
+    int *rows;                                           /* [NK] token of each assignment */
+    float *wperm;                                        /* [NK] its routing weight */
+    float *sg, *su, *sh;                                 /* shared [N, SI] */
+    /* device backward work space */
+    float *dyp, *dxp, *dhp, *dgp, *dup, *dsg, *dsu, *dsh, *dlogits, *dw;
+    /* host routing of the micro-batch in flight */
+    float *scores;                                       /* [N, E] */
+    int *idx;                                            /* [N, K] */
+    float *w;                                            /* [N, K] */
+    float *qsum;                                         /* [N] sum of the chosen unbiased scores */
+    int *perm, *offs;                                    /* [NK] assignments in expert order, [E + 1] */
+    int *rows_h;
+    float *wperm_h, *f;                                  /* [NK]; f [B, E] for the balance loss */
+    float bal_scale;                                     /* of the forward, for the backward */
+    size_t floats;
+};
+
+/* ---------------------------------------------------------------------------------------------- */
+/* set-up                                                                                           */
+
+static float *weight(const struct loom_model *m, float *base, int layer, const char *fmt, int e) {
+    char part[48], name[LOOM_PARAM_NAME_MAX];
+    snprintf(part, sizeof part, fmt, e);
+    snprintf(name, sizeof name, "layers.%d.mlp.%s.weight", layer, part);
+    int i = loom_params_find(&m->table, name);
+    return i < 0 ? NULL : base + m->table.params[i].offset;
+}
+
+static float *dev(const struct loom_model *m, struct loom_moe_layer *L, size_t n) {
+    L->floats += n;
+    return m->ops->alloc(sizeof(float) * (n ? n : 1));
+}
+
+struct loom_moe_layer *loom_moe_layer_create(const struct loom_model *m, int layer, int B, int T_max) {
+    const struct loom_moe_config *mc = &m->cfg.moe;
+    struct loom_moe_layer *L = calloc_check(1, sizeof *L);
+    L->E = (int)mc->experts, L->K = (int)mc->top_k, L->C = (int)m->cfg.hidden_size;
+    L->I = (int)mc->intermediate, L->SI = (int)(mc->shared * mc->intermediate), L->B = B, L->T_max = T_max;
+    int E = L->E, K = L->K, C = L->C, I = L->I, SI = L->SI;
+    size_t N = (size_t)B * T_max, NK = N * K;
+
+    L->w_gate = weight(m, m->params, layer, "gate", 0);
+    L->g_gate = weight(m, m->grads, layer, "gate", 0);
+    CHECK(L->w_gate != NULL, "block %d has no router", layer);
+    float **tabs[6];
+    for (int t = 0; t < 6; t++) tabs[t] = calloc_check((size_t)E, sizeof(float *));
+    L->w_eg = tabs[0], L->w_eu = tabs[1], L->w_ed = tabs[2], L->g_eg = tabs[3], L->g_eu = tabs[4], L->g_ed = tabs[5];
+    for (int e = 0; e < E; e++) {
+        L->w_eg[e] = weight(m, m->params, layer, "experts.%d.gate_proj", e);
+        L->w_eu[e] = weight(m, m->params, layer, "experts.%d.up_proj", e);
+        L->w_ed[e] = weight(m, m->params, layer, "experts.%d.down_proj", e);
+        L->g_eg[e] = weight(m, m->grads, layer, "experts.%d.gate_proj", e);
+        L->g_eu[e] = weight(m, m->grads, layer, "experts.%d.up_proj", e);
+        L->g_ed[e] = weight(m, m->grads, layer, "experts.%d.down_proj", e);
+        CHECK(L->w_eg[e] && L->w_eu[e] && L->w_ed[e], "block %d lacks expert %d", layer, e);
+    }
+    if (SI) {
+        L->w_sg = weight(m, m->params, layer, "shared_experts.gate_proj", 0);
+        L->w_su = weight(m, m->params, layer, "shared_experts.up_proj", 0);
+        L->w_sd = weight(m, m->params, layer, "shared_experts.down_proj", 0);
+        L->g_sg = weight(m, m->grads, layer, "shared_experts.gate_proj", 0);
+        L->g_su = weight(m, m->grads, layer, "shared_experts.up_proj", 0);
+        L->g_sd = weight(m, m->grads, layer, "shared_experts.down_proj", 0);
+    }
+
+    L->logits = dev(m, L, N * E);
+    L->xp = dev(m, L, NK * C), L->gp = dev(m, L, NK * I), L->up = dev(m, L, NK * I);
+    L->hp = dev(m, L, NK * I), L->yp = dev(m, L, NK * C);
+    L->rows = m->ops->alloc(sizeof(int) * NK);
+    L->wperm = dev(m, L, NK);
+    L->sg = dev(m, L, N * SI), L->su = dev(m, L, N * SI), L->sh = dev(m, L, N * SI);
+    L->dyp = dev(m, L, NK * C), L->dxp = dev(m, L, NK * C), L->dhp = dev(m, L, NK * I);
+    L->dgp = dev(m, L, NK * I), L->dup = dev(m, L, NK * I);
+    L->dsg = dev(m, L, N * SI), L->dsu = dev(m, L, N * SI), L->dsh = dev(m, L, N * SI);
+    L->dlogits = dev(m, L, N * E), L->dw = dev(m, L, NK);
+
+    L->scores = malloc_check(sizeof(float) * N * E);
+    L->idx = malloc_check(sizeof(int) * NK);
+    L->w = malloc_check(sizeof(float) * NK);
+    L->qsum = malloc_check(sizeof(float) * N);
+    L->perm = malloc_check(sizeof(int) * NK);
+    L->offs = malloc_check(sizeof(int) * (E + 1));
+    L->rows_h = malloc_check(sizeof(int) * NK);
+    L->wperm_h = malloc_check(sizeof(float) * NK);
+    L->f = malloc_check(sizeof(float) * (size_t)B * E);
+    return L;
+}
+
+void loom_moe_layer_free(const struct loom_model *m, struct loom_moe_layer *L) {
+    float *bufs[] = {L->logits, L->xp, L->gp, L->up, L->hp, L->yp, L->wperm, L->sg, L->su, L->sh, L->dyp, L->dxp,
+                     L->dhp, L->dgp, L->dup, L->dsg, L->dsu, L->dsh, L->dlogits, L->dw};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) m->ops->free(bufs[i]);
+    m->ops->free(L->rows);
+    free(L->w_eg), free(L->w_eu), free(L->w_ed), free(L->g_eg), free(L->g_eu), free(L->g_ed);
+    free(L->scores), free(L->idx), free(L->w), free(L->qsum), free(L->perm), free(L->offs);
+    free(L->rows_h), free(L->wperm_h), free(L->f);
+    free(L);
+}
+
+size_t loom_moe_layer_floats(const struct loom_moe_layer *L) { return L->floats; }
+
+size_t loom_moe_activation_floats(const struct loom_model_config *cfg, int B, int T) {
+    size_t N = (size_t)B * T, E = cfg->moe.experts, K = cfg->moe.top_k, C = cfg->hidden_size;
+    size_t I = cfg->moe.intermediate, SI = cfg->moe.shared * I, NK = N * K;
+    /* forward: logits, x/y and three I-wide blocks per assignment, weights, shared; backward alike */
+    return 2 * (N * E + 2 * NK * C + 3 * NK * I + NK + 3 * N * SI);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* routing (host)                                                                                   */
+
+/* Token n's experts: the K largest of score + bias (ties to the lower index), within the topk_groups
+ * groups of highest group score (sum of each group's two largest biased scores) when grouping is on. */
+static void route_token(const struct loom_moe_config *mc, const float *s, const float *bias, int *idx) {
+    int E = (int)mc->experts, K = (int)mc->top_k, G = (int)mc->groups, per = E / G;
+    float sel[4096];
+    CHECK(E <= 4096, "%d experts", E);
+    for (int e = 0; e < E; e++) sel[e] = s[e] + bias[e];
+    if (G > 1) {
+        float gscore[4096];
+        int keep[4096] = {0};
+        for (int g = 0; g < G; g++) {
+            float a = -INFINITY, b = -INFINITY;
+            for (int e = g * per; e < (g + 1) * per; e++) {
+                if (sel[e] > a) b = a, a = sel[e];
+                else if (sel[e] > b) b = sel[e];
+            }
+            gscore[g] = a + (per > 1 ? b : 0);
+        }
+        for (int r = 0; r < mc->topk_groups; r++) {
+            int best = -1;
+            for (int g = 0; g < G; g++)
+                if (!keep[g] && (best < 0 || gscore[g] > gscore[best])) best = g;
+            keep[best] = 1;
+        }
+        for (int e = 0; e < E; e++)
+            if (!keep[e / per]) sel[e] = -INFINITY;
+    }
+    for (int j = 0; j < K; j++) {
+        int best = -1;
+        for (int e = 0; e < E; e++) {
+            int taken = 0;
+            for (int q = 0; q < j; q++) taken |= idx[q] == e;
+            if (!taken && (best < 0 || sel[e] > sel[best])) best = e;
+        }
+        idx[j] = best;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* forward                                                                                          */
+
+void loom_moe_forward(const struct loom_model *m, struct loom_moe_layer *L, const float *x, float *out,
+                      const float *bias, int64_t *load, double *balance, float bal_scale) {
+    const struct loom_ops *ops = m->ops;
+    const struct loom_moe_config *mc = &m->cfg.moe;
+    int E = L->E, K = L->K, C = L->C, I = L->I, SI = L->SI, B = m->B, T = m->T, N = B * T, NK = N * K;
+    L->bal_scale = bal_scale;
+
+    /* router, in fp32 */
+    ops->matmul_forward(L->logits, x, L->w_gate, N, C, E);
+    ops->to_host(L->scores, L->logits, sizeof(float) * (size_t)N * E);
+    for (int n = 0; n < N; n++) {
+        float *s = L->scores + (size_t)n * E;
+        if (mc->score == LOOM_MOE_SIGMOID) {
+            for (int e = 0; e < E; e++) s[e] = 1.0f / (1.0f + expf(-s[e]));
+        } else {
+            float mx = -INFINITY, sum = 0;
+            for (int e = 0; e < E; e++) mx = s[e] > mx ? s[e] : mx;
+            for (int e = 0; e < E; e++) sum += s[e] = expf(s[e] - mx);
+            for (int e = 0; e < E; e++) s[e] /= sum;
+        }
+        int *idx = L->idx + (size_t)n * K;
+        route_token(mc, s, bias, idx);
+        float q = 0;
+        for (int j = 0; j < K; j++) q += s[idx[j]];
+        L->qsum[n] = q;
+        for (int j = 0; j < K; j++) {
+            float w = s[idx[j]];
+            if (mc->norm_topk) w /= q + 1e-20f;
+            L->w[(size_t)n * K + j] = w * (float)mc->scaling;
+            load[idx[j]]++;
+        }
+    }
+
+    /* assignments grouped by expert (a counting sort keeps token order inside each expert) */
+    memset(L->offs, 0, sizeof(int) * (E + 1));
+    for (int a = 0; a < NK; a++) L->offs[L->idx[a] + 1]++;
+    for (int e = 0; e < E; e++) L->offs[e + 1] += L->offs[e];
+    int *fill = malloc_check(sizeof(int) * E);
+    memcpy(fill, L->offs, sizeof(int) * E);
+    for (int a = 0; a < NK; a++) L->perm[fill[L->idx[a]]++] = a;
+    free(fill);
+    for (int p = 0; p < NK; p++) L->rows_h[p] = L->perm[p] / K, L->wperm_h[p] = L->w[L->perm[p]];
+    ops->from_host(L->rows, L->rows_h, sizeof(int) * NK);
+    ops->from_host(L->wperm, L->wperm_h, sizeof(float) * NK);
+
+    /* routed experts: one GEMM per expert over its contiguous tokens */
+    ops->gather_rows(L->xp, x, L->rows, NULL, NK, C);
+    for (int e = 0; e < E; e++) {
+        int o = L->offs[e], ne = L->offs[e + 1] - o;
+        if (!ne) continue;
+        ops->matmul_forward(L->gp + (size_t)o * I, L->xp + (size_t)o * C, L->w_eg[e], ne, C, I);
+        ops->matmul_forward(L->up + (size_t)o * I, L->xp + (size_t)o * C, L->w_eu[e], ne, C, I);
+        ops->swiglu_forward(L->hp + (size_t)o * I, L->gp + (size_t)o * I, L->up + (size_t)o * I, ne, I);
+        ops->matmul_forward(L->yp + (size_t)o * C, L->hp + (size_t)o * I, L->w_ed[e], ne, I, C);
+    }
+
+    /* shared experts, then the weighted routed outputs added in */
+    if (SI) {
+        ops->matmul_forward(L->sg, x, L->w_sg, N, C, SI);
+        ops->matmul_forward(L->su, x, L->w_su, N, C, SI);
+        ops->swiglu_forward(L->sh, L->sg, L->su, N, SI);
+        ops->matmul_forward(out, L->sh, L->w_sd, N, SI, C);
+    } else {
+        ops->zero(out, sizeof(float) * (size_t)N * C);
+    }
+    ops->scatter_add_rows(out, L->yp, L->rows, L->wperm, NK, C);
+
+    /* sequence-wise balance loss: per sequence, f_i = E / (K T) * tokens choosing i (no gradient),
+     * P_i = mean over tokens of s_i / sum_j s_j; loss = bal_scale * sum_i f_i P_i */
+    if (bal_scale > 0) {
+        double total = 0;
+        for (int b = 0; b < B; b++) {
+            float *f = L->f + (size_t)b * E;
+            for (int e = 0; e < E; e++) f[e] = 0;
+            for (int t = 0; t < T; t++)
+                for (int j = 0; j < K; j++) f[L->idx[((size_t)b * T + t) * K + j]] += (float)E / ((float)K * T);
+            for (int t = 0; t < T; t++) {
+                const float *s = L->scores + ((size_t)b * T + t) * E;
+                double S = 0, fp = 0;
+                for (int e = 0; e < E; e++) S += s[e];
+                for (int e = 0; e < E; e++) fp += f[e] * s[e];
+                total += fp / S / T;
+            }
+        }
+        *balance += bal_scale * total;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* backward                                                                                         */
+
+void loom_moe_backward(const struct loom_model *m, struct loom_moe_layer *L, const float *x, const float *dout,
+                       float *dx) {
+    const struct loom_ops *ops = m->ops;
+    const struct loom_moe_config *mc = &m->cfg.moe;
+    int E = L->E, K = L->K, C = L->C, I = L->I, SI = L->SI, B = m->B, T = m->T, N = B * T, NK = N * K;
+
+    /* shared experts: a plain SwiGLU backward; it starts dx */
+    if (SI) {
+        ops->matmul_backward_weight(L->g_sd, dout, L->sh, N, SI, C);
+        ops->matmul_backward_input(L->dsh, dout, L->w_sd, N, SI, C, 0);
+        ops->swiglu_backward(L->dsg, L->dsu, L->dsh, L->sg, L->su, N, SI);
+        ops->matmul_backward_weight(L->g_sg, L->dsg, x, N, C, SI);
+        ops->matmul_backward_weight(L->g_su, L->dsu, x, N, C, SI);
+        ops->matmul_backward_input(dx, L->dsg, L->w_sg, N, C, SI, 0);
+        ops->matmul_backward_input(dx, L->dsu, L->w_su, N, C, SI, 1);
+    } else {
+        ops->zero(dx, sizeof(float) * (size_t)N * C);
+    }
+
+    /* routed experts: d(weight) of each assignment = dout . y; the expert sees w * dout */
+    ops->row_dot(L->dw, L->yp, dout, L->rows, NK, C);
+    ops->gather_rows(L->dyp, dout, L->rows, L->wperm, NK, C);
+    for (int e = 0; e < E; e++) {
+        int o = L->offs[e], ne = L->offs[e + 1] - o;
+        if (!ne) continue;
+        float *dy = L->dyp + (size_t)o * C, *dh = L->dhp + (size_t)o * I;
+        float *dg = L->dgp + (size_t)o * I, *du = L->dup + (size_t)o * I, *dxe = L->dxp + (size_t)o * C;
+        const float *xe = L->xp + (size_t)o * C;
+        ops->matmul_backward_weight(L->g_ed[e], dy, L->hp + (size_t)o * I, ne, I, C);
+        ops->matmul_backward_input(dh, dy, L->w_ed[e], ne, I, C, 0);
+        ops->swiglu_backward(dg, du, dh, L->gp + (size_t)o * I, L->up + (size_t)o * I, ne, I);
+        ops->matmul_backward_weight(L->g_eg[e], dg, xe, ne, C, I);
+        ops->matmul_backward_weight(L->g_eu[e], du, xe, ne, C, I);
+        ops->matmul_backward_input(dxe, dg, L->w_eg[e], ne, C, I, 0);
+        ops->matmul_backward_input(dxe, du, L->w_eu[e], ne, C, I, 1);
+    }
+    ops->scatter_add_rows(dx, L->dxp, L->rows, NULL, NK, C);
+
+    /* router: back through scaling, the top-k normalisation, the balance loss and the score function */
+    float *dwp = malloc_check(sizeof(float) * NK), *ds = calloc_check((size_t)N * E, sizeof(float));
+    ops->to_host(dwp, L->dw, sizeof(float) * NK);
+    float *dwa = malloc_check(sizeof(float) * NK); /* by assignment n K + j */
+    for (int p = 0; p < NK; p++) dwa[L->perm[p]] = dwp[p];
+    float scale = (float)mc->scaling;
+    for (int n = 0; n < N; n++) {
+        const float *s = L->scores + (size_t)n * E;
+        const int *idx = L->idx + (size_t)n * K;
+        const float *dw = dwa + (size_t)n * K;
+        float *dsn = ds + (size_t)n * E;
+        if (mc->norm_topk) {
+            /* w_j = scale q_j / Q, Q = sum q + 1e-20 */
+            float Q = L->qsum[n] + 1e-20f, cross = 0;
+            for (int j = 0; j < K; j++) cross += dw[j] * s[idx[j]];
+            for (int j = 0; j < K; j++) dsn[idx[j]] += scale * (dw[j] / Q - cross / (Q * Q));
+        } else {
+            for (int j = 0; j < K; j++) dsn[idx[j]] += scale * dw[j];
+        }
+    }
+    if (L->bal_scale > 0) {
+        /* d/ds_k of s_i / S with S = sum s: (g_k - sum_i g_i s_i / S) / S, g_i = bal_scale f_i / T */
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++) {
+                int n = b * T + t;
+                const float *s = L->scores + (size_t)n * E, *f = L->f + (size_t)b * E;
+                double S = 0, gs = 0;
+                for (int e = 0; e < E; e++) S += s[e], gs += (double)f[e] * s[e];
+                for (int e = 0; e < E; e++)
+                    ds[(size_t)n * E + e] += (float)(L->bal_scale / T * (f[e] - gs / S) / S);
+            }
+    }
+    for (int n = 0; n < N; n++) {
+        const float *s = L->scores + (size_t)n * E;
+        float *d = ds + (size_t)n * E;
+        if (mc->score == LOOM_MOE_SIGMOID) {
+            for (int e = 0; e < E; e++) d[e] *= s[e] * (1.0f - s[e]);
+        } else {
+            float dot = 0;
+            for (int e = 0; e < E; e++) dot += s[e] * d[e];
+            for (int e = 0; e < E; e++) d[e] = s[e] * (d[e] - dot);
+        }
+    }
+    ops->from_host(L->dlogits, ds, sizeof(float) * (size_t)N * E);
+    ops->matmul_backward_weight(L->g_gate, L->dlogits, x, N, C, E);
+    ops->matmul_backward_input(dx, L->dlogits, L->w_gate, N, C, E, 1);
+    free(dwp);
+    free(dwa);
+    free(ds);
+}
+
+void loom_moe_bias_update(float *bias, const int64_t *load, int experts, double rate) {
+    double mean = 0;
+    for (int e = 0; e < experts; e++) mean += (double)load[e];
+    mean /= experts;
+    for (int e = 0; e < experts; e++) {
+        double d = mean - (double)load[e];
+        bias[e] += (float)(rate * (d > 0 ? 1 : d < 0 ? -1 : 0));
+    }
+}
