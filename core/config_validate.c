@@ -124,6 +124,9 @@ static void validate_moe(const struct loom_model_config *m, const struct loom_pa
     if (p->tp > 1)
         loom_input_error("parallel.tp", "use data, pipeline or expert parallelism with MoE models",
                          "tensor parallelism of MoE layers is not available in this build");
+    if (p->ep > 1 && p->zero)
+        loom_input_error("parallel.zero", "use parallel.zero = 0 with expert parallelism",
+                         "ZeRO-1 together with parallel.ep > 1 is not available in this build");
     if (e->experts % p->ep)
         loom_input_error("parallel.ep", "expert parallelism splits the experts of a layer evenly",
                          "%lld does not divide moe.experts = %lld", (long long)p->ep, (long long)e->experts);

@@ -229,6 +229,8 @@ void loom_model_create_stage(struct loom_model *m, const struct loom_ops *ops, c
     loom_params_select_stage(&m->table, stage->layer_lo, stage->layer_hi, stage->first, stage->last,
                              cfg->tie_word_embeddings);
     loom_params_shard_tp(&m->table, m->stage.tp_rank, tp);
+    if (m->stage.ep < 1) m->stage.ep = 1;
+    if (m->stage.ep > 1) loom_params_shard_ep(&m->table, m->stage.ep_rank, m->stage.ep, (int)cfg->moe.experts);
     /* the rest of the model works on this rank's share: resolve the derived widths first */
     m->cfg = *cfg;
     m->cfg.head_dim = loom_model_qk_head_dim(cfg);

@@ -29,6 +29,7 @@ struct loom_stage {
     int layer_lo, layer_hi;
     int first, last;
     int tp, tp_rank;               /* tensor parallelism: this rank's share of heads, FFN and vocabulary (0 = 1) */
+    int ep, ep_rank;               /* expert parallelism: this rank runs experts / ep of each MoE block (0 = 1) */
 };
 
 /* The collectives a tensor-parallel model needs, over its tp group (set by the parallel layer, so the
@@ -37,6 +38,12 @@ struct loom_model_comm {
     void (*sum)(void *ctx, float *buf, size_t n);   /* all-reduce sum, in place */
     void (*max)(void *ctx, float *buf, size_t n);   /* all-reduce max, in place */
     void *ctx;
+    /* over the ep group: rank r sends send[sdispls[r] ..+ scounts[r]) and receives rcounts[r] floats */
+    void (*alltoallv)(void *ep_ctx, const float *send, const int *scounts, const int *sdispls, float *recv,
+                      const int *rcounts, const int *rdispls);
+    /* over the ep group: n ints to each rank, n from each */
+    void (*alltoall_int)(void *ep_ctx, const int *send, int *recv, int n);
+    void *ep_ctx;
 };
 
 /* The activations of one micro-batch in flight (a pipeline stage keeps several). */

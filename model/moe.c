@@ -18,6 +18,7 @@
 
 struct loom_moe_layer {
     int E, K, C, I, SI, B, T_max;
+    int ep, ep_rank, per, e0;                            /* this rank runs experts [e0, e0 + per) */
     /* parameters and their gradients */
     float *w_gate, *g_gate;                              /* router [E, C] */
     float **w_eg, **w_eu, **w_ed, **g_eg, **g_eu, **g_ed; /* expert e: [I, C], [I, C], [C, I] */
@@ -39,6 +40,15 @@ struct loom_moe_layer {
     int *rows_h;
     float *wperm_h, *f;                                  /* [NK]; f [B, E] for the balance loss */
     float bal_scale;                                     /* of the forward, for the backward */
+    /* expert parallelism (ep > 1): the rows this rank's experts receive, capacity NK x ep */
+    float *recv, *back;                                  /* in arrival order (by source rank) [R, C] */
+    float *xl, *gl, *ul, *hl, *yl;                       /* grouped by local expert */
+    float *dyl, *dhl, *dgl, *dul, *dxl;
+    int *lperm, *lperm_h;                                /* expert-order position -> arrival row */
+    int *loffs;                                          /* [per + 1] */
+    int nrecv;
+    int *srows, *sdispl, *rrows, *rdispl;                /* rows to and from each ep rank [ep] */
+    int *cnt_send, *cnt_recv;                            /* assignments per (ep rank, local expert) */
     size_t floats;
 };
 
@@ -62,6 +72,10 @@ struct loom_moe_layer *loom_moe_layer_create(const struct loom_model *m, int lay
     const struct loom_moe_config *mc = &m->cfg.moe;
     struct loom_moe_layer *L = calloc_check(1, sizeof *L);
     L->E = (int)mc->experts, L->K = (int)mc->top_k, L->C = (int)m->cfg.hidden_size;
+    L->ep = m->stage.ep > 1 ? m->stage.ep : 1;
+    L->ep_rank = m->stage.ep_rank;
+    L->per = L->E / L->ep;
+    L->e0 = L->ep_rank * L->per;
     L->I = (int)mc->intermediate, L->SI = (int)(mc->shared * mc->intermediate), L->B = B, L->T_max = T_max;
     int E = L->E, K = L->K, C = L->C, I = L->I, SI = L->SI;
     size_t N = (size_t)B * T_max, NK = N * K;
@@ -72,7 +86,7 @@ struct loom_moe_layer *loom_moe_layer_create(const struct loom_model *m, int lay
     float **tabs[6];
     for (int t = 0; t < 6; t++) tabs[t] = calloc_check((size_t)E, sizeof(float *));
     L->w_eg = tabs[0], L->w_eu = tabs[1], L->w_ed = tabs[2], L->g_eg = tabs[3], L->g_eu = tabs[4], L->g_ed = tabs[5];
-    for (int e = 0; e < E; e++) {
+    for (int e = L->e0; e < L->e0 + L->per; e++) {
         L->w_eg[e] = weight(m, m->params, layer, "experts.%d.gate_proj", e);
         L->w_eu[e] = weight(m, m->params, layer, "experts.%d.up_proj", e);
         L->w_ed[e] = weight(m, m->params, layer, "experts.%d.down_proj", e);
@@ -110,6 +124,20 @@ struct loom_moe_layer *loom_moe_layer_create(const struct loom_model *m, int lay
     L->rows_h = malloc_check(sizeof(int) * NK);
     L->wperm_h = malloc_check(sizeof(float) * NK);
     L->f = malloc_check(sizeof(float) * (size_t)B * E);
+    if (L->ep > 1) {
+        size_t R = NK * L->ep;
+        L->recv = dev(m, L, R * C), L->back = dev(m, L, R * C);
+        L->xl = dev(m, L, R * C), L->gl = dev(m, L, R * I), L->ul = dev(m, L, R * I);
+        L->hl = dev(m, L, R * I), L->yl = dev(m, L, R * C);
+        L->dyl = dev(m, L, R * C), L->dhl = dev(m, L, R * I), L->dgl = dev(m, L, R * I);
+        L->dul = dev(m, L, R * I), L->dxl = dev(m, L, R * C);
+        L->lperm = m->ops->alloc(sizeof(int) * R);
+        L->lperm_h = malloc_check(sizeof(int) * R);
+        L->loffs = malloc_check(sizeof(int) * (L->per + 1));
+        L->srows = malloc_check(sizeof(int) * L->ep), L->sdispl = malloc_check(sizeof(int) * L->ep);
+        L->rrows = malloc_check(sizeof(int) * L->ep), L->rdispl = malloc_check(sizeof(int) * L->ep);
+        L->cnt_send = malloc_check(sizeof(int) * E), L->cnt_recv = malloc_check(sizeof(int) * E);
+    }
     return L;
 }
 
@@ -118,6 +146,13 @@ void loom_moe_layer_free(const struct loom_model *m, struct loom_moe_layer *L) {
                      L->dhp, L->dgp, L->dup, L->dsg, L->dsu, L->dsh, L->dlogits, L->dw};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) m->ops->free(bufs[i]);
     m->ops->free(L->rows);
+    if (L->ep > 1) {
+        float *ep_bufs[] = {L->recv, L->back, L->xl, L->gl, L->ul, L->hl, L->yl, L->dyl, L->dhl, L->dgl, L->dul, L->dxl};
+        for (size_t i = 0; i < sizeof ep_bufs / sizeof ep_bufs[0]; i++) m->ops->free(ep_bufs[i]);
+        m->ops->free(L->lperm);
+        free(L->lperm_h), free(L->loffs), free(L->srows), free(L->sdispl), free(L->rrows), free(L->rdispl);
+        free(L->cnt_send), free(L->cnt_recv);
+    }
     free(L->w_eg), free(L->w_eu), free(L->w_ed), free(L->g_eg), free(L->g_eu), free(L->g_ed);
     free(L->scores), free(L->idx), free(L->w), free(L->qsum), free(L->perm), free(L->offs);
     free(L->rows_h), free(L->wperm_h), free(L->f);
@@ -175,13 +210,107 @@ static void route_token(const struct loom_moe_config *mc, const float *s, const 
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* the experts this rank holds, on rows grouped by expert (offs: per local expert, [per + 1])       */
+
+static void experts_forward(const struct loom_model *m, struct loom_moe_layer *L, const float *xr, float *g,
+                            float *u, float *h, float *y, const int *offs) {
+    const struct loom_ops *ops = m->ops;
+    int C = L->C, I = L->I;
+    for (int le = 0; le < L->per; le++) {
+        int e = L->e0 + le, o = offs[le], ne = offs[le + 1] - o;
+        if (!ne) continue;
+        ops->matmul_forward(g + (size_t)o * I, xr + (size_t)o * C, L->w_eg[e], ne, C, I);
+        ops->matmul_forward(u + (size_t)o * I, xr + (size_t)o * C, L->w_eu[e], ne, C, I);
+        ops->swiglu_forward(h + (size_t)o * I, g + (size_t)o * I, u + (size_t)o * I, ne, I);
+        ops->matmul_forward(y + (size_t)o * C, h + (size_t)o * I, L->w_ed[e], ne, I, C);
+    }
+}
+
+static void experts_backward(const struct loom_model *m, struct loom_moe_layer *L, const float *xr, const float *g,
+                             const float *u, const float *h, const float *dyr, float *dh, float *dg, float *du,
+                             float *dxr, const int *offs) {
+    const struct loom_ops *ops = m->ops;
+    int C = L->C, I = L->I;
+    for (int le = 0; le < L->per; le++) {
+        int e = L->e0 + le, o = offs[le], ne = offs[le + 1] - o;
+        if (!ne) continue;
+        const float *dy = dyr + (size_t)o * C, *xe = xr + (size_t)o * C;
+        float *dhe = dh + (size_t)o * I, *dge = dg + (size_t)o * I, *due = du + (size_t)o * I;
+        float *dxe = dxr + (size_t)o * C;
+        ops->matmul_backward_weight(L->g_ed[e], dy, h + (size_t)o * I, ne, I, C);
+        ops->matmul_backward_input(dhe, dy, L->w_ed[e], ne, I, C, 0);
+        ops->swiglu_backward(dge, due, dhe, g + (size_t)o * I, u + (size_t)o * I, ne, I);
+        ops->matmul_backward_weight(L->g_eg[e], dge, xe, ne, C, I);
+        ops->matmul_backward_weight(L->g_eu[e], due, xe, ne, C, I);
+        ops->matmul_backward_input(dxe, dge, L->w_eg[e], ne, C, I, 0);
+        ops->matmul_backward_input(dxe, due, L->w_eu[e], ne, C, I, 1);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* expert parallelism: all-to-all-v dispatch and combine                                           */
+
+/* After routing: how many assignments go to each ep rank (they are grouped by owner already, since a
+ * rank's experts are contiguous), the per-expert counts exchanged first, and the order that groups the
+ * rows this rank receives by local expert. */
+static void dispatch_plan(const struct loom_model *m, struct loom_moe_layer *L) {
+    int ep = L->ep, per = L->per;
+    for (int r = 0; r < ep; r++) {
+        L->srows[r] = L->offs[(r + 1) * per] - L->offs[r * per];
+        L->sdispl[r] = L->offs[r * per];
+        for (int le = 0; le < per; le++) L->cnt_send[r * per + le] = L->offs[r * per + le + 1] - L->offs[r * per + le];
+    }
+    m->comm.alltoall_int(m->comm.ep_ctx, L->cnt_send, L->cnt_recv, per);
+    int total = 0;
+    for (int r = 0; r < ep; r++) {
+        int n = 0;
+        for (int le = 0; le < per; le++) n += L->cnt_recv[r * per + le];
+        L->rrows[r] = n;
+        L->rdispl[r] = total;
+        total += n;
+    }
+    L->nrecv = total;
+    CHECK(total <= L->K * L->B * L->T_max * ep, "expert rank received %d rows", total);
+    /* arrival order is (source rank, local expert); expert order is (local expert, source rank) */
+    int q = 0;
+    for (int le = 0; le < per; le++) {
+        L->loffs[le] = q;
+        for (int r = 0; r < ep; r++) {
+            int start = L->rdispl[r];
+            for (int k = 0; k < le; k++) start += L->cnt_recv[r * per + k];
+            for (int i = 0; i < L->cnt_recv[r * per + le]; i++) L->lperm_h[q++] = start + i;
+        }
+    }
+    L->loffs[per] = q;
+    m->ops->from_host(L->lperm, L->lperm_h, sizeof(int) * (size_t)(total ? total : 1));
+}
+
+/* rows [*, C] to the experts' ranks (dispatch) or back to the tokens' ranks (combine) */
+static void exchange(const struct loom_model *m, struct loom_moe_layer *L, const float *send, float *recv,
+                     int dispatch) {
+    int ep = L->ep, C = L->C;
+    int sc[64], sd[64], rc[64], rd[64];
+    CHECK(ep <= 64, "ep %d", ep);
+    const int *srows = dispatch ? L->srows : L->rrows, *sdisp = dispatch ? L->sdispl : L->rdispl;
+    const int *rrows = dispatch ? L->rrows : L->srows, *rdisp = dispatch ? L->rdispl : L->sdispl;
+    for (int r = 0; r < ep; r++) sc[r] = srows[r] * C, sd[r] = sdisp[r] * C, rc[r] = rrows[r] * C, rd[r] = rdisp[r] * C;
+    m->comm.alltoallv(m->comm.ep_ctx, send, sc, sd, recv, rc, rd);
+}
+
+/* rows grouped by local expert back to arrival order */
+static void unpermute(const struct loom_model *m, struct loom_moe_layer *L, const float *grouped, float *arrival) {
+    m->ops->zero(arrival, sizeof(float) * (size_t)(L->nrecv ? L->nrecv : 1) * L->C);
+    m->ops->scatter_add_rows(arrival, grouped, L->lperm, NULL, L->nrecv, L->C);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
 /* forward                                                                                          */
 
 void loom_moe_forward(const struct loom_model *m, struct loom_moe_layer *L, const float *x, float *out,
                       const float *bias, int64_t *load, double *balance, float bal_scale) {
     const struct loom_ops *ops = m->ops;
     const struct loom_moe_config *mc = &m->cfg.moe;
-    int E = L->E, K = L->K, C = L->C, I = L->I, SI = L->SI, B = m->B, T = m->T, N = B * T, NK = N * K;
+    int E = L->E, K = L->K, C = L->C, SI = L->SI, B = m->B, T = m->T, N = B * T, NK = N * K;
     L->bal_scale = bal_scale;
 
     /* router, in fp32 */
@@ -222,15 +351,18 @@ void loom_moe_forward(const struct loom_model *m, struct loom_moe_layer *L, cons
     ops->from_host(L->rows, L->rows_h, sizeof(int) * NK);
     ops->from_host(L->wperm, L->wperm_h, sizeof(float) * NK);
 
-    /* routed experts: one GEMM per expert over its contiguous tokens */
+    /* routed experts: one GEMM per expert over its contiguous tokens; under expert parallelism the
+     * tokens travel to the rank that holds their expert and the outputs come back */
     ops->gather_rows(L->xp, x, L->rows, NULL, NK, C);
-    for (int e = 0; e < E; e++) {
-        int o = L->offs[e], ne = L->offs[e + 1] - o;
-        if (!ne) continue;
-        ops->matmul_forward(L->gp + (size_t)o * I, L->xp + (size_t)o * C, L->w_eg[e], ne, C, I);
-        ops->matmul_forward(L->up + (size_t)o * I, L->xp + (size_t)o * C, L->w_eu[e], ne, C, I);
-        ops->swiglu_forward(L->hp + (size_t)o * I, L->gp + (size_t)o * I, L->up + (size_t)o * I, ne, I);
-        ops->matmul_forward(L->yp + (size_t)o * C, L->hp + (size_t)o * I, L->w_ed[e], ne, I, C);
+    if (L->ep == 1) {
+        experts_forward(m, L, L->xp, L->gp, L->up, L->hp, L->yp, L->offs);
+    } else {
+        dispatch_plan(m, L);
+        exchange(m, L, L->xp, L->recv, 1);
+        ops->gather_rows(L->xl, L->recv, L->lperm, NULL, L->nrecv, C);
+        experts_forward(m, L, L->xl, L->gl, L->ul, L->hl, L->yl, L->loffs);
+        unpermute(m, L, L->yl, L->back);
+        exchange(m, L, L->back, L->yp, 0);
     }
 
     /* shared experts, then the weighted routed outputs added in */
@@ -272,7 +404,7 @@ void loom_moe_backward(const struct loom_model *m, struct loom_moe_layer *L, con
                        float *dx) {
     const struct loom_ops *ops = m->ops;
     const struct loom_moe_config *mc = &m->cfg.moe;
-    int E = L->E, K = L->K, C = L->C, I = L->I, SI = L->SI, B = m->B, T = m->T, N = B * T, NK = N * K;
+    int E = L->E, K = L->K, C = L->C, SI = L->SI, B = m->B, T = m->T, N = B * T, NK = N * K;
 
     /* shared experts: a plain SwiGLU backward; it starts dx */
     if (SI) {
@@ -290,19 +422,14 @@ void loom_moe_backward(const struct loom_model *m, struct loom_moe_layer *L, con
     /* routed experts: d(weight) of each assignment = dout . y; the expert sees w * dout */
     ops->row_dot(L->dw, L->yp, dout, L->rows, NK, C);
     ops->gather_rows(L->dyp, dout, L->rows, L->wperm, NK, C);
-    for (int e = 0; e < E; e++) {
-        int o = L->offs[e], ne = L->offs[e + 1] - o;
-        if (!ne) continue;
-        float *dy = L->dyp + (size_t)o * C, *dh = L->dhp + (size_t)o * I;
-        float *dg = L->dgp + (size_t)o * I, *du = L->dup + (size_t)o * I, *dxe = L->dxp + (size_t)o * C;
-        const float *xe = L->xp + (size_t)o * C;
-        ops->matmul_backward_weight(L->g_ed[e], dy, L->hp + (size_t)o * I, ne, I, C);
-        ops->matmul_backward_input(dh, dy, L->w_ed[e], ne, I, C, 0);
-        ops->swiglu_backward(dg, du, dh, L->gp + (size_t)o * I, L->up + (size_t)o * I, ne, I);
-        ops->matmul_backward_weight(L->g_eg[e], dg, xe, ne, C, I);
-        ops->matmul_backward_weight(L->g_eu[e], du, xe, ne, C, I);
-        ops->matmul_backward_input(dxe, dg, L->w_eg[e], ne, C, I, 0);
-        ops->matmul_backward_input(dxe, du, L->w_eu[e], ne, C, I, 1);
+    if (L->ep == 1) {
+        experts_backward(m, L, L->xp, L->gp, L->up, L->hp, L->dyp, L->dhp, L->dgp, L->dup, L->dxp, L->offs);
+    } else {
+        exchange(m, L, L->dyp, L->recv, 1);
+        ops->gather_rows(L->dyl, L->recv, L->lperm, NULL, L->nrecv, C);
+        experts_backward(m, L, L->xl, L->gl, L->ul, L->hl, L->dyl, L->dhl, L->dgl, L->dul, L->dxl, L->loffs);
+        unpermute(m, L, L->dxl, L->back);
+        exchange(m, L, L->back, L->dxp, 0);
     }
     ops->scatter_add_rows(dx, L->dxp, L->rows, NULL, NK, C);
 

@@ -179,15 +179,30 @@ void loom_params_free(struct loom_param_table *t) {
     memset(t, 0, sizeof *t);
 }
 
+/* Offsets in table order, routed experts' tensors after the rest (expert_offset marks the split). */
 static void layout(struct loom_param_table *t) {
     size_t total = 0;
-    for (int i = 0; i < t->count; i++) {
-        struct loom_param *p = &t->params[i];
-        p->numel = (size_t)loom_shape_numel(&p->local);
-        p->offset = total;
-        total += (p->numel + 15) / 16 * 16;
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) t->expert_offset = total;
+        for (int i = 0; i < t->count; i++) {
+            struct loom_param *p = &t->params[i];
+            if ((p->expert >= 0) != pass) continue;
+            p->numel = (size_t)loom_shape_numel(&p->local);
+            p->offset = total;
+            total += (p->numel + 15) / 16 * 16;
+        }
     }
     t->total = total;
+}
+
+void loom_params_shard_ep(struct loom_param_table *t, int ep_rank, int ep, int experts) {
+    int per = experts / ep, n = 0;
+    for (int i = 0; i < t->count; i++) {
+        const struct loom_param *p = &t->params[i];
+        if (p->expert < 0 || p->expert / per == ep_rank) t->params[n++] = *p;
+    }
+    t->count = n;
+    layout(t);
 }
 
 void loom_params_shard_tp(struct loom_param_table *t, int tp_rank, int tp) {

@@ -53,6 +53,8 @@ struct loom_param_table {
     struct loom_param *params;
     int count;
     size_t total;                  /* floats */
+    size_t expert_offset;          /* with expert parallelism the routed experts' tensors come last, from
+                                    * here to total (their gradients are reduced over another group) */
 };
 
 void loom_params_build(struct loom_param_table *t, const struct loom_model_config *m,
@@ -66,6 +68,10 @@ void loom_params_select_stage(struct loom_param_table *t, int layer_lo, int laye
 /* Keeps tensor-parallel rank tp_rank's part of every tensor: column tensors their rows, row tensors
  * their columns, vocabulary tensors their vocabulary rows, each 1/tp; replicated tensors whole. */
 void loom_params_shard_tp(struct loom_param_table *t, int tp_rank, int tp);
+
+/* Keeps expert-parallel rank ep_rank's routed experts (experts / ep of each MoE block, contiguous),
+ * and lays the buffer out with every routed expert's tensor after all the others. */
+void loom_params_shard_ep(struct loom_param_table *t, int ep_rank, int ep, int experts);
 
 /* Index of the named parameter, or -1. */
 int loom_params_find(const struct loom_param_table *t, const char *name);

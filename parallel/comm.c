@@ -68,6 +68,10 @@ void loom_alltoallv_start(const struct loom_comm *c, const float *send, const in
                              next_request(h)));
 }
 
+void loom_alltoall_int(const struct loom_comm *c, const int *send, int *recv, int n) {
+    MPI_CHECK(MPI_Alltoall(send, n, MPI_INT, recv, n, MPI_INT, c->mpi));
+}
+
 void loom_send_start(const struct loom_comm *c, const float *buf, size_t n, int peer, int tag,
                      struct loom_comm_handle *h) {
     h->count = 0;

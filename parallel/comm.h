@@ -48,6 +48,8 @@ void loom_allgather_start(const struct loom_comm *c, const float *send, float *r
 /* rank r sends send[sdispls[r] ..+ scounts[r]) to each peer and receives rcounts[r] floats from each */
 void loom_alltoallv_start(const struct loom_comm *c, const float *send, const int *scounts, const int *sdispls,
                           float *recv, const int *rcounts, const int *rdispls, struct loom_comm_handle *h);
+/* n ints to every rank of the group, n from every rank (blocking) */
+void loom_alltoall_int(const struct loom_comm *c, const int *send, int *recv, int n);
 void loom_send_start(const struct loom_comm *c, const float *buf, size_t n, int peer, int tag,
                      struct loom_comm_handle *h);
 void loom_recv_start(const struct loom_comm *c, float *buf, size_t n, int peer, int tag,

@@ -53,6 +53,7 @@ void loom_topology_init(struct loom_topology *t, MPI_Comm world, int dp, int tp,
     int in_stage = c.tp_rank + tp * c.dp_rank; /* 0 .. dp*tp-1 within the stage */
     t->ep_rank = in_stage % ep;
     split(&t->ep_comm, world, c.pp_rank * (dp * tp / ep) + in_stage / ep, t->ep_rank);
+    split(&t->edp_comm, world, c.pp_rank * ep + t->ep_rank, in_stage / ep);
     int end_stage = c.pp_rank == 0 || c.pp_rank == pp - 1;
     split(&t->embed_comm, world, end_stage ? c.tp_rank + tp * c.dp_rank : MPI_UNDEFINED, c.pp_rank);
 }
@@ -62,6 +63,7 @@ void loom_topology_free(struct loom_topology *t) {
     loom_comm_free(&t->dp_comm);
     loom_comm_free(&t->pp_comm);
     loom_comm_free(&t->ep_comm);
+    loom_comm_free(&t->edp_comm);
     loom_comm_free(&t->embed_comm);
     memset(t, 0, sizeof *t);
 }

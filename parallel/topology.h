@@ -35,6 +35,7 @@ struct loom_topology {
     struct loom_comm dp_comm;      /* same tp_rank and pp_rank */
     struct loom_comm pp_comm;      /* same tp_rank and dp_rank: one pipeline */
     struct loom_comm ep_comm;      /* ep consecutive ranks of one stage's dp x tp block */
+    struct loom_comm edp_comm;     /* the ranks of a stage that hold the same experts (same ep_rank) */
     struct loom_comm embed_comm;   /* first and last stage of a pipeline (tied embedding); self when pp = 1 */
 };
 

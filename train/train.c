@@ -123,6 +123,16 @@ static void tp_allreduce_sum(void *ctx, float *buf, size_t n) {
 
 static void tp_allreduce_max(void *ctx, float *buf, size_t n) { loom_allreduce_max_float(ctx, buf, n); }
 
+/* the expert-parallel exchanges the MoE layer calls */
+static void ep_alltoallv(void *ctx, const float *send, const int *scounts, const int *sdispls, float *recv,
+                         const int *rcounts, const int *rdispls) {
+    struct loom_comm_handle h;
+    loom_alltoallv_start(ctx, send, scounts, sdispls, recv, rcounts, rdispls, &h);
+    loom_comm_wait(&h);
+}
+
+static void ep_alltoall_int(void *ctx, const int *send, int *recv, int n) { loom_alltoall_int(ctx, send, recv, n); }
+
 /* Every core, shared among the ranks that run on this node. */
 static int default_threads(void) {
     MPI_Comm node;
@@ -147,12 +157,20 @@ enum { GRAD_BUCKET = 1 << 22 }; /* floats per all-reduce: 16 MB fp32 buckets, al
 static double grads_reduce(struct loom_model *m, const struct loom_ops *ops, const struct loom_topology *topo,
                            int zero, const int *counts, size_t lo, size_t hi, const unsigned char *counted) {
     size_t total = m->table.total;
-    if (topo->dp > 1 && !zero) {
-        size_t nb = (total + GRAD_BUCKET - 1) / GRAD_BUCKET;
-        struct loom_comm_handle *h = malloc_check(sizeof *h * nb);
-        for (size_t b = 0; b < nb; b++) {
-            size_t off = b * GRAD_BUCKET, n = total - off < GRAD_BUCKET ? total - off : GRAD_BUCKET;
-            loom_allreduce_start(&topo->dp_comm, m->grads + off, n, &h[b]);
+    /* with expert parallelism the routed experts' tensors (the end of the buffer) are reduced over the
+     * ranks that hold the same experts only */
+    size_t split = topo->ep > 1 ? m->table.expert_offset : total;
+    if (!zero) {
+        struct { const struct loom_comm *c; size_t lo, hi; } part[2] = {{&topo->dp_comm, 0, split},
+                                                                          {&topo->edp_comm, split, total}};
+        size_t nb = 0, cap = (total + GRAD_BUCKET - 1) / GRAD_BUCKET + 2;
+        struct loom_comm_handle *h = malloc_check(sizeof *h * cap);
+        for (int p = 0; p < 2; p++) {
+            if (part[p].c->size < 2) continue;
+            for (size_t off = part[p].lo; off < part[p].hi; off += GRAD_BUCKET) {
+                size_t n = part[p].hi - off < GRAD_BUCKET ? part[p].hi - off : GRAD_BUCKET;
+                loom_allreduce_start(part[p].c, m->grads + off, n, &h[nb++]);
+            }
         }
         for (size_t b = 0; b < nb; b++) loom_comm_wait(&h[b]);
         free(h);
@@ -168,7 +186,10 @@ static double grads_reduce(struct loom_model *m, const struct loom_ops *ops, con
         loom_allreduce_double(&topo->dp_comm, &ss, 1);
         return ss;
     }
-    return loom_grad_sum_squares_range(ops, &m->table, m->grads, 0, total, counted);
+    double dense = loom_grad_sum_squares_range(ops, &m->table, m->grads, 0, split, counted);
+    double experts = loom_grad_sum_squares_range(ops, &m->table, m->grads, split, total, counted);
+    if (topo->ep > 1) loom_allreduce_double(&topo->ep_comm, &experts, 1);
+    return dense + experts;
 }
 
 static void format_eta(char *buf, size_t n, double seconds) {
@@ -292,9 +313,6 @@ int loom_train_main(int argc, char **argv) {
     struct loom_config cfg;
     loom_cli_load_config(&cfg, argc, argv, USAGE, world);
     const struct loom_parallel_config *pc = &cfg.parallel;
-    if (pc->ep > 1)
-        loom_input_error("parallel.ep", "leave parallel.ep = 1; experts then run data-parallel",
-                         "expert parallelism is not available in this build");
     struct loom_topology topo;
     loom_topology_init(&topo, MPI_COMM_WORLD, (int)pc->dp, (int)pc->tp, (int)pc->pp, (int)pc->ep);
     if (rank == 0) loom_topology_print(&topo, stdout);
@@ -345,12 +363,16 @@ int loom_train_main(int argc, char **argv) {
     loom_pipeline_stage(&stage, (int)cfg.model.num_layers, topo.pp, topo.pp_rank, pc->stage_layers);
     stage.tp = topo.tp;
     stage.tp_rank = topo.tp_rank;
+    stage.ep = topo.ep;
+    stage.ep_rank = topo.ep_rank;
     enum loom_pipeline_kind pipe = cfg.pipeline.schedule == LOOM_PIPELINE_SCHEDULE_GPIPE ? LOOM_PIPELINE_GPIPE
                                                                                  : LOOM_PIPELINE_1F1B;
     int m_max = (int)(loom_curriculum_max_batch(&cur) / dp / B);
     loom_model_create_stage(&model, ops, &cfg.model, &cfg.optim, B, T_max, &stage,
                             loom_pipeline_slots(pipe, topo.pp_rank, topo.pp, m_max));
-    struct loom_model_comm tp_comm = {.sum = tp_allreduce_sum, .max = tp_allreduce_max, .ctx = &topo.tp_comm};
+    struct loom_model_comm tp_comm = {.sum = tp_allreduce_sum, .max = tp_allreduce_max, .ctx = &topo.tp_comm,
+                                      .alltoallv = ep_alltoallv, .alltoall_int = ep_alltoall_int,
+                                      .ep_ctx = &topo.ep_comm};
     model.comm = tp_comm;
     /* a tied embedding lives on the first and the last stage: its gradient is summed over both, and
      * counted once in the norm; a replicated tensor is counted on tp rank 0 only */

@@ -5,13 +5,18 @@
 # MLA model (debug.ini, tied head) and an MHA/GQA variant with QK-norm (untied head), 4 layers so that pp4
 # has a layer per stage, global batch 8, 10 steps. Every layout's 10 losses match the single-process run to
 # 1e-5 relative, and so does step 1's gradient norm (later norms: 1e-4, the trajectories drift apart by
-# rounding); for the dp-only layouts every rank's gradient dump after step 1 (--log.dump_grads) matches the
-# single-process gradients element by element (1e-5 relative + 1e-6 max|g|), and under ZeRO-1 the ranks'
-# shards tile [0, total) exactly. Controls: a run with another seed, a gradient element or a loss nudged
-# past its tolerance, and broken shard tilings must all be caught by the same comparisons. Layouts with tp
-# or pp > 1 print `skip` while `loom train` answers them with exit status 2 and "not available in this
-# build", and start checking by themselves once they are implemented (their gradient dumps are not compared
-# yet: the flat layout of tp/pp shards is still to be documented).
+# rounding). Every layout's gradient dump after step 1 (--log.dump_grads: PREFIX.rankR.bin with the [lo, hi)
+# of the rank's flat buffer that is reduced, PREFIX.rankR.map placing each tensor's slice of rows and columns
+# in it) matches the single-process gradients element by element, every slice of every rank against the same
+# rows and columns of the whole tensor, within [lo, hi) under ZeRO-1 (1e-5 relative + 1e-6 max|g| of that
+# tensor; 4e-6 with tp > 1, which changes the forward arithmetic: see GRAD_ATOL_FRAC_TP); over all ranks every
+# element of every single-process tensor is compared at least once (tp-replicated tensors, a tied embedding on
+# the first and last stage, and dp replicas are compared every time they occur); the ranks with the same map
+# (one stage and tp rank) are dp of them, and under ZeRO-1 their shards tile [0, total) exactly. Controls: a
+# run with another seed, a loss nudged past its tolerance, and, in the single-process gradients cut like a
+# dp2 x tp2 x pp2 ZeRO-1 layout, elements nudged past their tolerance, a slice one row off, a tensor missing
+# from a map, and broken shard tilings must all be caught by the same comparisons. Layouts with tp or pp > 1
+# print `skip` while `loom train` answers them with exit status 2 and "not available in this build".
 #
 # Bad layouts (world size, tp not dividing heads / kv heads / vocab / FFN width, pp > layers, batch
 # splits) and an existing run folder: exit status 2 from the launch, exit status 2 from every rank
@@ -48,8 +53,16 @@ import array, json, math, sys
 LOSS_RTOL = 1e-5         # every step's loss
 GNORM1_RTOL = 1e-5       # step 1's gradient norm (the same gradients, reduced in another order)
 GNORM_RTOL = 1e-4        # later steps' gradient norms (the trajectories drift apart by float rounding)
-GRAD_RTOL = 1e-5         # gradients after step 1: |g - r| <= GRAD_RTOL |r| + GRAD_ATOL_FRAC max|r|
+GRAD_RTOL = 1e-5         # gradients after step 1: |g - r| <= GRAD_RTOL |r| + GRAD_ATOL_FRAC max|r of that tensor|
 GRAD_ATOL_FRAC = 1e-6
+# With tp > 1 the forward pass itself is computed in another order (row-parallel partial sums added across the
+# tp ranks, each rank's heads apart), and the backward carries that rounding: measured over seeds 42..46 on both
+# models, the worst element of tp2 and dp2 x tp2 x pp2 reached 0.72..1.28 of the tolerance above (MHA k_proj,
+# q_proj, q_norm behind the QK-norm; MLA q_a/q_b_proj and their norms), and 0.20..0.33 of it with 4e-6; the
+# differences are uncorrelated with the gradients (|correlation| < 0.05 on the large tensors: no scale error),
+# with an rms ~1.2e-6 of the rms gradient, ~4x the spread between single-process runs that only accumulate
+# their micro-batches in another order. dp and pp only reorder sums (worst 0.22..0.62 and < 0.06 of 1e-6).
+GRAD_ATOL_FRAC_TP = 4e-6
 
 def verdict(name, problems):
     print(f"FAIL {name}: " + "; ".join(problems[:4]) if problems else f"ok {name}")
@@ -84,7 +97,10 @@ def cmp_metrics(name, ref_path, got_path, steps):
         return verdict(name, [str(e)])
     verdict(name, metric_problems(ref, got))
 
-def load_dump(path):
+def load_dump(prefix, rank):
+    """PREFIX.rankR.bin (int64 lo, hi, total, float32 g[lo:hi]) and PREFIX.rankR.map (per tensor of the flat
+    buffer: name offset row0 col0 local_rows local_cols rows cols)"""
+    path = f"{prefix}.rank{rank}.bin"
     with open(path, "rb") as f:
         head = array.array("q")
         head.fromfile(f, 3)
@@ -98,35 +114,161 @@ def load_dump(path):
     g.frombytes(data)
     if sys.byteorder != "little":
         g.byteswap()
-    return lo, hi, total, g
+    tensors = []
+    with open(f"{prefix}.rank{rank}.map") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split()
+            try:
+                if len(parts) != 8:
+                    raise ValueError
+                tensors.append((parts[0], *map(int, parts[1:])))
+            except ValueError:
+                raise ValueError(f"{prefix}.rank{rank}.map line {n}: {line.strip()!r}, want a name and 7 integers")
+    if not tensors:
+        raise ValueError(f"{prefix}.rank{rank}.map names no tensor")
+    return dict(lo=lo, hi=hi, total=total, g=g, tensors=tensors)
 
-def grad_problems(ref, dumps):
-    """every dump (lo, hi, total, g) against ref[lo:hi]; names the worst element of a rank that is off"""
-    problems = []
-    gmax = max(abs(x) for x in ref)
-    atol = GRAD_ATOL_FRAC * gmax
-    for rank, (lo, hi, total, g) in enumerate(dumps):
-        if total != len(ref):
-            problems.append(f"rank {rank}: total {total}, single process {len(ref)}")
-            continue
-        seg = ref[lo:hi]
-        if all(abs(a - b) <= GRAD_RTOL * abs(a) + atol for a, b in zip(seg, g)):
-            continue
-        worst, at = -math.inf, 0  # the largest excess over its tolerance; NaN counts as infinite
-        for i, (a, b) in enumerate(zip(seg, g)):
-            d = abs(a - b)
-            excess = math.inf if d != d else d - (GRAD_RTOL * abs(a) + atol)
-            if excess > worst:
-                worst, at = excess, i
-        a, b = seg[at], g[at]
-        problems.append(f"rank {rank} element {lo + at} of its [{lo}, {hi}): {b!r}, single process {a!r} (|diff| "
-                        f"{abs(a - b):.3g} > {GRAD_RTOL:g} |g| + {GRAD_ATOL_FRAC:g} max|g| = "
-                        f"{GRAD_RTOL * abs(a) + atol:.3g}; max|g| {gmax:.3g})")
-    return problems
+def reference(prefix):
+    """the single-process dump, checked (the whole buffer, every tensor whole and finite), and per tensor name
+    (offset, rows, cols, max|g|)"""
+    ref = load_dump(prefix, 0)
+    lo, hi, total, g = ref["lo"], ref["hi"], ref["total"], ref["g"]
+    if (lo, hi) != (0, total):
+        raise ValueError(f"the single-process dump holds [{lo}, {hi}) of {total}")
+    refs, end = {}, 0
+    for name, off, r0, c0, lr, lc, rows, cols in sorted(ref["tensors"], key=lambda t: t[1]):
+        if (r0, c0, lr, lc) != (0, 0, rows, cols) or off < end or off + rows * cols > total or name in refs:
+            raise ValueError(f"the single-process map: {name} at {off}, rows {r0}.. and cols {c0}.. of "
+                             f"{lr}x{lc} of [{rows}, {cols}] (not whole, overlapping, repeated or past {total})")
+        end = off + rows * cols
+        gmax = max(map(abs, g[off:end]))
+        if not math.isfinite(math.fsum(map(abs, g[off:end]))):
+            raise ValueError(f"the single-process gradient of {name} is not finite")
+        refs[name] = (off, rows, cols, gmax)
+    return ref, refs
 
-def shard_problems(spans, total):
-    """the (lo, hi) of the dp ranks tile [0, total) exactly, and no rank holds everything"""
-    order = sorted((lo, hi, r) for r, (lo, hi) in enumerate(spans))
+def map_problems(rank, d, refs):
+    """a rank's map against the single-process tensors: known names, whole shapes, local parts inside the
+    whole, slices inside the buffer and apart; gives the problems and the tensors fit to compare"""
+    problems, good, seen = [], [], set()
+    for t in d["tensors"]:
+        name, off, r0, c0, lr, lc, rows, cols = t
+        if name in seen:
+            problems.append(f"rank {rank}: {name} twice in its map")
+        elif name not in refs:
+            problems.append(f"rank {rank}: {name} is not a tensor of the single-process model")
+        elif (rows, cols) != refs[name][1:3]:
+            problems.append(f"rank {rank}: {name} whole [{rows}, {cols}], single process {list(refs[name][1:3])}")
+        elif not (0 <= r0 and 1 <= lr and r0 + lr <= rows and 0 <= c0 and 1 <= lc and c0 + lc <= cols):
+            problems.append(f"rank {rank}: {name} rows {r0}..{r0 + lr - 1}, cols {c0}..{c0 + lc - 1} outside [{rows}, {cols}]")
+        elif off < 0 or off + lr * lc > d["total"]:
+            problems.append(f"rank {rank}: {name} [{off}, {off + lr * lc}) outside its buffer of {d['total']}")
+        else:
+            good.append(t)
+        seen.add(name)
+    spans = sorted((t[1], t[1] + t[4] * t[5], t[0]) for t in good)
+    problems += [f"rank {rank}: {a[2]} [{a[0]}, {a[1]}) overlaps {b[2]} at {b[0]}" for a, b in zip(spans, spans[1:])
+                 if b[0] < a[1]]
+    return problems, good
+
+def segments(t, lo, hi):
+    """the part inside [lo, hi) of the flat buffer of the rank's slice t of a whole tensor, as runs
+    (index into g[lo:hi], row-major index into the whole tensor, length)"""
+    name, off, r0, c0, lr, lc, rows, cols = t
+    a, b = max(off, lo), min(off + lr * lc, hi)
+    if a >= b:
+        return
+    k0, k1 = a - off, b - off  # local elements k0..k1-1, row-major
+    if lc == cols:  # whole rows: one run in both
+        yield a - lo, r0 * cols + k0, k1 - k0
+        return
+    for r in range(k0 // lc, (k1 - 1) // lc + 1):
+        s, e = max(k0, r * lc), min(k1, (r + 1) * lc)
+        yield off + s - lo, (r0 + r) * cols + c0 + s - r * lc, e - s
+
+def at(name, cols, i):
+    return f"{name}[{i // cols}, {i % cols}]" if cols > 1 else f"{name}[{i}]"
+
+def check_grads(ref, refs, dumps, dp, zero, atol_frac=GRAD_ATOL_FRAC):
+    """every rank's every tensor slice, where inside its [lo, hi), against the same elements of the single-
+    process tensor, |g - r| <= GRAD_RTOL |r| + atol_frac max|r of that tensor|; gives the problems with the
+    values and maps (naming each failing rank's worst element), with the coverage (every single-process element
+    in some rank's compared slice), with the shards (ranks with the same map are one stage and tp rank's dp
+    replicas: dp of them, each [0, total) without ZeRO, their [lo, hi) tiling [0, total) under ZeRO-1), and
+    the worst element over all ranks (its fraction of the tolerance, where), the number of elements compared and
+    of distinct dumps"""
+    values, cover, shards = [], [], []
+    covered = {name: bytearray(rows * cols) for name, (_, rows, cols, _) in refs.items()}
+    worst, compared, copies = (-1.0, ""), 0, {}
+    rg = ref["g"]
+    for rank, d in enumerate(dumps):
+        problems, good = map_problems(rank, d, refs)
+        values += problems
+        lo, hi, g = d["lo"], d["hi"], d["g"]
+        if not zero and (lo, hi) != (0, d["total"]):
+            values.append(f"rank {rank} holds [{lo}, {hi}), want all of [0, {d['total']}) without ZeRO")
+        # a dump identical to an earlier rank's (dp replicas without ZeRO) compares the same: once is enough
+        key = (tuple(d["tensors"]), lo, hi, g.tobytes())
+        if copies.setdefault(key, rank) != rank:
+            continue
+        rank_worst, bad = (-1.0, None), 0
+        for t in good:
+            name, cols = t[0], t[7]
+            off, _, _, gmax = refs[name]
+            atol = atol_frac * gmax
+            if atol > 0:
+                ratio = lambda a, b: abs(a - b) / (GRAD_RTOL * abs(a) + atol)
+            else:  # an all-zero gradient: exactly
+                ratio = lambda a, b: 0.0 if a == b else math.inf
+            for gi, wi, n in segments(t, lo, hi):
+                compared += n
+                covered[name][wi:wi + n] = b"\1" * n
+                ratios = list(map(ratio, rg[off + wi:off + wi + n], g[gi:gi + n]))
+                total = sum(ratios)
+                nan = total != total  # NaN anywhere (max would pass over it)
+                w = math.inf if nan else max(ratios)
+                if w > rank_worst[0]:
+                    j = next(j for j, r in enumerate(ratios) if r != r) if nan else ratios.index(w)
+                    rank_worst = (w, (t, gi + j, wi + j))
+                if w > 1:
+                    bad += sum(1 for r in ratios if not r <= 1)
+        if rank_worst[1] is None:
+            continue
+        w, (t, gi, wi) = rank_worst
+        name, cols = t[0], t[7]
+        a, b, gmax = rg[refs[name][0] + wi], g[gi], refs[name][3]
+        tol = GRAD_RTOL * abs(a) + atol_frac * gmax
+        where = f"rank {rank} {at(name, cols, wi)} (element {lo + gi} of its [{lo}, {hi}))"
+        if w > worst[0]:
+            worst = (w, f"{where}: {b!r}, single process {a!r}, |diff| {abs(a - b):.3g}, tolerance {tol:.3g}")
+        if w > 1:
+            values.append(f"{where}: {b!r}, single process {a!r} (|diff| {abs(a - b):.3g} > {GRAD_RTOL:g} |g| + "
+                          f"{atol_frac:g} max|g| = {tol:.3g}; max|g| of {name} {gmax:.3g}; {bad} element"
+                          f"{'s' if bad != 1 else ''} of rank {rank} off)")
+    for name, (_, rows, cols, _) in refs.items():
+        missing = covered[name].count(0)
+        if missing:
+            cover.append(f"{missing} of the {rows * cols} elements of {name} [{rows}, {cols}] in no rank's compared "
+                         f"slice, the first {at(name, cols, covered[name].index(0))}")
+    groups = {}
+    for rank, d in enumerate(dumps):
+        groups.setdefault(tuple(d["tensors"]), []).append(rank)
+    if sorted(len(g) for g in groups.values()) != [dp] * (len(dumps) // dp):
+        values.append(f"ranks with the same map: " + ", ".join(" ".join(map(str, g)) for g in groups.values()) +
+                      f"; want {len(dumps) // dp} groups of {dp} (one per stage and tp rank)")
+    if zero:
+        for ranks in groups.values():
+            totals = {dumps[r]["total"] for r in ranks}
+            if len(totals) != 1:
+                shards.append(f"ranks {ranks} with the same map have totals {sorted(totals)}")
+                continue
+            shards += shard_problems([(dumps[r]["lo"], dumps[r]["hi"]) for r in ranks], totals.pop(), ranks)
+    return values, cover, shards, worst, (compared, len(copies))
+
+def shard_problems(spans, total, ranks=None):
+    """the (lo, hi) of the dp ranks (numbered `ranks`, else 0..) tile [0, total) exactly, and no rank holds
+    everything"""
+    order = sorted((lo, hi, r) for r, (lo, hi) in zip(ranks or range(len(spans)), spans))
     at, bad = 0, []
     for lo, hi, r in order:
         if lo != at:
@@ -140,30 +282,64 @@ def shard_problems(spans, total):
         bad.insert(0, "shards " + " ".join(f"rank {r} [{lo}, {hi})" for lo, hi, r in order))
     return bad
 
-def cmp_grads(name, ref_prefix, got_prefix, nranks, zero):
-    """each rank's slice [lo, hi) of its reduced gradients equals the single-process gradients there;
-    without ZeRO every slice is the whole buffer, with ZeRO-1 the slices tile [0, total)"""
+def cmp_grads(name, ref_prefix, got_prefix, nranks, dp, tp, zero):
+    """each rank's dump after step 1 against the single-process one, tensor slice by tensor slice (check_grads):
+    verdicts NAME (values and maps), NAME_coverage, and under ZeRO-1 NAME_shards; a comment with the worst element"""
+    names = [name, name + "_coverage"] + ([name + "_shards"] if zero else [])
     try:
-        lo, hi, total, ref = load_dump(f"{ref_prefix}.rank0.bin")
-        if (lo, hi) != (0, total):
-            raise ValueError(f"the single-process dump holds [{lo}, {hi}) of {total}")
-        dumps = [load_dump(f"{got_prefix}.rank{r}.bin") for r in range(nranks)]
+        ref, refs = reference(ref_prefix)
+        dumps = [load_dump(got_prefix, r) for r in range(nranks)]
     except Exception as e:
-        verdict(name, [str(e)])
-        if zero:
-            verdict(name + "_shards", [str(e)])
+        for n in names:
+            verdict(n, [str(e)])
         return
-    problems = grad_problems(ref, dumps)
-    if not zero:
-        problems += [f"rank {r} holds [{d[0]}, {d[1]}), want all of [0, {total}) without ZeRO"
-                     for r, d in enumerate(dumps) if (d[0], d[1]) != (0, total)]
-    verdict(name, problems)
-    if zero:
-        verdict(name + "_shards", shard_problems([(d[0], d[1]) for d in dumps], total))
+    atol_frac = GRAD_ATOL_FRAC_TP if tp > 1 else GRAD_ATOL_FRAC
+    *results, worst, compared = check_grads(ref, refs, dumps, dp, zero, atol_frac)
+    for n, problems in zip(names, results):
+        verdict(n, problems)
+    print(f"# {name}: {compared[0]} elements compared in {compared[1]} distinct dumps of {nranks} ranks, the worst at "
+          f"{worst[0]:.3g} of its tolerance "
+          f"({GRAD_RTOL:g} |g| + {atol_frac:g} max|g|): {worst[1]}")
+
+def split(ref, dp, tp, pp, zero, fill=math.nan):
+    """the single-process dump cut like a dp x tp x pp layout (for the controls): blocks into pp stages, the
+    embedding on the first and the last stage (as a tied one is), other tensors outside the blocks on the last;
+    matrices by turns split by rows over tp, by columns, or whole, vectors whole; slices padded to 16 floats
+    with `fill`; under ZeRO-1 each of the dp replicas holds [lo, hi) of a 1/dp share"""
+    layers = 1 + max(int(t[0].split(".")[1]) for t in ref["tensors"] if t[0].startswith("layers."))
+    g, dumps = ref["g"], []
+    for rank in range(dp * tp * pp):
+        d, tr, s = rank // (tp * pp), rank // pp % tp, rank % pp
+        buf, tensors = array.array("f"), []
+        for i, (name, off, _, _, _, _, rows, cols) in enumerate(ref["tensors"]):
+            if name.startswith("layers."):
+                keep = int(name.split(".")[1]) * pp // layers == s
+            else:
+                keep = s == pp - 1 or (s == 0 and name.startswith("embed_tokens"))
+            if not keep:
+                continue
+            r0, c0, lr, lc = 0, 0, rows, cols
+            if cols > 1 and i % 3 == 0 and rows % tp == 0:
+                lr = rows // tp
+                r0 = lr * tr
+            elif cols > 1 and i % 3 == 1 and cols % tp == 0:
+                lc = cols // tp
+                c0 = lc * tr
+            tensors.append((name, len(buf), r0, c0, lr, lc, rows, cols))
+            for r in range(r0, r0 + lr):
+                buf.extend(g[off + r * cols + c0:off + r * cols + c0 + lc])
+            buf.extend(array.array("f", [fill]) * (-len(buf) % 16))
+        n = len(buf)
+        lo, hi = (n * d // dp, n * (d + 1) // dp) if zero else (0, n)
+        dumps.append(dict(lo=lo, hi=hi, total=n, g=buf[lo:hi], tensors=tensors))
+    return dumps
 
 def control(name, ref_metrics, other_metrics, steps, ref_prefix, other_prefix):
-    """the comparisons tell runs apart: another seed (losses, gradients), a single gradient element off by
-    twice its tolerance, a loss off by 2e-5, shards with a gap, an overlap, a short end, one rank holding all"""
+    """the comparisons tell runs apart: another seed (losses, gradients), a loss off by 2e-5, and, in the
+    single-process gradients cut like dp2 x tp2 x pp2 under ZeRO-1 (split: NaN padding that must not be read,
+    slices of rows and of columns, a second embedding), single elements off by twice their tolerance (in a column
+    slice of a shard that starts past 0, in the second embedding), a slice one row off, a tensor left out of a
+    map, and shards with a gap, an overlap, a short end, one rank holding all"""
     problems = []
     ref_m, other_m = read_metrics(ref_metrics, steps), read_metrics(other_metrics, steps)
     if not metric_problems(ref_m, other_m):
@@ -172,20 +348,50 @@ def control(name, ref_metrics, other_metrics, steps, ref_prefix, other_prefix):
     nudged[steps - 1]["loss"] *= 1 + 2 * LOSS_RTOL
     if not metric_problems(ref_m, nudged) or metric_problems(ref_m, ref_m):
         problems.append("a last loss off by 2e-5 relative is not caught, or identical metrics are not accepted")
-    *_, ref = load_dump(f"{ref_prefix}.rank0.bin")
-    *_, other = load_dump(f"{other_prefix}.rank0.bin")
-    n = len(ref)
-    if not grad_problems(ref, [(0, n, n, other)]):
+
+    ref, refs = reference(ref_prefix)
+    other, _ = reference(other_prefix)
+    dp, tp, pp = 2, 2, 2
+    def check(dumps):
+        return check_grads(ref, refs, dumps, dp, 1)[:3]
+    dumps = split(ref, dp, tp, pp, 1)
+    if any(check(dumps)):
+        problems.append(f"the single-process gradients cut like dp2 x tp2 x pp2 ZeRO-1 do not pass: {check(dumps)}")
+    values, *_ = check(split(other, dp, tp, pp, 1))
+    if not values:
         problems.append("the gradients of seed 43 pass for the single-process run's")
-    gmax = max(abs(x) for x in ref)
-    k = n * 2 // 3 + 1  # some element in the second rank's half
-    off = array.array("f", ref)
-    off[k] += 2 * (GRAD_RTOL * abs(ref[k]) + GRAD_ATOL_FRAC * gmax)
-    half = n // 2
-    caught = grad_problems(ref, [(0, half, n, ref[:half]), (half, n, n, off[half:])])
-    if len(caught) != 1 or f"element {k} " not in caught[0] or grad_problems(ref, [(0, n, n, ref)]):
-        problems.append(f"element {k} off by twice its tolerance is not named ({caught}), or identical gradients "
-                        "are not accepted")
+    # one element off in a column slice (col0 > 0) of rank 7 (second dp replica: lo > 0), one in rank 1's embedding
+    # (the last stage's copy); each named, nothing else
+    want = []
+    for rank, pick in ((7, lambda t: t[3] > 0), (1, lambda t: t[0].startswith("embed_tokens"))):
+        d = dumps[rank]
+        t = next(t for t in d["tensors"] if pick(t) and any(segments(t, d["lo"], d["hi"])))
+        runs = list(segments(t, d["lo"], d["hi"]))
+        gi, wi, n = runs[len(runs) // 2]
+        gi, wi = gi + n // 2, wi + n // 2
+        a = ref["g"][refs[t[0]][0] + wi]
+        d["g"][gi] += 2 * (GRAD_RTOL * abs(a) + GRAD_ATOL_FRAC * refs[t[0]][3])
+        want.append(f"rank {rank} {at(t[0], t[7], wi)} ")
+    values, cover, shards = check(dumps)
+    if len(values) != 2 or any(sum(w in v for v in values) != 1 for w in want) or cover or shards:
+        problems.append(f"two elements off by twice their tolerance are not named as {want}: {values} {cover} {shards}")
+    # a row-split slice of rank 0 (tp rank 0) claimed one row further down
+    dumps = split(ref, dp, tp, pp, 1)
+    d = dumps[0]
+    i, t = next((i, t) for i, t in enumerate(d["tensors"]) if t[4] < t[6] and any(segments(t, d["lo"], d["hi"])))
+    d["tensors"][i] = t[:2] + (t[2] + 1,) + t[3:]
+    values, *_ = check(dumps)
+    if not any(f"rank 0 {t[0]}[" in v for v in values):
+        problems.append(f"{t[0]} on rank 0 read one row off is not caught: {values}")
+    # a block's slice inside rank 0's share (no other rank holds it there) left out of its map
+    dumps = split(ref, dp, tp, pp, 1)
+    d = dumps[0]
+    t = next(t for t in d["tensors"] if t[0].startswith("layers.") and t[4:6] != t[6:8] and d["lo"] <= t[1] and
+             t[1] + t[4] * t[5] <= d["hi"])
+    d["tensors"].remove(t)
+    values, cover, shards = check(dumps)
+    if not any(t[0] + " " in c for c in cover):
+        problems.append(f"{t[0]} left out of rank 0's map is not caught by the coverage: {values} {cover} {shards}")
     for spans in ([(0, 5), (6, 10)], [(0, 6), (5, 10)], [(0, 5), (5, 9)], [(0, 10), (10, 10)]):
         if not shard_problems(spans, 10):
             problems.append(f"shards {spans} of 10 pass as a tiling")
@@ -197,7 +403,7 @@ mode, args = sys.argv[1], sys.argv[2:]
 if mode == "metrics":
     cmp_metrics(args[0], args[1], args[2], int(args[3]))
 elif mode == "grads":
-    cmp_grads(args[0], args[1], args[2], int(args[3]), int(args[4]))
+    cmp_grads(args[0], args[1], args[2], *map(int, args[3:7]))
 elif mode == "control":
     control(args[0], args[1], args[2], int(args[3]), args[4], args[5])
 EOF
@@ -234,14 +440,11 @@ parity() { # MODEL MICRO_BATCH ARGS...
         [ "$dp" -gt 1 ] && name+="_zero$zero"
         dir="$tmp/$model-$name"
         local args=("${base[@]}" --parallel.dp="$dp" --parallel.tp="$tp" --parallel.pp="$pp" --parallel.zero="$zero"
-            --train.run_dir="$dir")
-        local dp_only=0
-        [ "$tp" -eq 1 ] && [ "$pp" -eq 1 ] && dp_only=1
-        [ "$dp_only" -eq 1 ] && args+=(--log.dump_grads="$dir-g")
+            --train.run_dir="$dir" --log.dump_grads="$dir-g")
         local t0=$SECONDS
         launch "$np" "${args[@]}"
         local label="parallel/$model/$name"
-        if [ "$rc" -eq 2 ] && [ "$dp_only" -eq 0 ] && grep -q 'not available in this build' "$tmp/err"; then
+        if [ "$rc" -eq 2 ] && [ $((tp * pp)) -gt 1 ] && grep -q 'not available in this build' "$tmp/err"; then
             echo "skip $label: $(grep -m1 '^loom: error:' "$tmp/err")"
             continue
         fi
@@ -255,9 +458,8 @@ parity() { # MODEL MICRO_BATCH ARGS...
         ok "$label/run"
         echo "# $label: $np ranks, $((SECONDS - t0)) s"
         compare metrics "$label/losses" "$ref/metrics.jsonl" "$dir/metrics.jsonl" "$STEPS"
-        if [ "$dp_only" -eq 1 ]; then
-            compare grads "$label/grads" "$ref-g" "$dir-g" "$np" "$zero"
-        fi
+        compare grads "$label/grads" "$ref-g" "$dir-g" "$np" "$dp" "$tp" "$zero"
+        rm -f "$dir-g".rank*.bin "$dir-g".rank*.map
     done
     # the control: another seed is told apart by both comparisons
     launch 1 "${base[@]}" --train.seed=43 --train.run_dir="$tmp/$model-seed43" --log.dump_grads="$tmp/$model-seed43-g"

@@ -260,7 +260,7 @@ static void test_matmul(void) {
 }
 
 /* ---------------------------------------------------------------------------------------------- */
-/* embedding: out[n] = wte[ids[n]]; dwte[ids[n]] += dout[n]                                       */
+/* embedding: out[n] = wte[ids[n]], zeros where ids[n] < 0; dwte[ids[n]] += dout[n] where ids[n] >= 0 */
 
 struct embedding_ctx {
     double *wte, *wo, *out;
@@ -269,7 +269,10 @@ struct embedding_ctx {
 };
 
 static void embedding_ref(double *out, const int *ids, const double *wte, int N, int C) {
-    for (int n = 0; n < N; n++) memcpy(out + (size_t)n * C, wte + (size_t)ids[n] * C, C * sizeof(double));
+    for (int n = 0; n < N; n++) {
+        if (ids[n] >= 0) memcpy(out + (size_t)n * C, wte + (size_t)ids[n] * C, C * sizeof(double));
+        else memset(out + (size_t)n * C, 0, C * sizeof(double));
+    }
 }
 
 static double embedding_loss(void *p) {
@@ -278,27 +281,34 @@ static double embedding_loss(void *p) {
     return dot(e->out, e->wo, (size_t)e->N * e->C);
 }
 
-static void test_embedding(void) {
-    enum { V = 10, C = 6, N = 8 };
-    static const int ids[N] = {3, 1, 3, 0, 9, 3, 1, 7}; /* 3 three times, 1 twice */
-    float *wte = rand_floats(V * C, -1, 1), *dout = rand_floats(N * C, -1, 1);
-    float *d_wte = dev_floats(wte, V * C), *d_dout = dev_floats(dout, N * C);
-    int *d_ids = (int *)dev_from(ids, sizeof ids);
+/* The output starts as garbage, so a row of zeros for a negative id must be written, not assumed. */
+static void test_embedding_case(const char *tag, const int *ids, int N, int V, int C) {
+    size_t nw = (size_t)V * C, no = (size_t)N * C;
+    float *wte = rand_floats(nw, -1, 1), *dout = rand_floats(no, -1, 1);
+    float *d_wte = dev_floats(wte, nw), *d_dout = dev_floats(dout, no);
+    int *d_ids = (int *)dev_from(ids, sizeof(int) * N);
 
-    struct embedding_ctx e = {dbl(wte, V * C), dbl(dout, N * C), dzeros(N * C), ids, N, C};
-    double *want = dzeros(N * C);
+    struct embedding_ctx e = {dbl(wte, nw), dbl(dout, no), dzeros(no), ids, N, C};
+    double *want = dzeros(no);
     embedding_ref(want, ids, e.wte, N, C);
-    float *d_out = dev_floats(rand_floats(N * C, -100, 100), N * C);
+    float *d_out = dev_floats(rand_floats(no, -100, 100), no);
     ops->embedding_forward(d_out, d_ids, d_wte, N, C);
-    test_close("ops.embedding.forward", host_floats(d_out, N * C), want, N * C, 0, 0);
+    test_close(name("ops.embedding%s.forward", tag), host_floats(d_out, no), want, no, 0, 0);
 
-    double *g = fd_gradient(e.wte, V * C, embedding_loss, &e);
-    float *init = rand_floats(V * C, -1, 1);
-    float *d_dwte = dev_floats(init, V * C);
+    double *g = fd_gradient(e.wte, nw, embedding_loss, &e);
+    float *init = rand_floats(nw, -1, 1);
+    float *d_dwte = dev_floats(init, nw);
     ops->embedding_backward(d_dwte, d_dout, d_ids, N, C);
-    test_close("ops.embedding.backward", host_floats(d_dwte, V * C), plus(init, g, V * C), V * C,
+    test_close(name("ops.embedding%s.backward", tag), host_floats(d_dwte, nw), plus(init, g, nw), nw,
                BWD_ATOL, BWD_RTOL);
     release_all();
+}
+
+static void test_embedding(void) {
+    static const int ids[] = {3, 1, 3, 0, 9, 3, 1, 7};                 /* 3 three times, 1 twice */
+    static const int ids_tp[] = {-1, 4, -1, 0, 4, -1, -7, 2, 4, -1}; /* ids another tp rank holds: < 0 */
+    test_embedding_case("", ids, 8, 10, 6);
+    test_embedding_case(".negative_ids", ids_tp, 10, 5, 6);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -698,6 +708,107 @@ static void test_elementwise(void) {
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* rows by index (the MoE permutation): gather_rows, and its two adjoints scatter_add_rows, row_dot */
+
+/* L = sum_i w[i] . (scale[i] * src[idx[i]]) (scale NULL: 1): the loss of a gather weighted by w. Its
+ * gradient is scatter_add_rows(dsrc, w, idx, scale) for src and row_dot(dscale, w, src, idx) for scale. */
+struct gather_ctx {
+    double *src, *scale, *wo;
+    const int *idx;
+    int n, C;
+};
+
+static double gather_loss(void *p) {
+    struct gather_ctx *g = p;
+    double l = 0;
+    for (int i = 0; i < g->n; i++) {
+        double s = g->scale ? g->scale[i] : 1.0;
+        for (int c = 0; c < g->C; c++) l += g->wo[(size_t)i * g->C + c] * s * g->src[(size_t)g->idx[i] * g->C + c];
+    }
+    return l;
+}
+
+static void test_rows_by_index(void) {
+    enum { S = 7, C = 9, NI = 10, ND = 12 }; /* S source rows, NI indices, gather output of ND >= NI rows */
+    static const int idx[NI] = {3, 0, 6, 3, 3, 1, 6, 5, 0, 2}; /* 3 three times, 0 and 6 twice, 4 never */
+    float *src = rand_floats(S * C, -1, 1), *scale = rand_floats(NI, -2, 2), *dout = rand_floats(NI * C, -1, 1);
+    scale[4] = 0;
+    float *d_src = dev_floats(src, S * C), *d_scale = dev_floats(scale, NI), *d_dout = dev_floats(dout, NI * C);
+    int *d_idx = (int *)dev_from(idx, sizeof idx);
+
+    /* gather_rows: rows NI.. of dst are beyond n and must keep their values */
+    float *dst0 = rand_floats(ND * C, -100, 100);
+    unsigned char *touched = window_mask(ND * C, NI, C, C);
+    double *want = dzeros(NI * C), *want_scaled = dzeros(NI * C);
+    for (int i = 0; i < NI; i++)
+        for (int c = 0; c < C; c++) {
+            want[i * C + c] = src[idx[i] * C + c];
+            want_scaled[i * C + c] = (double)scale[i] * src[idx[i] * C + c];
+        }
+    for (int scaled = 0; scaled <= 1; scaled++) {
+        const char *mode = scaled ? ".scale" : "";
+        float *d_dst = dev_floats(dst0, ND * C);
+        ops->gather_rows(d_dst, d_src, d_idx, scaled ? d_scale : NULL, NI, C);
+        float *dst = host_floats(d_dst, ND * C);
+        test_close(name("ops.gather_rows%s", mode), dst, scaled ? want_scaled : want, NI * C, 0,
+                   scaled ? EW_RTOL : 0);
+        check_untouched(name("ops.gather_rows%s.untouched", mode), dst, dst0, touched, ND * C);
+    }
+
+    /* scatter_add_rows onto a nonzero dst is the src gradient of the gather; row_dot its scale gradient */
+    double *ones = dzeros(NI);
+    for (int i = 0; i < NI; i++) ones[i] = 1;
+    struct gather_ctx g = {dbl(src, S * C), dbl(scale, NI), dbl(dout, NI * C), idx, NI, C};
+    double *gsrc = fd_gradient(g.src, S * C, gather_loss, &g);
+    double *gscale = fd_gradient(g.scale, NI, gather_loss, &g);
+    g.scale = ones;
+    double *gsrc_unscaled = fd_gradient(g.src, S * C, gather_loss, &g);
+    float *init = rand_floats(S * C, -1, 1);
+    for (int scaled = 0; scaled <= 1; scaled++) {
+        float *d_dsrc = dev_floats(init, S * C);
+        ops->scatter_add_rows(d_dsrc, d_dout, d_idx, scaled ? d_scale : NULL, NI, C);
+        test_close(name("ops.scatter_add_rows%s", scaled ? ".scale" : ""), host_floats(d_dsrc, S * C),
+                   plus(init, scaled ? gsrc : gsrc_unscaled, S * C), S * C, BWD_ATOL, BWD_RTOL);
+    }
+    float *d_dscale = dev_floats(rand_floats(NI, -100, 100), NI);
+    ops->row_dot(d_dscale, d_dout, d_src, d_idx, NI, C);
+    test_close("ops.row_dot", host_floats(d_dscale, NI), gscale, NI, BWD_ATOL, BWD_RTOL);
+    release_all();
+}
+
+/* "Rows of dst summed in i order": values spread over 12 decades, so fp32 sums depend on their order,
+ * and the op must equal this sequential fp32 loop bit for bit (for any thread count). */
+static void test_scatter_add_order(void) {
+    enum { S = 3, C = 40, NI = 16 };
+    static const int idx[NI] = {2, 0, 2, 2, 1, 2, 0, 2, 2, 1, 0, 2, 2, 0, 2, 2};
+    float *src = rand_floats(NI * C, -1, 1), *scale = rand_floats(NI, 0.5, 2), *dst0 = rand_floats(S * C, -1, 1);
+    for (int i = 0; i < NI * C; i++) src[i] *= (float)pow(10, floor(test_rng_uniform(&rng_state, -6, 6)));
+    float *d_src = dev_floats(src, NI * C), *d_scale = dev_floats(scale, NI);
+    int *d_idx = (int *)dev_from(idx, sizeof idx);
+    for (int scaled = 0; scaled <= 1; scaled++) {
+        const char *mode = scaled ? ".scale" : "";
+        float *fwd = host_alloc(S * C * sizeof(float)), *rev = host_alloc(S * C * sizeof(float));
+        memcpy(fwd, dst0, S * C * sizeof(float));
+        memcpy(rev, dst0, S * C * sizeof(float));
+        for (int i = 0; i < NI; i++)
+            for (int c = 0; c < C; c++) {
+                float s = scaled ? scale[i] : 1.0f, sr = scaled ? scale[NI - 1 - i] : 1.0f;
+                fwd[idx[i] * C + c] += s * src[i * C + c];
+                rev[idx[NI - 1 - i] * C + c] += sr * src[(NI - 1 - i) * C + c];
+            }
+        int differ = 0;
+        for (int i = 0; i < S * C; i++) differ += memcmp(&fwd[i], &rev[i], sizeof(float)) != 0;
+        test_result(differ > 0, name("ops.scatter_add_rows%s.order.data_order_sensitive", mode),
+                    "summing in reverse order changed no element: the order check below could not fail");
+        float *d_dst = dev_floats(dst0, S * C);
+        ops->scatter_add_rows(d_dst, d_src, d_idx, scaled ? d_scale : NULL, NI, C);
+        test_close(name("ops.scatter_add_rows%s.order", mode), host_floats(d_dst, S * C), dbl(fwd, S * C), S * C,
+                   0, 0);
+    }
+    release_all();
+}
+
+/* ---------------------------------------------------------------------------------------------- */
 /* cross-entropy                                                                                  */
 
 static void cross_entropy_ref(double *losses, const double *logits, const int *targets, int N, int V) {
@@ -756,6 +867,126 @@ static void test_cross_entropy(void) {
     ops->cross_entropy(d_losses, d_alias, d_alias, d_targets, N, V, dloss);
     test_close("ops.cross_entropy.alias.loss", host_floats(d_losses, N), want, N, FWD_ATOL, FWD_RTOL);
     test_close("ops.cross_entropy.alias.dlogits", host_floats(d_alias, N * V), g, N * V, BWD_ATOL, BWD_RTOL);
+    release_all();
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* vocabulary-parallel cross-entropy (Megatron): xent_rowmax, xent_sumexp, xent_finish            */
+
+/* The [N, V] logits split into `parts` vocabulary slices starting at v0[0..parts-1], one per simulated
+ * tensor-parallel rank, each slice a separate buffer as on its own rank. Between the steps the host does
+ * what the tp collectives do: rowmax by max over the slices, sumexp and tlogit by sum in slice order.
+ * Every slice must report the same losses: the fused op's (and the double reference); the slices'
+ * dlogits put side by side must be the fused op's dlogits (and the finite-difference gradient). */
+static void test_xent_case(const char *tag, const float *logits, const int *targets, int N, int V,
+                           const int *v0, int parts, float dloss, const double *want, const double *g,
+                           const float *fused_losses, const float *fused_dlogits) {
+    int *d_targets = (int *)dev_from(targets, sizeof(int) * N);
+    float *rowmax = host_alloc(N * sizeof(float)), *sumexp = host_alloc(N * sizeof(float));
+    float *tlogit = host_alloc(N * sizeof(float));
+    float *d_slice[8];
+    CHECK(parts <= 8, "at most 8 slices");
+    for (int n = 0; n < N; n++) rowmax[n] = -INFINITY;
+
+    for (int r = 0; r < parts; r++) {
+        int Vr = (r + 1 < parts ? v0[r + 1] : V) - v0[r];
+        float *slice = host_alloc((size_t)N * Vr * sizeof(float));
+        for (int n = 0; n < N; n++) memcpy(slice + (size_t)n * Vr, logits + (size_t)n * V + v0[r], Vr * sizeof(float));
+        d_slice[r] = dev_floats(slice, (size_t)N * Vr);
+        double *want_max = dzeros(N);
+        for (int n = 0; n < N; n++) {
+            want_max[n] = -INFINITY;
+            for (int i = 0; i < Vr; i++) want_max[n] = fmax(want_max[n], slice[(size_t)n * Vr + i]);
+        }
+        float *d_max = dev_floats(rand_floats(N, -100, 100), N);
+        ops->xent_rowmax(d_max, d_slice[r], N, Vr);
+        float *got = host_floats(d_max, N);
+        test_close(name("ops.xent%s.rank%d.rowmax", tag, r), got, want_max, N, 0, 0);
+        for (int n = 0; n < N; n++) rowmax[n] = fmaxf(rowmax[n], got[n]);
+    }
+
+    float *d_rowmax = dev_floats(rowmax, N);
+    for (int r = 0; r < parts; r++) {
+        int Vr = (r + 1 < parts ? v0[r + 1] : V) - v0[r];
+        double *want_se = dzeros(N), *want_tl = dzeros(N);
+        for (int n = 0; n < N; n++) {
+            for (int i = 0; i < Vr; i++) want_se[n] += exp((double)logits[(size_t)n * V + v0[r] + i] - rowmax[n]);
+            int t = targets[n] - v0[r];
+            want_tl[n] = targets[n] >= 0 && t >= 0 && t < Vr ? logits[(size_t)n * V + targets[n]] : 0;
+        }
+        float *d_se = dev_floats(rand_floats(N, -100, 100), N), *d_tl = dev_floats(rand_floats(N, -100, 100), N);
+        ops->xent_sumexp(d_se, d_tl, d_slice[r], d_targets, d_rowmax, N, Vr, v0[r]);
+        float *se = host_floats(d_se, N), *tl = host_floats(d_tl, N);
+        test_close(name("ops.xent%s.rank%d.sumexp", tag, r), se, want_se, N, FWD_ATOL, FWD_RTOL);
+        test_close(name("ops.xent%s.rank%d.tlogit", tag, r), tl, want_tl, N, 0, 0);
+        for (int n = 0; n < N; n++) {
+            sumexp[n] = r ? sumexp[n] + se[n] : se[n];
+            tlogit[n] = r ? tlogit[n] + tl[n] : tl[n];
+        }
+    }
+
+    /* finish: losses only, into separate dlogits, and in place (dlogits == logits) */
+    float *d_sumexp = dev_floats(sumexp, N), *d_tlogit = dev_floats(tlogit, N);
+    double *fused_l = dbl(fused_losses, N), *fused_g = dbl(fused_dlogits, (size_t)N * V);
+    float *dl_sep = host_alloc((size_t)N * V * sizeof(float)), *dl_alias = host_alloc((size_t)N * V * sizeof(float));
+    for (int r = 0; r < parts; r++) {
+        int Vr = (r + 1 < parts ? v0[r + 1] : V) - v0[r];
+        size_t nr = (size_t)N * Vr;
+        float *d_losses = dev_floats(rand_floats(N, -100, 100), N);
+        ops->xent_finish(d_losses, NULL, d_slice[r], d_targets, d_rowmax, d_sumexp, d_tlogit, N, Vr, v0[r], dloss);
+        float *losses = host_floats(d_losses, N);
+        test_close(name("ops.xent%s.rank%d.loss", tag, r), losses, want, N, FWD_ATOL, FWD_RTOL);
+        test_close(name("ops.xent%s.rank%d.loss.vs_fused", tag, r), losses, fused_l, N, FWD_ATOL, FWD_RTOL);
+
+        float *d_dl = dev_floats(rand_floats(nr, -100, 100), nr);
+        d_losses = dev_floats(rand_floats(N, -100, 100), N);
+        ops->xent_finish(d_losses, d_dl, d_slice[r], d_targets, d_rowmax, d_sumexp, d_tlogit, N, Vr, v0[r], dloss);
+        test_close(name("ops.xent%s.rank%d.backward.loss", tag, r), host_floats(d_losses, N), fused_l, N,
+                   FWD_ATOL, FWD_RTOL);
+        float *dl = host_floats(d_dl, nr);
+
+        d_losses = dev_floats(rand_floats(N, -100, 100), N);
+        ops->xent_finish(d_losses, d_slice[r], d_slice[r], d_targets, d_rowmax, d_sumexp, d_tlogit, N, Vr, v0[r],
+                         dloss);
+        test_close(name("ops.xent%s.rank%d.alias.loss", tag, r), host_floats(d_losses, N), fused_l, N,
+                   FWD_ATOL, FWD_RTOL);
+        float *da = host_floats(d_slice[r], nr);
+        for (int n = 0; n < N; n++) {
+            memcpy(dl_sep + (size_t)n * V + v0[r], dl + (size_t)n * Vr, Vr * sizeof(float));
+            memcpy(dl_alias + (size_t)n * V + v0[r], da + (size_t)n * Vr, Vr * sizeof(float));
+        }
+    }
+    size_t nl = (size_t)N * V;
+    test_close(name("ops.xent%s.dlogits.vs_fused", tag), dl_sep, fused_g, nl, BWD_ATOL, BWD_RTOL);
+    test_close(name("ops.xent%s.dlogits", tag), dl_sep, g, nl, BWD_ATOL, BWD_RTOL);
+    test_close(name("ops.xent%s.alias.dlogits.vs_fused", tag), dl_alias, fused_g, nl, BWD_ATOL, BWD_RTOL);
+    test_close(name("ops.xent%s.alias.dlogits", tag), dl_alias, g, nl, BWD_ATOL, BWD_RTOL);
+}
+
+static void test_xent(void) {
+    enum { N = 7, V = 11 };
+    /* slices [0,5) [5,11) and [0,3) [3,7) [7,11): every slice holds some row's target; row 2 is ignored */
+    static const int targets[N] = {3, 2, -1, 10, 5, 0, 8};
+    static const int two[] = {0, 5}, three[] = {0, 3, 7};
+    const float dloss = 0.2f;
+    float *logits = rand_floats(N * V, -3, 3);
+    for (int i = 0; i < V; i++) logits[4 * V + i] *= 40; /* up to +-120: exp overflows fp32 unless shifted */
+    logits[1 * V + 9] = 7; /* row 1: its largest logit in the last slice, its target (2) in the first */
+
+    struct ce_ctx c = {dbl(logits, N * V), dzeros(N), dloss, targets, N, V};
+    double *want = dzeros(N);
+    cross_entropy_ref(want, c.logits, targets, N, V);
+    double *g = fd_gradient(c.logits, N * V, cross_entropy_loss, &c);
+
+    float *d_logits = dev_floats(logits, N * V), *d_dlogits = dev_alloc(N * V * sizeof(float));
+    int *d_targets = (int *)dev_from(targets, sizeof targets);
+    float *d_losses = dev_alloc(N * sizeof(float));
+    ops->cross_entropy(d_losses, d_dlogits, d_logits, d_targets, N, V, dloss);
+    float *fused_losses = host_floats(d_losses, N), *fused_dlogits = host_floats(d_dlogits, N * V);
+
+    test_xent_case(".tp1", logits, targets, N, V, two, 1, dloss, want, g, fused_losses, fused_dlogits);
+    test_xent_case(".tp2", logits, targets, N, V, two, 2, dloss, want, g, fused_losses, fused_dlogits);
+    test_xent_case(".tp3", logits, targets, N, V, three, 3, dloss, want, g, fused_losses, fused_dlogits);
     release_all();
 }
 
@@ -832,7 +1063,10 @@ int main(void) {
     test_attention();
     test_swiglu();
     test_elementwise();
+    test_rows_by_index();
+    test_scatter_add_order();
     test_cross_entropy();
+    test_xent();
     test_sum_squares();
     test_adamw();
     return test_exit();
