@@ -275,6 +275,54 @@ static void evaluate(struct loom_model *model, const struct loom_topology *topo,
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* mixture of experts: loads and router biases of every MoE block, reported by the stage holding it  */
+
+/* Writes this stage's MoE blocks into rows (global MoE block index) of loads and/or bias (E each);
+ * other rows are zeroed, so a sum over the pipeline stages assembles the whole model. */
+static void moe_rows_fill(const struct loom_model *m, double *loads, double *bias, int layer_lo, int first_dense) {
+    int E = (int)m->cfg.moe.experts, total = (int)m->cfg.num_layers - first_dense;
+    if (loads) memset(loads, 0, sizeof(double) * (size_t)total * E);
+    if (bias) memset(bias, 0, sizeof(double) * (size_t)total * E);
+    int first_moe = layer_lo > first_dense ? layer_lo : first_dense;
+    for (int k = 0; k < m->moe_layers; k++) {
+        size_t row = (size_t)(first_moe - first_dense + k) * E;
+        for (int e = 0; e < E; e++) {
+            if (loads) loads[row + e] = (double)m->expert_load[(size_t)k * E + e];
+            if (bias) bias[row + e] = m->router_bias[(size_t)k * E + e];
+        }
+    }
+}
+
+/* max (or min) load over the mean load of one block */
+static double load_ratio(const double *load, int E, int want_max) {
+    double sum = 0, x = want_max ? 0 : INFINITY;
+    for (int e = 0; e < E; e++) sum += load[e], x = want_max ? fmax(x, load[e]) : fmin(x, load[e]);
+    return sum > 0 ? x * E / sum : 0;
+}
+
+enum { MOE_METRICS_MAX = 4096 }; /* per-expert arrays go to metrics.jsonl up to this many values */
+
+static void moe_metrics(FILE *f, double balance, const double *loads, const double *bias, int blocks, int E) {
+    fprintf(f, ", \"balance_loss\": %.9g, \"expert_load\": [", balance);
+    for (int k = 0; k < blocks; k++)
+        fprintf(f, "%s{\"max_over_mean\": %.4g, \"min_over_mean\": %.4g}", k ? ", " : "",
+                load_ratio(loads + (size_t)k * E, E, 1), load_ratio(loads + (size_t)k * E, E, 0));
+    fputc(']', f);
+    if ((size_t)blocks * E > MOE_METRICS_MAX) return;
+    const char *names[2] = {"expert_loads", "router_bias"};
+    const double *arrays[2] = {loads, bias};
+    for (int a = 0; a < 2; a++) {
+        fprintf(f, ", \"%s\": [", names[a]);
+        for (int k = 0; k < blocks; k++) {
+            fprintf(f, "%s[", k ? ", " : "");
+            for (int e = 0; e < E; e++) fprintf(f, a ? "%s%.9g" : "%s%.0f", e ? ", " : "", arrays[a][(size_t)k * E + e]);
+            fputc(']', f);
+        }
+        fputc(']', f);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
 /* metrics                                                                                          */
 
 static void json_source_map(FILE *f, const char *key, const struct loom_sampler *s, const double *v,
@@ -422,6 +470,10 @@ int loom_train_main(int argc, char **argv) {
     float *token_losses = malloc_check(sizeof(float) * (size_t)B * T_max);
     int *eval_inputs = malloc_check(sizeof(int) * (size_t)B * T_max);
     int *eval_targets = malloc_check(sizeof(int) * (size_t)B * T_max);
+    int E_moe = (int)cfg.model.moe.experts, moe_total = 0;
+    for (int l = 0; l < cfg.model.num_layers; l++) moe_total += loom_model_layer_is_moe(&cfg.model, l);
+    double *moe_loads = calloc_check((size_t)(moe_total * E_moe + 1), sizeof(double));
+    double *moe_bias = calloc_check((size_t)(moe_total * E_moe + 1), sizeof(double));
     struct loom_prefetch *prefetch = loom_prefetch_start(&sampler, &cur, tc->steps, topo.dp_rank, dp);
     double run_start = now_s();
     int64_t tokens = 0;
@@ -487,18 +539,10 @@ int loom_train_main(int argc, char **argv) {
         double balance = model.balance;
         loom_allreduce_double(&topo.dp_comm, &balance, 1);
         loom_allreduce_double(&topo.pp_comm, &balance, 1);
-        double load_stats[2 * 64] = {0}; /* max/mean and min/mean of the first 64 MoE blocks of the stage */
-        int nload = model.moe_layers < 64 ? model.moe_layers : 64;
-        if (model.moe_layers) {
-            int E = (int)cfg.model.moe.experts;
-            loom_allreduce_long(&topo.dp_comm, (long *)model.expert_load, model.moe_layers * E);
-            for (int k = 0; k < nload; k++) {
-                const int64_t *load = model.expert_load + (size_t)k * E;
-                double sum = 0, mx = 0, mn = 1e300;
-                for (int e = 0; e < E; e++) sum += load[e], mx = load[e] > mx ? load[e] : mx, mn = load[e] < mn ? load[e] : mn;
-                load_stats[2 * k] = sum > 0 ? mx * E / sum : 0;
-                load_stats[2 * k + 1] = sum > 0 ? mn * E / sum : 0;
-            }
+        /* expert loads over the global batch; each stage reports its MoE blocks into the whole model's rows */
+        if (moe_total) {
+            loom_allreduce_long(&topo.dp_comm, (long *)model.expert_load, model.moe_layers * E_moe);
+            moe_rows_fill(&model, moe_loads, NULL, stage.layer_lo, (int)cfg.model.moe.first_dense);
         }
         if (!skipped) {
             loom_adamw_step(&adamw, &model.table, model.params, model.grads, lr,
@@ -510,6 +554,11 @@ int loom_train_main(int argc, char **argv) {
             }
         }
         if (model.moe_layers) loom_model_update_router_bias(&model);
+        if (moe_total) {
+            moe_rows_fill(&model, NULL, moe_bias, stage.layer_lo, (int)cfg.model.moe.first_dense);
+            loom_allreduce_double(&topo.pp_comm, moe_loads, moe_total * E_moe);
+            loom_allreduce_double(&topo.pp_comm, moe_bias, moe_total * E_moe);
+        }
         tokens += step_tokens;
         double t3 = now_s();
         tm.optimizer = t3 - t2;
@@ -533,13 +582,7 @@ int loom_train_main(int argc, char **argv) {
                     "\"seq_len\": %d, \"batch\": %lld",
                     (long long)(step + 1), (long long)tokens, loss, lr, gnorm, tok_s, mfu, skipped ? "true" : "false",
                     cur.phases[batch->phase].name, T, (long long)batch->batch);
-            if (model.moe_layers) {
-                fprintf(metrics, ", \"balance_loss\": %.9g, \"expert_load\": [", balance);
-                for (int k = 0; k < nload; k++)
-                    fprintf(metrics, "%s{\"max_over_mean\": %.4g, \"min_over_mean\": %.4g}", k ? ", " : "",
-                            load_stats[2 * k], load_stats[2 * k + 1]);
-                fputc(']', metrics);
-            }
+            if (moe_total) moe_metrics(metrics, balance, moe_loads, moe_bias, moe_total, E_moe);
             if (sampler.nstreams) {
                 json_source_map(metrics, "weights", &sampler, batch->weights, NULL);
                 int present[LOOM_MAX_SOURCES];
@@ -566,9 +609,9 @@ int loom_train_main(int argc, char **argv) {
                 format_rate(rate, sizeof rate, tok_s);
                 format_phase(phase, sizeof phase, &cur, &sampler, batch);
                 char bubble[64] = "", experts[96] = "";
-                if (model.moe_layers) {
+                if (moe_total) {
                     double mx = 0;
-                    for (int k = 0; k < nload; k++) mx = load_stats[2 * k] > mx ? load_stats[2 * k] : mx;
+                    for (int k = 0; k < moe_total; k++) mx = fmax(mx, load_ratio(moe_loads + (size_t)k * E_moe, E_moe, 1));
                     snprintf(experts, sizeof experts, " | experts max/mean %.2f bal %.2e", mx, balance);
                 }
                 if (topo.pp > 1)
@@ -594,6 +637,8 @@ int loom_train_main(int argc, char **argv) {
     if (metrics) CHECK(fclose(metrics) == 0, "writing metrics failed");
     loom_prefetch_stop(prefetch);
     free(token_losses);
+    free(moe_loads);
+    free(moe_bias);
     free(eval_inputs);
     free(eval_targets);
     loom_adamw_free(&adamw);

@@ -18,6 +18,9 @@
  *   fp32 sums of K ~ 100 products    atol 3e-5, rtol 1e-5 (rounding grows like sqrt(K) * 6e-8 * sum|terms|)
  *   exactly rounded element-wise ops atol 0,    rtol 1e-7 (one fp32 rounding is <= 6e-8 relative)
  *   pure copies / untouched elements exact
+ *   scatter_add_rows in index order  exact against the same sequential fp32 loop (ops.h fixes the order)
+ *   vocabulary-parallel loss pieces  as the fused cross-entropy: rowmax and tlogit exact, the rest forward
+ *                                    or gradient tolerance against both the fused op and the double reference
  */
 #include <stdint.h>
 #include <string.h>
