@@ -8,7 +8,9 @@
 #   4. the tiny MLA model trained through the commonsense -> STEM -> agentic curriculum on 4 ranks
 #      (data parallel 2 x pipeline 2, 1F1B), with held-out loss per source; the loss falls well below
 #      its start, ln(vocab);
-#   5. a plot of per-source loss against tokens.
+#   5. a plot of per-source loss against tokens;
+#   6. the tiny mixture-of-experts model on the same data with its experts on 2 expert-parallel ranks,
+#      and a plot of each expert's load per block over the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,5 +51,12 @@ if evals:
         f"{k} {a['eval'][k]:.3f} -> {b['eval'][k]:.3f}" for k in b["eval"] if k in a["eval"])))
 PY
 scripts/plot_losses "$run_dir" --out "$run_dir/losses.png" >/dev/null
+moe_dir=runs/demo-moe
+rm -rf "$moe_dir"
+scripts/launch.sh -np 2 ./loom train -c configs/runs/demo-moe.ini --parallel.dp=2 --parallel.ep=2 \
+    --train.micro_batch=4 --train.run_dir="$moe_dir"
+[ -x scripts/plot_experts ] && scripts/plot_experts "$moe_dir" --out "$moe_dir/experts.png" >/dev/null
+
 echo "demo: run folder $run_dir (config.ini, metrics.jsonl)"
 echo "demo: plot of per-source loss against tokens: $run_dir/losses.png"
+echo "demo: mixture-of-experts run (ep 2) in $moe_dir; expert load per block: $moe_dir/experts.png"
