@@ -29,9 +29,11 @@
 #include "optim/adamw.h"
 #include "optim/schedule.h"
 #include "parallel/comm.h"
+#include "parallel/grads.h"
 #include "parallel/pipeline.h"
 #include "parallel/topology.h"
 #include "train/cli.h"
+#include "train/report.h"
 
 static const char *USAGE = "[mpirun -np N] loom train -c CONFIG [--section.key=value ...]";
 
@@ -114,24 +116,6 @@ static void source_tally_add(void *ctx, int micro, const float *token_losses) {
     }
 }
 
-/* the tensor-parallel collectives the model calls (struct loom_model_comm) */
-static void tp_allreduce_sum(void *ctx, float *buf, size_t n) {
-    struct loom_comm_handle h;
-    loom_allreduce_start(ctx, buf, n, &h);
-    loom_comm_wait(&h);
-}
-
-static void tp_allreduce_max(void *ctx, float *buf, size_t n) { loom_allreduce_max_float(ctx, buf, n); }
-
-/* the expert-parallel exchanges the MoE layer calls */
-static void ep_alltoallv(void *ctx, const float *send, const int *scounts, const int *sdispls, float *recv,
-                         const int *rcounts, const int *rdispls) {
-    struct loom_comm_handle h;
-    loom_alltoallv_start(ctx, send, scounts, sdispls, recv, rcounts, rdispls, &h);
-    loom_comm_wait(&h);
-}
-
-static void ep_alltoall_int(void *ctx, const int *send, int *recv, int n) { loom_alltoall_int(ctx, send, recv, n); }
 
 /* Every core, shared among the ranks that run on this node. */
 static int default_threads(void) {
@@ -144,209 +128,11 @@ static int default_threads(void) {
     return n > 0 ? n : 1;
 }
 
-/* ---------------------------------------------------------------------------------------------- */
-/* data parallelism                                                                                 */
 
-enum { GRAD_BUCKET = 1 << 22 }; /* floats per all-reduce: 16 MB fp32 buckets, all in flight at once */
-
-/* Sums the gradients over dp — a bucketed all-reduce, or with ZeRO-1 a reduce-scatter that leaves each
- * rank the sum of its own shard [lo, hi) — and returns the sum of squares of the summed gradients over
- * the whole model (for the global-norm clip). The loss was already weighted by 1 / (tokens of the
- * global batch), so the sum is the gradient of the global mean. Only parameters with counted[i] set
- * enter the sum of squares (each tensor counted once over tp and over the tied-embedding copies). */
-static double grads_reduce(struct loom_model *m, const struct loom_ops *ops, const struct loom_topology *topo,
-                           int zero, const int *counts, size_t lo, size_t hi, const unsigned char *counted) {
-    size_t total = m->table.total;
-    /* with expert parallelism the routed experts' tensors (the end of the buffer) are reduced over the
-     * ranks that hold the same experts only */
-    size_t split = topo->ep > 1 ? m->table.expert_offset : total;
-    if (!zero) {
-        struct { const struct loom_comm *c; size_t lo, hi; } part[2] = {{&topo->dp_comm, 0, split},
-                                                                          {&topo->edp_comm, split, total}};
-        size_t nb = 0, cap = (total + GRAD_BUCKET - 1) / GRAD_BUCKET + 2;
-        struct loom_comm_handle *h = malloc_check(sizeof *h * cap);
-        for (int p = 0; p < 2; p++) {
-            if (part[p].c->size < 2) continue;
-            for (size_t off = part[p].lo; off < part[p].hi; off += GRAD_BUCKET) {
-                size_t n = part[p].hi - off < GRAD_BUCKET ? part[p].hi - off : GRAD_BUCKET;
-                loom_allreduce_start(part[p].c, m->grads + off, n, &h[nb++]);
-            }
-        }
-        for (size_t b = 0; b < nb; b++) loom_comm_wait(&h[b]);
-        free(h);
-    }
-    if (zero) {
-        float *shard = malloc_check(sizeof(float) * (hi - lo));
-        struct loom_comm_handle h;
-        loom_reduce_scatterv_start(&topo->dp_comm, m->grads, shard, counts, &h);
-        loom_comm_wait(&h);
-        memcpy(m->grads + lo, shard, sizeof(float) * (hi - lo));
-        free(shard);
-        double ss = loom_grad_sum_squares_range(ops, &m->table, m->grads, lo, hi, counted);
-        loom_allreduce_double(&topo->dp_comm, &ss, 1);
-        return ss;
-    }
-    double dense = loom_grad_sum_squares_range(ops, &m->table, m->grads, 0, split, counted);
-    double experts = loom_grad_sum_squares_range(ops, &m->table, m->grads, split, total, counted);
-    if (topo->ep > 1) loom_allreduce_double(&topo->ep_comm, &experts, 1);
-    return dense + experts;
-}
-
-static void format_eta(char *buf, size_t n, double seconds) {
-    long s = (long)(seconds + 0.5);
-    if (s >= 3600) snprintf(buf, n, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
-    else snprintf(buf, n, "%ld:%02ld", s / 60, s % 60);
-}
-
-static void format_rate(char *buf, size_t n, double tok_s) {
-    if (tok_s >= 1e6) snprintf(buf, n, "%.2fM", tok_s / 1e6);
-    else if (tok_s >= 1e3) snprintf(buf, n, "%.1fk", tok_s / 1e3);
-    else snprintf(buf, n, "%.0f", tok_s);
-}
 
 /* ---------------------------------------------------------------------------------------------- */
 
-/* PREFIX.rankR.bin: int64 lo, hi, total, then the gradients [lo, hi) of this rank's flat buffer
- * (hi - lo < total under ZeRO-1, where only the rank's shard is reduced). PREFIX.rankR.map: one line
- * per tensor of the buffer, "name offset row0 col0 local_rows local_cols rows cols", where the tensor's
- * local part is rows row0.. and columns col0.. of the whole [rows, cols]. For parity tests. */
-static void grads_dump(const struct loom_model *m, const char *prefix, int rank, size_t lo, size_t hi) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s.rank%d.bin", prefix, rank);
-    FILE *f = fopen_check(path, "wb");
-    int64_t head[3] = {(int64_t)lo, (int64_t)hi, (int64_t)m->table.total};
-    float *g = malloc_check(sizeof(float) * m->table.total);
-    loom_model_get_grads(m, g);
-    CHECK(fwrite(head, sizeof head, 1, f) == 1 && fwrite(g + lo, sizeof(float), hi - lo, f) == hi - lo,
-          "writing %s", path);
-    CHECK(fclose(f) == 0, "writing %s", path);
-    free(g);
-    snprintf(path, sizeof path, "%s.rank%d.map", prefix, rank);
-    f = fopen_check(path, "w");
-    for (int i = 0; i < m->table.count; i++) {
-        const struct loom_param *p = &m->table.params[i];
-        long long cols = p->shape.ndim > 1 ? p->shape.dims[1] : 1, lcols = p->local.ndim > 1 ? p->local.dims[1] : 1;
-        fprintf(f, "%s %zu %lld %lld %lld %lld %lld %lld\n", p->name, p->offset, (long long)p->row0,
-                (long long)p->col0, (long long)p->local.dims[0], lcols, (long long)p->shape.dims[0], cols);
-    }
-    CHECK(fclose(f) == 0, "writing %s", path);
-}
 
-/* ---------------------------------------------------------------------------------------------- */
-/* evaluation: held-out loss per source                                                             */
-
-struct eval_result {
-    int n;                         /* sources evaluated */
-    int source[LOOM_MAX_SOURCES];
-    double loss[LOOM_MAX_SOURCES];
-};
-
-static void evaluate(struct loom_model *model, const struct loom_topology *topo, struct loom_sampler *heldout,
-                     const struct loom_config *cfg, int T, int *inputs, int *targets, struct eval_result *r) {
-    int B = model->B;
-    r->n = 0;
-    model->bal_scale = 0; /* evaluation neither adds balance loss nor counts expert load */
-    for (int s = 0; s < heldout->nstreams; s++) {
-        if (heldout->streams[s].nshards == 0) continue;
-        double sum = 0;
-        long count = 0;
-        /* the first eval.sequences windows of the held-out stream, in micro-batches of B; a short last
-         * micro-batch is padded with rows that count nowhere */
-        for (int64_t k0 = 0; k0 < cfg->eval.sequences; k0 += B) {
-            int rows = 0;
-            for (int b = 0; b < B; b++) {
-                int *in = inputs + (size_t)b * T, *tg = targets + (size_t)b * T;
-                if (k0 + b < cfg->eval.sequences && loom_sampler_heldout(heldout, s, k0 + b, T, in, tg)) {
-                    rows++;
-                    continue;
-                }
-                for (int t = 0; t < T; t++) in[t] = 0, tg[t] = -1;
-            }
-            if (rows == 0) break; /* the held-out set is smaller than asked: use what is there */
-            long n = 0;
-            sum += loom_pipeline_forward(model, topo, inputs, targets, &n);
-            count += n;
-        }
-        if (count == 0) continue;
-        r->source[r->n] = s;
-        r->loss[r->n++] = sum / count;
-    }
-    memset(model->expert_load, 0, sizeof(int64_t) * (size_t)(model->moe_layers * model->cfg.moe.experts + 1));
-}
-
-/* ---------------------------------------------------------------------------------------------- */
-/* mixture of experts: loads and router biases of every MoE block, reported by the stage holding it  */
-
-/* Writes this stage's MoE blocks into rows (global MoE block index) of loads and/or bias (E each);
- * other rows are zeroed, so a sum over the pipeline stages assembles the whole model. */
-static void moe_rows_fill(const struct loom_model *m, double *loads, double *bias, int layer_lo, int first_dense) {
-    int E = (int)m->cfg.moe.experts, total = (int)m->cfg.num_layers - first_dense;
-    if (loads) memset(loads, 0, sizeof(double) * (size_t)total * E);
-    if (bias) memset(bias, 0, sizeof(double) * (size_t)total * E);
-    int first_moe = layer_lo > first_dense ? layer_lo : first_dense;
-    for (int k = 0; k < m->moe_layers; k++) {
-        size_t row = (size_t)(first_moe - first_dense + k) * E;
-        for (int e = 0; e < E; e++) {
-            if (loads) loads[row + e] = (double)m->expert_load[(size_t)k * E + e];
-            if (bias) bias[row + e] = m->router_bias[(size_t)k * E + e];
-        }
-    }
-}
-
-/* max (or min) load over the mean load of one block */
-static double load_ratio(const double *load, int E, int want_max) {
-    double sum = 0, x = want_max ? 0 : INFINITY;
-    for (int e = 0; e < E; e++) sum += load[e], x = want_max ? fmax(x, load[e]) : fmin(x, load[e]);
-    return sum > 0 ? x * E / sum : 0;
-}
-
-enum { MOE_METRICS_MAX = 4096 }; /* per-expert arrays go to metrics.jsonl up to this many values */
-
-static void moe_metrics(FILE *f, double balance, const double *loads, const double *bias, int blocks, int E) {
-    fprintf(f, ", \"balance_loss\": %.9g, \"expert_load\": [", balance);
-    for (int k = 0; k < blocks; k++)
-        fprintf(f, "%s{\"max_over_mean\": %.4g, \"min_over_mean\": %.4g}", k ? ", " : "",
-                load_ratio(loads + (size_t)k * E, E, 1), load_ratio(loads + (size_t)k * E, E, 0));
-    fputc(']', f);
-    if ((size_t)blocks * E > MOE_METRICS_MAX) return;
-    const char *names[2] = {"expert_loads", "router_bias"};
-    const double *arrays[2] = {loads, bias};
-    for (int a = 0; a < 2; a++) {
-        fprintf(f, ", \"%s\": [", names[a]);
-        for (int k = 0; k < blocks; k++) {
-            fprintf(f, "%s[", k ? ", " : "");
-            for (int e = 0; e < E; e++) fprintf(f, a ? "%s%.9g" : "%s%.0f", e ? ", " : "", arrays[a][(size_t)k * E + e]);
-            fputc(']', f);
-        }
-        fputc(']', f);
-    }
-}
-
-/* ---------------------------------------------------------------------------------------------- */
-/* metrics                                                                                          */
-
-static void json_source_map(FILE *f, const char *key, const struct loom_sampler *s, const double *v,
-                            const int *present) {
-    fprintf(f, ", \"%s\": {", key);
-    int first = 1;
-    for (int i = 0; i < s->nstreams; i++) {
-        if (present && !present[i]) continue;
-        fprintf(f, "%s\"%s\": %.6g", first ? "" : ", ", s->streams[i].source->name, v[i]);
-        first = 0;
-    }
-    fputc('}', f);
-}
-
-/* "stem (commonsense 0.40 stem 0.60)" */
-static void format_phase(char *buf, size_t n, const struct loom_curriculum *c, const struct loom_sampler *s,
-                         const struct loom_batch *b) {
-    int len = snprintf(buf, n, "%s", c->phases[b->phase].name);
-    if (s->nstreams < 2) return;
-    len += snprintf(buf + len, n - len, " (");
-    for (int i = 0; i < s->nstreams && len < (int)n; i++)
-        len += snprintf(buf + len, n - len, "%s%s %.2f", i ? " " : "", s->streams[i].source->name, b->weights[i]);
-    if (len < (int)n) snprintf(buf + len, n - len, ")");
-}
 
 /* ---------------------------------------------------------------------------------------------- */
 
@@ -418,10 +204,7 @@ int loom_train_main(int argc, char **argv) {
     int m_max = (int)(loom_curriculum_max_batch(&cur) / dp / B);
     loom_model_create_stage(&model, ops, &cfg.model, &cfg.optim, B, T_max, &stage,
                             loom_pipeline_slots(pipe, topo.pp_rank, topo.pp, m_max));
-    struct loom_model_comm tp_comm = {.sum = tp_allreduce_sum, .max = tp_allreduce_max, .ctx = &topo.tp_comm,
-                                      .alltoallv = ep_alltoallv, .alltoall_int = ep_alltoall_int,
-                                      .ep_ctx = &topo.ep_comm};
-    model.comm = tp_comm;
+    model.comm = loom_model_comm_over(&topo);
     /* a tied embedding lives on the first and the last stage: its gradient is summed over both, and
      * counted once in the norm; a replicated tensor is counted on tp rank 0 only */
     const struct loom_param *tied_embed = NULL;
@@ -514,12 +297,12 @@ int loom_train_main(int argc, char **argv) {
         }
         for (int i = 0; i < model.table.count; i++) {
             const struct loom_param *p = &model.table.params[i];
-            if (p->tp_sum_grad) tp_allreduce_sum(&topo.tp_comm, model.grads + p->offset, p->numel);
+            if (p->tp_sum_grad) model.comm.sum(model.comm.ctx, model.grads + p->offset, p->numel);
         }
-        double gsq = grads_reduce(&model, ops, &topo, zero, shard_counts, lo, hi, counted_param);
+        double gsq = loom_grads_reduce(&model, ops, &topo, zero, shard_counts, lo, hi, counted_param);
         loom_allreduce_double(&topo.pp_comm, &gsq, 1);
         loom_allreduce_double(&topo.tp_comm, &gsq, 1);
-        if (step == 0 && cfg.log.dump_grads[0]) grads_dump(&model, cfg.log.dump_grads, rank, lo, hi);
+        if (step == 0 && cfg.log.dump_grads[0]) loom_grads_dump(&model, cfg.log.dump_grads, rank, lo, hi);
         loom_allreduce_double(&topo.dp_comm, &loss_sum, 1);
         loom_allreduce_double(&topo.dp_comm, src_sum, LOOM_MAX_SOURCES);
         long src_n[LOOM_MAX_SOURCES];
@@ -542,7 +325,7 @@ int loom_train_main(int argc, char **argv) {
         /* expert loads over the global batch; each stage reports its MoE blocks into the whole model's rows */
         if (moe_total) {
             loom_allreduce_long(&topo.dp_comm, (long *)model.expert_load, model.moe_layers * E_moe);
-            moe_rows_fill(&model, moe_loads, NULL, stage.layer_lo, (int)cfg.model.moe.first_dense);
+            loom_moe_rows_fill(&model, moe_loads, NULL, stage.layer_lo, (int)cfg.model.moe.first_dense);
         }
         if (!skipped) {
             loom_adamw_step(&adamw, &model.table, model.params, model.grads, lr,
@@ -555,7 +338,7 @@ int loom_train_main(int argc, char **argv) {
         }
         if (model.moe_layers) loom_model_update_router_bias(&model);
         if (moe_total) {
-            moe_rows_fill(&model, NULL, moe_bias, stage.layer_lo, (int)cfg.model.moe.first_dense);
+            loom_moe_rows_fill(&model, NULL, moe_bias, stage.layer_lo, (int)cfg.model.moe.first_dense);
             loom_allreduce_double(&topo.pp_comm, moe_loads, moe_total * E_moe);
             loom_allreduce_double(&topo.pp_comm, moe_bias, moe_total * E_moe);
         }
@@ -564,9 +347,9 @@ int loom_train_main(int argc, char **argv) {
         tm.optimizer = t3 - t2;
         tm.total = t3 - t0;
 
-        struct eval_result ev = {0};
+        struct loom_eval_result ev = {0};
         int eval_now = do_eval && ((step + 1) % cfg.eval.every == 0 || step + 1 == tc->steps);
-        if (eval_now) evaluate(&model, &topo, &heldout, &cfg, T, eval_inputs, eval_targets, &ev);
+        if (eval_now) loom_evaluate(&model, &topo, &heldout, &cfg, T, eval_inputs, eval_targets, &ev);
 
         double tok_s = step_tokens / tm.total;
         /* the pipeline bubble: time this step's stages sat waiting, as a fraction of the compute window
@@ -582,18 +365,18 @@ int loom_train_main(int argc, char **argv) {
                     "\"seq_len\": %d, \"batch\": %lld",
                     (long long)(step + 1), (long long)tokens, loss, lr, gnorm, tok_s, mfu, skipped ? "true" : "false",
                     cur.phases[batch->phase].name, T, (long long)batch->batch);
-            if (moe_total) moe_metrics(metrics, balance, moe_loads, moe_bias, moe_total, E_moe);
+            if (moe_total) loom_moe_metrics(metrics, balance, moe_loads, moe_bias, moe_total, E_moe);
             if (sampler.nstreams) {
-                json_source_map(metrics, "weights", &sampler, batch->weights, NULL);
+                loom_json_source_map(metrics, "weights", &sampler, batch->weights, NULL);
                 int present[LOOM_MAX_SOURCES];
                 for (int i = 0; i < sampler.nstreams; i++) present[i] = src_n[i] > 0;
-                json_source_map(metrics, "source_loss", &sampler, src_loss, present);
+                loom_json_source_map(metrics, "source_loss", &sampler, src_loss, present);
             }
             if (ev.n) {
                 double v[LOOM_MAX_SOURCES] = {0};
                 int present[LOOM_MAX_SOURCES] = {0};
                 for (int i = 0; i < ev.n; i++) v[ev.source[i]] = ev.loss[i], present[ev.source[i]] = 1;
-                json_source_map(metrics, "eval", &sampler, v, present);
+                loom_json_source_map(metrics, "eval", &sampler, v, present);
             }
             fprintf(metrics,
                     ", \"time\": {\"compute\": %.6g, \"comm_exposed\": %.6g, \"bubble\": %.6g, "
@@ -605,13 +388,13 @@ int loom_train_main(int argc, char **argv) {
             if ((step + 1) % cfg.log.every == 0 || step == 0 || step + 1 == tc->steps) {
                 char eta[32], rate[32], phase[512];
                 double elapsed = now_s() - run_start;
-                format_eta(eta, sizeof eta, elapsed / (step + 1) * (tc->steps - step - 1));
-                format_rate(rate, sizeof rate, tok_s);
-                format_phase(phase, sizeof phase, &cur, &sampler, batch);
+                loom_format_eta(eta, sizeof eta, elapsed / (step + 1) * (tc->steps - step - 1));
+                loom_format_rate(rate, sizeof rate, tok_s);
+                loom_format_phase(phase, sizeof phase, &cur, &sampler, batch);
                 char bubble[64] = "", experts[96] = "";
                 if (moe_total) {
                     double mx = 0;
-                    for (int k = 0; k < moe_total; k++) mx = fmax(mx, load_ratio(moe_loads + (size_t)k * E_moe, E_moe, 1));
+                    for (int k = 0; k < moe_total; k++) mx = fmax(mx, loom_load_ratio(moe_loads + (size_t)k * E_moe, E_moe, 1));
                     snprintf(experts, sizeof experts, " | experts max/mean %.2f bal %.2e", mx, balance);
                 }
                 if (topo.pp > 1)
