@@ -26,7 +26,6 @@ void loom_format_rate(char *buf, size_t n, double tok_s) {
 /* ---------------------------------------------------------------------------------------------- */
 /* evaluation: held-out loss per source                                                             */
 
-
 void loom_evaluate(struct loom_model *model, const struct loom_topology *topo, struct loom_sampler *heldout,
                      const struct loom_config *cfg, int T, int *inputs, int *targets, struct loom_eval_result *r) {
     int B = model->B;
