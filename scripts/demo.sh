@@ -55,7 +55,7 @@ moe_dir=runs/demo-moe
 rm -rf "$moe_dir"
 scripts/launch.sh -np 2 ./loom train -c configs/runs/demo-moe.ini --parallel.dp=2 --parallel.ep=2 \
     --train.micro_batch=4 --train.run_dir="$moe_dir"
-[ -x scripts/plot_experts ] && scripts/plot_experts "$moe_dir" --out "$moe_dir/experts.png" >/dev/null
+scripts/plot_experts "$moe_dir" --out "$moe_dir/experts.png" >/dev/null
 
 echo "demo: run folder $run_dir (config.ini, metrics.jsonl)"
 echo "demo: plot of per-source loss against tokens: $run_dir/losses.png"
