@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <time.h>
+
 #include "core/error.h"
 #include "optim/adamw.h"
 #include "parallel/comm.h"
@@ -98,11 +100,27 @@ static void tp_allreduce_sum(void *ctx, float *buf, size_t n) {
 static void tp_allreduce_max(void *ctx, float *buf, size_t n) { loom_allreduce_max_float(ctx, buf, n); }
 
 /* the expert-parallel exchanges the MoE layer calls */
+static double ep_seconds;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 static void ep_alltoallv(void *ctx, const float *send, const int *scounts, const int *sdispls, float *recv,
                          const int *rcounts, const int *rdispls) {
+    double t0 = now_s();
     struct loom_comm_handle h;
     loom_alltoallv_start(ctx, send, scounts, sdispls, recv, rcounts, rdispls, &h);
     loom_comm_wait(&h);
+    ep_seconds += now_s() - t0;
+}
+
+double loom_ep_exchange_seconds(void) {
+    double s = ep_seconds;
+    ep_seconds = 0;
+    return s;
 }
 
 static void ep_alltoall_int(void *ctx, const int *send, int *recv, int n) { loom_alltoall_int(ctx, send, recv, n); }

@@ -25,6 +25,9 @@ double loom_grads_reduce(struct loom_model *m, const struct loom_ops *ops, const
 void loom_grads_dump(const struct loom_model *m, const char *prefix, int rank, size_t lo, size_t hi);
 /* The tp and ep collectives of a model on this topology. */
 struct loom_model_comm loom_model_comm_over(struct loom_topology *t);
+/* Seconds spent waiting in the MoE all-to-all exchanges since the last call (none of it is hidden
+ * behind compute yet: every exchange completes before the layer goes on). */
+double loom_ep_exchange_seconds(void);
 
 #ifdef __cplusplus
 }
