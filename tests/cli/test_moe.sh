@@ -54,16 +54,6 @@ UNEVEN=(--moe.top_k=1 --model.init_std=1e-6 --schedule.lr=1e-9 --schedule.min_lr
 here=$(cd "$(dirname "$0")" && pwd)
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" # moecmp.py imports tests/cli/gradcmp.py
 
-# launch NP ARGS...: `loom ARGS` on NP ranks; exit status in $rc, stdout/stderr in $tmp/out, $tmp/err
-launch() {
-    local np=$1
-    shift
-    timeout -k 10 "$LIMIT" scripts/launch.sh -np "$np" "$LOOM" "$@" >"$tmp/out" 2>"$tmp/err"
-    rc=$?
-}
-show() { echo "exit status $rc; stdout: $(tail -c 600 "$tmp/out"); stderr: $(tail -c 1200 "$tmp/err")"; }
-timed_out() { [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; }
-
 # ---------------------------------------------------------------------------------------------------
 # comparisons (python3 with the standard library only; the shared part in tests/cli/gradcmp.py)
 
@@ -372,14 +362,7 @@ else
         launch "$np" "${BASE[@]}" --parallel.dp="$dp" --parallel.pp="$pp" --parallel.ep="$ep" \
             --train.run_dir="$dir" --log.dump_grads="$dir-g"
         label="moe/$name"
-        if timed_out; then
-            fail "$label/run" "no result after $LIMIT s on $np ranks (hang?): $(show)"
-            continue
-        elif [ "$rc" -ne 0 ] || [ ! -s "$dir/metrics.jsonl" ]; then
-            fail "$label/run" "$np ranks: $(show)"
-            continue
-        fi
-        ok "$label/run"
+        launched "$label" "$np" "$dir" || continue
         echo "# $label: $np ranks, $((SECONDS - t1)) s"
         compare layout "$label" "$ref" "$dir" "$ref-g" "$dir-g" "$STEPS" "$dp" 1 "$pp" "$ep"
         # the controls read the dp2 ep2 dumps and the dp4 ep2 maps
@@ -431,65 +414,12 @@ fi
 # bad configs: exit 2 on every rank
 
 t0=$SECONDS
-cat >"$tmp/rank_status.sh" <<'EOF'
-#!/bin/sh
-dir=$1
-shift
-"$@"
-status=$?
-echo "$status" >"$dir/rank${OMPI_COMM_WORLD_RANK:-${PMIX_RANK:-${SLURM_PROCID:-unknown}}}.rc"
-exit "$status"
-EOF
-chmod +x "$tmp/rank_status.sh"
-
-# expect_error NAME NP KEY MUST ARGS...: `loom train -c debug-moe.ini ARGS` on NP ranks exits 2 (the launch,
-# and every rank when run under a wrapper that records each one's status with Open MPI told not to kill the
-# others), within the time limit, with a `loom: error: KEY: ...` line matching MUST (an extended regex), no
-# crash, no progress on stdout and nothing written to the run folder
-ncase=0
+# expect_error NAME NP KEY MUST ARGS...: expect_launch_error (tests/cli/lib.sh) as moe/error/NAME on
+# `loom train -c debug-moe.ini ARGS`
 expect_error() {
     local name="moe/error/$1" np=$2 key=$3 must=$4
     shift 4
-    ncase=$((ncase + 1))
-    local run="$tmp/error-run-$ncase"
-    local args=(train -c "$MOE" "$@" --train.run_dir="$run")
-    launch "$np" "${args[@]}"
-    local line what
-    line=$(grep -m1 '^loom: error: ' "$tmp/err")
-    what="\`scripts/launch.sh -np $np loom ${args[*]}\`: $(show)"
-    if timed_out; then
-        fail "$name" "no result after $LIMIT s (hang?): $what"
-        return
-    elif [ "$rc" -ne 2 ]; then
-        fail "$name" "want exit status 2 from the launch: $what"
-        return
-    elif [[ "$line" != "loom: error: $key: "* ]] || ! grep -qE -- "$must" <<<"$line"; then
-        fail "$name" "want a line 'loom: error: $key: ...' matching /$must/: $what"
-        return
-    elif grep -v '^loom: error: ' "$tmp/err" | grep -qE 'MPI_ABORT|^\[rank [0-9]+\]|[Ss]egmentation|signal [0-9]'; then
-        fail "$name" "a crash or an abort instead of a clean exit: $what"
-        return
-    elif grep -qE '^step |tok/s|^loom train:' "$tmp/out"; then
-        fail "$name" "stdout shows a run starting: $what"
-        return
-    elif [ -e "$run/metrics.jsonl" ] || [ -e "$run/config.ini" ]; then
-        fail "$name" "a run was started in $run ($(ls "$run")): $what"
-        return
-    fi
-    rm -rf "$tmp/rc"
-    mkdir -p "$tmp/rc"
-    OMPI_MCA_orte_abort_on_non_zero_status=0 timeout -k 10 "$LIMIT" scripts/launch.sh -np "$np" \
-        "$tmp/rank_status.sh" "$tmp/rc" "$LOOM" "${args[@]}" >"$tmp/out_each" 2>"$tmp/err_each"
-    local rc_each=$? statuses want
-    statuses=$(for r in $(seq 0 $((np - 1))); do cat "$tmp/rc/rank$r.rc" 2>/dev/null || echo missing; done | tr '\n' ' ')
-    want=$(for _ in $(seq "$np"); do printf '2 '; done)
-    if [ "$rc_each" -eq 124 ] || [ "$rc_each" -eq 137 ]; then
-        fail "$name" "with every rank's status recorded: no result after $LIMIT s (hang?); stderr: $(tail -c 800 "$tmp/err_each")"
-    elif [ "$statuses" != "$want" ] || [ "$(ls "$tmp/rc" | wc -l)" -ne "$np" ]; then
-        fail "$name" "exit status per rank 0..$((np - 1)): $statuses(want $want); files $(ls "$tmp/rc" | tr '\n' ' '); stderr: $(tail -c 800 "$tmp/err_each")"
-    else
-        ok "$name"
-    fi
+    expect_launch_error "$name" "$np" "$key" "$must" -c "$MOE" "$@"
 }
 
 expect_error ep3_experts8 3 parallel.ep '3 does not divide moe\.experts = 8' --parallel.dp=3 --parallel.ep=3 \
