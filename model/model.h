@@ -38,9 +38,11 @@ struct loom_model_comm {
     void (*sum)(void *ctx, float *buf, size_t n);   /* all-reduce sum, in place */
     void (*max)(void *ctx, float *buf, size_t n);   /* all-reduce max, in place */
     void *ctx;
-    /* over the ep group: rank r sends send[sdispls[r] ..+ scounts[r]) and receives rcounts[r] floats */
-    void (*alltoallv)(void *ep_ctx, const float *send, const int *scounts, const int *sdispls, float *recv,
-                      const int *rcounts, const int *rdispls);
+    /* over the ep group, started now and completed by alltoallv_wait: rank r is sent
+     * send[sdispls[r] ..+ scounts[r]) and rcounts[r] floats arrive from it */
+    void *(*alltoallv_start)(void *ep_ctx, const float *send, const int *scounts, const int *sdispls, float *recv,
+                             const int *rcounts, const int *rdispls);
+    void (*alltoallv_wait)(void *request);
     /* over the ep group: n ints to each rank, n from each */
     void (*alltoall_int)(void *ep_ctx, const int *send, int *recv, int n);
     void *ep_ctx;

@@ -49,6 +49,7 @@ struct loom_moe_layer {
     int nrecv;
     int *srows, *sdispl, *rrows, *rdispl;                /* rows to and from each ep rank [ep] */
     int *cnt_send, *cnt_recv;                            /* assignments per (ep rank, local expert) */
+    void *pending;                                       /* the exchange in flight between two phases */
     size_t floats;
 };
 
@@ -286,15 +287,22 @@ static void dispatch_plan(const struct loom_model *m, struct loom_moe_layer *L) 
 }
 
 /* rows [*, C] to the experts' ranks (dispatch) or back to the tokens' ranks (combine) */
-static void exchange(const struct loom_model *m, struct loom_moe_layer *L, const float *send, float *recv,
-                     int dispatch) {
+static void exchange_start(const struct loom_model *m, struct loom_moe_layer *L, const float *send, float *recv,
+                           int dispatch) {
     int ep = L->ep, C = L->C;
     int sc[64], sd[64], rc[64], rd[64];
     CHECK(ep <= 64, "ep %d", ep);
     const int *srows = dispatch ? L->srows : L->rrows, *sdisp = dispatch ? L->sdispl : L->rdispl;
     const int *rrows = dispatch ? L->rrows : L->srows, *rdisp = dispatch ? L->rdispl : L->sdispl;
     for (int r = 0; r < ep; r++) sc[r] = srows[r] * C, sd[r] = sdisp[r] * C, rc[r] = rrows[r] * C, rd[r] = rdisp[r] * C;
-    m->comm.alltoallv(m->comm.ep_ctx, send, sc, sd, recv, rc, rd);
+    CHECK(L->pending == NULL, "an exchange is already in flight");
+    L->pending = m->comm.alltoallv_start(m->comm.ep_ctx, send, sc, sd, recv, rc, rd);
+}
+
+static void exchange_wait(const struct loom_model *m, struct loom_moe_layer *L) {
+    if (!L->pending) return;
+    m->comm.alltoallv_wait(L->pending);
+    L->pending = NULL;
 }
 
 /* rows grouped by local expert back to arrival order */
@@ -306,11 +314,39 @@ static void unpermute(const struct loom_model *m, struct loom_moe_layer *L, cons
 /* ---------------------------------------------------------------------------------------------- */
 /* forward                                                                                          */
 
+static void balance_forward(const struct loom_model *m, struct loom_moe_layer *L, double *balance);
+static void router_backward(const struct loom_model *m, struct loom_moe_layer *L, const float *x, float *dx);
+
 void loom_moe_forward(const struct loom_model *m, struct loom_moe_layer *L, const float *x, float *out,
                       const float *bias, int64_t *load, double *balance, float bal_scale) {
+    for (int phase = 0; phase < LOOM_MOE_PHASES; phase++)
+        loom_moe_forward_phase(m, L, phase, x, out, bias, load, balance, bal_scale);
+}
+
+void loom_moe_forward_phase(const struct loom_model *m, struct loom_moe_layer *L, int phase, const float *x,
+                            float *out, const float *bias, int64_t *load, double *balance, float bal_scale) {
     const struct loom_ops *ops = m->ops;
     const struct loom_moe_config *mc = &m->cfg.moe;
     int E = L->E, K = L->K, C = L->C, SI = L->SI, B = m->B, T = m->T, N = B * T, NK = N * K;
+    if (phase == 1) {
+        /* the experts this rank holds; with ep > 1 their outputs start back */
+        if (L->ep == 1) {
+            experts_forward(m, L, L->xp, L->gp, L->up, L->hp, L->yp, L->offs);
+            return;
+        }
+        exchange_wait(m, L);
+        ops->gather_rows(L->xl, L->recv, L->lperm, NULL, L->nrecv, C);
+        experts_forward(m, L, L->xl, L->gl, L->ul, L->hl, L->yl, L->loffs);
+        unpermute(m, L, L->yl, L->back);
+        exchange_start(m, L, L->back, L->yp, 0);
+        return;
+    }
+    if (phase == 2) {
+        exchange_wait(m, L);
+        ops->scatter_add_rows(out, L->yp, L->rows, L->wperm, NK, C);
+        balance_forward(m, L, balance);
+        return;
+    }
     L->bal_scale = bal_scale;
 
     /* router, in fp32 */
@@ -351,21 +387,14 @@ void loom_moe_forward(const struct loom_model *m, struct loom_moe_layer *L, cons
     ops->from_host(L->rows, L->rows_h, sizeof(int) * NK);
     ops->from_host(L->wperm, L->wperm_h, sizeof(float) * NK);
 
-    /* routed experts: one GEMM per expert over its contiguous tokens; under expert parallelism the
-     * tokens travel to the rank that holds their expert and the outputs come back */
+    /* routed experts run one GEMM per expert over its contiguous tokens (phase 1); under expert
+     * parallelism the tokens first travel to the rank that holds their expert, while the shared experts
+     * compute; the weighted routed outputs are added in phase 2 */
     ops->gather_rows(L->xp, x, L->rows, NULL, NK, C);
-    if (L->ep == 1) {
-        experts_forward(m, L, L->xp, L->gp, L->up, L->hp, L->yp, L->offs);
-    } else {
+    if (L->ep > 1) {
         dispatch_plan(m, L);
-        exchange(m, L, L->xp, L->recv, 1);
-        ops->gather_rows(L->xl, L->recv, L->lperm, NULL, L->nrecv, C);
-        experts_forward(m, L, L->xl, L->gl, L->ul, L->hl, L->yl, L->loffs);
-        unpermute(m, L, L->yl, L->back);
-        exchange(m, L, L->back, L->yp, 0);
+        exchange_start(m, L, L->xp, L->recv, 1);
     }
-
-    /* shared experts, then the weighted routed outputs added in */
     if (SI) {
         ops->matmul_forward(L->sg, x, L->w_sg, N, C, SI);
         ops->matmul_forward(L->su, x, L->w_su, N, C, SI);
@@ -374,10 +403,13 @@ void loom_moe_forward(const struct loom_model *m, struct loom_moe_layer *L, cons
     } else {
         ops->zero(out, sizeof(float) * (size_t)N * C);
     }
-    ops->scatter_add_rows(out, L->yp, L->rows, L->wperm, NK, C);
+}
 
-    /* sequence-wise balance loss: per sequence, f_i = E / (K T) * tokens choosing i (no gradient),
-     * P_i = mean over tokens of s_i / sum_j s_j; loss = bal_scale * sum_i f_i P_i */
+/* sequence-wise balance loss: per sequence, f_i = E / (K T) * tokens choosing i (no gradient),
+ * P_i = mean over tokens of s_i / sum_j s_j; loss = bal_scale * sum_i f_i P_i */
+static void balance_forward(const struct loom_model *m, struct loom_moe_layer *L, double *balance) {
+    int E = L->E, K = L->K, B = m->B, T = m->T;
+    float bal_scale = L->bal_scale;
     if (bal_scale > 0) {
         double total = 0;
         for (int b = 0; b < B; b++) {
@@ -402,9 +434,31 @@ void loom_moe_forward(const struct loom_model *m, struct loom_moe_layer *L, cons
 
 void loom_moe_backward(const struct loom_model *m, struct loom_moe_layer *L, const float *x, const float *dout,
                        float *dx) {
+    for (int phase = 0; phase < LOOM_MOE_PHASES; phase++) loom_moe_backward_phase(m, L, phase, x, dout, dx);
+}
+
+void loom_moe_backward_phase(const struct loom_model *m, struct loom_moe_layer *L, int phase, const float *x,
+                             const float *dout, float *dx) {
     const struct loom_ops *ops = m->ops;
-    const struct loom_moe_config *mc = &m->cfg.moe;
-    int E = L->E, K = L->K, C = L->C, SI = L->SI, B = m->B, T = m->T, N = B * T, NK = N * K;
+    int C = L->C, SI = L->SI, B = m->B, T = m->T, N = B * T, NK = N * L->K;
+    if (phase == 1) {
+        if (L->ep == 1) {
+            experts_backward(m, L, L->xp, L->gp, L->up, L->hp, L->dyp, L->dhp, L->dgp, L->dup, L->dxp, L->offs);
+            return;
+        }
+        exchange_wait(m, L);
+        ops->gather_rows(L->dyl, L->recv, L->lperm, NULL, L->nrecv, C);
+        experts_backward(m, L, L->xl, L->gl, L->ul, L->hl, L->dyl, L->dhl, L->dgl, L->dul, L->dxl, L->loffs);
+        unpermute(m, L, L->dxl, L->back);
+        exchange_start(m, L, L->back, L->dxp, 0);
+        return;
+    }
+    if (phase == 2) {
+        exchange_wait(m, L);
+        ops->scatter_add_rows(dx, L->dxp, L->rows, NULL, NK, C);
+        router_backward(m, L, x, dx);
+        return;
+    }
 
     /* shared experts: a plain SwiGLU backward; it starts dx */
     if (SI) {
@@ -422,18 +476,14 @@ void loom_moe_backward(const struct loom_model *m, struct loom_moe_layer *L, con
     /* routed experts: d(weight) of each assignment = dout . y; the expert sees w * dout */
     ops->row_dot(L->dw, L->yp, dout, L->rows, NK, C);
     ops->gather_rows(L->dyp, dout, L->rows, L->wperm, NK, C);
-    if (L->ep == 1) {
-        experts_backward(m, L, L->xp, L->gp, L->up, L->hp, L->dyp, L->dhp, L->dgp, L->dup, L->dxp, L->offs);
-    } else {
-        exchange(m, L, L->dyp, L->recv, 1);
-        ops->gather_rows(L->dyl, L->recv, L->lperm, NULL, L->nrecv, C);
-        experts_backward(m, L, L->xl, L->gl, L->ul, L->hl, L->dyl, L->dhl, L->dgl, L->dul, L->dxl, L->loffs);
-        unpermute(m, L, L->dxl, L->back);
-        exchange(m, L, L->back, L->dxp, 0);
-    }
-    ops->scatter_add_rows(dx, L->dxp, L->rows, NULL, NK, C);
+    if (L->ep > 1) exchange_start(m, L, L->dyp, L->recv, 1);
+}
 
-    /* router: back through scaling, the top-k normalisation, the balance loss and the score function */
+/* router: back through scaling, the top-k normalisation, the balance loss and the score function */
+static void router_backward(const struct loom_model *m, struct loom_moe_layer *L, const float *x, float *dx) {
+    const struct loom_ops *ops = m->ops;
+    const struct loom_moe_config *mc = &m->cfg.moe;
+    int E = L->E, K = L->K, C = L->C, B = m->B, T = m->T, N = B * T, NK = N * K;
     float *dwp = malloc_check(sizeof(float) * NK), *ds = calloc_check((size_t)N * E, sizeof(float));
     ops->to_host(dwp, L->dw, sizeof(float) * NK);
     float *dwa = malloc_check(sizeof(float) * NK); /* by assignment n K + j */

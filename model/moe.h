@@ -37,6 +37,16 @@ void loom_moe_forward(const struct loom_model *m, struct loom_moe_layer *L, cons
 void loom_moe_backward(const struct loom_model *m, struct loom_moe_layer *L, const float *x, const float *dout,
                        float *dx);
 
+/* The same in three phases (0, 1, 2), so a caller can run other work while a phase's all-to-all is in
+ * flight: phase 0 routes, starts the dispatch and runs the shared experts; phase 1 runs this rank's
+ * experts and starts the combine; phase 2 adds the routed outputs (backward: the router gradient).
+ * Running the phases back to back is loom_moe_forward / loom_moe_backward exactly. */
+enum { LOOM_MOE_PHASES = 3 };
+void loom_moe_forward_phase(const struct loom_model *m, struct loom_moe_layer *L, int phase, const float *x,
+                            float *out, const float *bias, int64_t *load, double *balance, float bal_scale);
+void loom_moe_backward_phase(const struct loom_model *m, struct loom_moe_layer *L, int phase, const float *x,
+                             const float *dout, float *dx);
+
 /* The aux-loss-free update after a step: b_i += rate * sign(mean(load) - load_i). */
 void loom_moe_bias_update(float *bias, const int64_t *load, int experts, double rate);
 

@@ -108,12 +108,18 @@ static double now_s(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static void ep_alltoallv(void *ctx, const float *send, const int *scounts, const int *sdispls, float *recv,
-                         const int *rcounts, const int *rdispls) {
+static void *ep_alltoallv_start(void *ctx, const float *send, const int *scounts, const int *sdispls, float *recv,
+                                const int *rcounts, const int *rdispls) {
+    struct loom_comm_handle *h = malloc_check(sizeof *h);
+    loom_alltoallv_start(ctx, send, scounts, sdispls, recv, rcounts, rdispls, h);
+    return h;
+}
+
+/* only the wait is exposed time: the exchange runs while the caller computes */
+static void ep_alltoallv_wait(void *request) {
     double t0 = now_s();
-    struct loom_comm_handle h;
-    loom_alltoallv_start(ctx, send, scounts, sdispls, recv, rcounts, rdispls, &h);
-    loom_comm_wait(&h);
+    loom_comm_wait(request);
+    free(request);
     ep_seconds += now_s() - t0;
 }
 
@@ -127,6 +133,6 @@ static void ep_alltoall_int(void *ctx, const int *send, int *recv, int n) { loom
 
 struct loom_model_comm loom_model_comm_over(struct loom_topology *t) {
     struct loom_model_comm c = {.sum = tp_allreduce_sum, .max = tp_allreduce_max, .ctx = &t->tp_comm,
-                                .alltoallv = ep_alltoallv, .alltoall_int = ep_alltoall_int, .ep_ctx = &t->ep_comm};
+                                .alltoallv_start = ep_alltoallv_start, .alltoallv_wait = ep_alltoallv_wait, .alltoall_int = ep_alltoall_int, .ep_ctx = &t->ep_comm};
     return c;
 }

@@ -25,8 +25,8 @@ double loom_grads_reduce(struct loom_model *m, const struct loom_ops *ops, const
 void loom_grads_dump(const struct loom_model *m, const char *prefix, int rank, size_t lo, size_t hi);
 /* The tp and ep collectives of a model on this topology. */
 struct loom_model_comm loom_model_comm_over(struct loom_topology *t);
-/* Seconds spent waiting in the MoE all-to-all exchanges since the last call (none of it is hidden
- * behind compute yet: every exchange completes before the layer goes on). */
+/* Seconds spent waiting for MoE all-to-all exchanges to complete since the last call: the exposed
+ * part (an exchange overlapped with other work completes without waiting). */
 double loom_ep_exchange_seconds(void);
 
 #ifdef __cplusplus
