@@ -497,10 +497,12 @@ static void mha_backward(const struct loom_model *m, struct loom_layer_acts *a, 
 /* ---------------------------------------------------------------------------------------------- */
 /* the block                                                                                        */
 
-static void block_forward(const struct loom_model *m, struct loom_layer_acts *a, const float *x, float *out) {
+/* the attention half of a block: mid = x + Attn(RMSNorm(x)), ln2 = RMSNorm(mid); out is a temporary */
+static void block_attention_forward(const struct loom_model *m, struct loom_layer_acts *a, const float *x,
+                                    float *out) {
     const struct loom_ops *ops = m->ops;
     const struct loom_model_config *cfg = &m->cfg;
-    int N = m->B * m->T, C = (int)cfg->hidden_size, F = (int)cfg->intermediate_size, H = (int)cfg->num_heads;
+    int N = m->B * m->T, C = (int)cfg->hidden_size, H = (int)cfg->num_heads;
     int Dv = (int)loom_model_v_head_dim(cfg);
     float eps = (float)cfg->rms_norm_eps;
 
@@ -512,11 +514,13 @@ static void block_forward(const struct loom_model *m, struct loom_layer_acts *a,
     ops->add(a->mid, x, out, (size_t)N * C);
 
     ops->rmsnorm_forward(a->ln2, a->rstd2, a->mid, a->w.ln2, N, C, C, C, eps);
-    if (a->moe) {
-        loom_moe_forward(m, a->moe, a->ln2, out, a->bias, a->load, &((struct loom_model *)m)->balance, m->bal_scale);
-        ops->accumulate(out, a->mid, (size_t)N * C);
-        return;
-    }
+}
+
+/* the dense MLP half: out = mid + MLP(ln2) */
+static void block_mlp_forward(const struct loom_model *m, struct loom_layer_acts *a, float *out) {
+    const struct loom_ops *ops = m->ops;
+    const struct loom_model_config *cfg = &m->cfg;
+    int N = m->B * m->T, C = (int)cfg->hidden_size, F = (int)cfg->intermediate_size;
     ops->matmul_forward(a->gate, a->ln2, a->w.gate, N, C, F);
     ops->matmul_forward(a->up, a->ln2, a->w.up, N, C, F);
     ops->swiglu_forward(a->hmlp, a->gate, a->up, N, F);
@@ -525,18 +529,12 @@ static void block_forward(const struct loom_model *m, struct loom_layer_acts *a,
     ops->accumulate(out, a->mid, (size_t)N * C);
 }
 
-/* s->dres holds d(out); on return it holds d(x). */
-static void block_backward(const struct loom_model *m, struct loom_layer_acts *a, const float *x,
-                           struct scratch *s) {
+/* the dense MLP half backward: s->dln = d(ln2) from s->dres = d(out) */
+static void block_mlp_backward(const struct loom_model *m, struct loom_layer_acts *a, struct scratch *s) {
     const struct loom_ops *ops = m->ops;
     const struct loom_model_config *cfg = &m->cfg;
-    int N = m->B * m->T, C = (int)cfg->hidden_size, F = (int)cfg->intermediate_size, H = (int)cfg->num_heads;
-    int Dv = (int)loom_model_v_head_dim(cfg);
-
-    /* MLP */
-    if (a->moe) {
-        loom_moe_backward(m, a->moe, a->ln2, s->dres, s->dln);
-    } else {
+    int N = m->B * m->T, C = (int)cfg->hidden_size, F = (int)cfg->intermediate_size;
+    {
         ops->matmul_backward_weight(a->g.down, s->dres, a->hmlp, N, F, C);
         ops->matmul_backward_input(s->dh, s->dres, a->w.down, N, F, C, 0);
         ops->swiglu_backward(s->dgate, s->dup, s->dh, a->gate, a->up, N, F);
@@ -546,6 +544,15 @@ static void block_backward(const struct loom_model *m, struct loom_layer_acts *a
         ops->matmul_backward_input(s->dln, s->dup, a->w.up, N, C, F, 1);
         tp_sum(m, s->dln, (size_t)N * C);
     }
+}
+
+/* the rest of a block's backward, from s->dln = d(ln2): on return s->dres holds d(x) */
+static void block_attention_backward(const struct loom_model *m, struct loom_layer_acts *a, const float *x,
+                                     struct scratch *s) {
+    const struct loom_ops *ops = m->ops;
+    const struct loom_model_config *cfg = &m->cfg;
+    int N = m->B * m->T, C = (int)cfg->hidden_size, H = (int)cfg->num_heads;
+    int Dv = (int)loom_model_v_head_dim(cfg);
     ops->rmsnorm_backward(s->dtmp, a->g.ln2, s->dln, a->mid, a->w.ln2, a->rstd2, N, C, C, C);
     ops->accumulate(s->dres, s->dtmp, (size_t)N * C);
 
@@ -579,31 +586,14 @@ void loom_model_set_shape(struct loom_model *m, int T, double rope_theta) {
     m->cfg.rope_theta = rope_theta;
 }
 
-double loom_model_forward(struct loom_model *m, const int *ids, const int *targets, float dloss, long *count,
-                          float *token_losses) {
+/* the last stage's head and loss on the current slot (see loom_model_forward) */
+static double head_forward(struct loom_model *m, const int *targets, float dloss, long *count, float *token_losses) {
     const struct loom_ops *ops = m->ops;
     const struct loom_model_config *cfg = &m->cfg;
     struct loom_slot *s = m->cur;
     int N = m->B * m->T, C = (int)cfg->hidden_size, V = (int)cfg->vocab_size;
-    int lo = m->stage.layer_lo, L = m->stage.layer_hi - lo;
+    int L = m->stage.layer_hi - m->stage.layer_lo;
     size_t NC = (size_t)N * C;
-
-    if (m->stage.first) {
-        if (m->stage.tp > 1) {
-            /* vocabulary-parallel embedding: this rank looks up the tokens of its rows, then the sum */
-            int v0 = m->stage.tp_rank * V, *local = malloc_check(sizeof(int) * N);
-            for (int i = 0; i < N; i++) local[i] = ids[i] >= v0 && ids[i] < v0 + V ? ids[i] - v0 : -1;
-            ops->from_host(s->inputs, local, sizeof(int) * N);
-            free(local);
-        } else {
-            ops->from_host(s->inputs, ids, sizeof(int) * N);
-        }
-        ops->embedding_forward(s->res, s->inputs, param_ptr(m, m->params, "embed_tokens.weight"), N, C);
-        tp_sum(m, s->res, NC);
-    }
-    for (int l = 0; l < L; l++) block_forward(m, &s->acts[l], s->res + l * NC, s->res + (l + 1) * NC);
-    if (count) *count = 0;
-    if (!m->stage.last) return 0.0;
 
     ops->from_host(s->targets, targets, sizeof(int) * N);
     ops->rmsnorm_forward(s->lnf, s->rstdf, s->res + L * NC, param_ptr(m, m->params, "norm.weight"), N, C, C, C,
@@ -633,11 +623,80 @@ double loom_model_forward(struct loom_model *m, const int *ids, const int *targe
         n++;
     }
     if (!token_losses) free(losses);
-    if (count) *count = n;
+    *count = n;
     return sum;
 }
 
-void loom_model_backward(struct loom_model *m) {
+/* the first stage's embedding lookup on the current slot */
+static void embed_forward(struct loom_model *m, const int *ids) {
+    const struct loom_ops *ops = m->ops;
+    struct loom_slot *s = m->cur;
+    int N = m->B * m->T, C = (int)m->cfg.hidden_size, V = (int)m->cfg.vocab_size;
+    if (m->stage.tp > 1) {
+        /* vocabulary-parallel embedding: this rank looks up the tokens of its rows, then the sum */
+        int v0 = m->stage.tp_rank * V, *local = malloc_check(sizeof(int) * N);
+        for (int i = 0; i < N; i++) local[i] = ids[i] >= v0 && ids[i] < v0 + V ? ids[i] - v0 : -1;
+        ops->from_host(s->inputs, local, sizeof(int) * N);
+        free(local);
+    } else {
+        ops->from_host(s->inputs, ids, sizeof(int) * N);
+    }
+    ops->embedding_forward(s->res, s->inputs, param_ptr(m, m->params, "embed_tokens.weight"), N, C);
+    tp_sum(m, s->res, (size_t)N * C);
+}
+
+void loom_model_task_forward(struct loom_model_task *t, int slot, const int *ids, const int *targets, float dloss,
+                             float *token_losses) {
+    memset(t, 0, sizeof *t);
+    t->slot = slot;
+    t->ids = ids;
+    t->targets = targets;
+    t->dloss = dloss;
+    t->token_losses = token_losses;
+}
+
+void loom_model_task_backward(struct loom_model_task *t, int slot) {
+    memset(t, 0, sizeof *t);
+    t->slot = slot;
+    t->backward = 1;
+}
+
+/* Forward: blocks in order; an MoE block yields after each of its first two phases (an all-to-all is
+ * then in flight). */
+static int forward_step(struct loom_model *m, struct loom_model_task *t) {
+    const struct loom_ops *ops = m->ops;
+    struct loom_slot *s = m->cur;
+    int L = m->stage.layer_hi - m->stage.layer_lo;
+    size_t NC = (size_t)m->B * m->T * m->cfg.hidden_size;
+    if (!t->started) {
+        t->started = 1;
+        if (m->stage.first) embed_forward(m, t->ids);
+    }
+    for (; t->layer < L; t->layer++, t->phase = 0) {
+        struct loom_layer_acts *a = &s->acts[t->layer];
+        const float *x = s->res + t->layer * NC;
+        float *out = s->res + (t->layer + 1) * NC;
+        if (t->phase == 0) block_attention_forward(m, a, x, out);
+        if (!a->moe) {
+            block_mlp_forward(m, a, out);
+            continue;
+        }
+        for (; t->phase < LOOM_MOE_PHASES; t->phase++) {
+            loom_moe_forward_phase(m, a->moe, t->phase, a->ln2, out, a->bias, a->load, &m->balance, m->bal_scale);
+            if (t->phase < LOOM_MOE_PHASES - 1) {
+                t->phase++;
+                return 1;
+            }
+        }
+        ops->accumulate(out, a->mid, NC);
+    }
+    if (m->stage.last) t->loss = head_forward(m, t->targets, t->dloss, &t->count, t->token_losses);
+    t->done = 1;
+    return 0;
+}
+
+/* Backward: blocks in reverse; an MoE block yields after each of its first two phases. */
+static int backward_step(struct loom_model *m, struct loom_model_task *t) {
     const struct loom_ops *ops = m->ops;
     const struct loom_model_config *cfg = &m->cfg;
     struct loom_slot *sl = m->cur;
@@ -646,18 +705,61 @@ void loom_model_backward(struct loom_model *m) {
     size_t NC = (size_t)N * C;
     struct scratch s;
     scratch_layout(m, m->scratch, &s);
-
-    if (m->stage.last) {
-        /* head and final norm; the slot's logits hold d(loss)/d(logits) */
-        ops->matmul_backward_weight(head_weight(m, m->grads), sl->logits, sl->lnf, N, C, V);
-        ops->matmul_backward_input(s.dln, sl->logits, head_weight(m, m->params), N, C, V, 0);
-        tp_sum(m, s.dln, NC);
-        ops->rmsnorm_backward(s.dres, param_ptr(m, m->grads, "norm.weight"), s.dln, sl->res + L * NC,
-                              param_ptr(m, m->params, "norm.weight"), sl->rstdf, N, C, C, C);
-    } else {
-        ops->copy_2d(s.dres, C, sl->dout, C, N, C, 0);
+    if (!t->started) {
+        t->started = 1;
+        t->layer = L - 1;
+        if (m->stage.last) {
+            /* head and final norm; the slot's logits hold d(loss)/d(logits) */
+            ops->matmul_backward_weight(head_weight(m, m->grads), sl->logits, sl->lnf, N, C, V);
+            ops->matmul_backward_input(s.dln, sl->logits, head_weight(m, m->params), N, C, V, 0);
+            tp_sum(m, s.dln, NC);
+            ops->rmsnorm_backward(s.dres, param_ptr(m, m->grads, "norm.weight"), s.dln, sl->res + L * NC,
+                                  param_ptr(m, m->params, "norm.weight"), sl->rstdf, N, C, C, C);
+        } else {
+            ops->copy_2d(s.dres, C, sl->dout, C, N, C, 0);
+        }
     }
-    for (int l = L - 1; l >= 0; l--) block_backward(m, &sl->acts[l], sl->res + l * NC, &s);
+    for (; t->layer >= 0; t->layer--, t->phase = 0) {
+        struct loom_layer_acts *a = &sl->acts[t->layer];
+        const float *x = sl->res + t->layer * NC;
+        if (!a->moe) {
+            block_mlp_backward(m, a, &s);
+        } else {
+            for (; t->phase < LOOM_MOE_PHASES; t->phase++) {
+                loom_moe_backward_phase(m, a->moe, t->phase, a->ln2, s.dres, s.dln);
+                if (t->phase < LOOM_MOE_PHASES - 1) {
+                    t->phase++;
+                    return 1;
+                }
+            }
+        }
+        block_attention_backward(m, a, x, &s);
+    }
     if (m->stage.first)
         ops->embedding_backward(param_ptr(m, m->grads, "embed_tokens.weight"), s.dres, sl->inputs, N, C);
+    t->done = 1;
+    return 0;
+}
+
+int loom_model_task_step(struct loom_model *m, struct loom_model_task *t) {
+    if (t->done) return 0;
+    loom_model_use_slot(m, t->slot);
+    return t->backward ? backward_step(m, t) : forward_step(m, t);
+}
+
+double loom_model_forward(struct loom_model *m, const int *ids, const int *targets, float dloss, long *count,
+                          float *token_losses) {
+    struct loom_model_task t;
+    loom_model_task_forward(&t, (int)(m->cur - m->slots), ids, targets, dloss, token_losses);
+    while (loom_model_task_step(m, &t)) {
+    }
+    if (count) *count = t.count;
+    return t.loss;
+}
+
+void loom_model_backward(struct loom_model *m) {
+    struct loom_model_task t;
+    loom_model_task_backward(&t, (int)(m->cur - m->slots));
+    while (loom_model_task_step(m, &t)) {
+    }
 }

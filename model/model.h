@@ -127,6 +127,24 @@ void loom_model_set_shape(struct loom_model *m, int T, double rope_theta);
  * and only the last stage has a loss (others return 0 with *count 0). */
 double loom_model_forward(struct loom_model *m, const int *ids, const int *targets, float dloss, long *count,
                           float *token_losses);
+/* A forward or backward of one slot's micro-batch that can be run in steps, each ending where an MoE
+ * all-to-all is in flight, so two tasks (one micro-batch's forward, another's backward) can take turns
+ * and hide each other's communication. Run to completion, a task is loom_model_forward/backward. */
+struct loom_model_task {
+    int slot, backward, started, done;
+    int layer, phase;              /* where it stands: block (stage-local) and MoE phase */
+    const int *ids, *targets;
+    float dloss;
+    float *token_losses;
+    double loss;                   /* forward on the last stage: as loom_model_forward returns */
+    long count;
+};
+void loom_model_task_forward(struct loom_model_task *t, int slot, const int *ids, const int *targets, float dloss,
+                             float *token_losses);
+void loom_model_task_backward(struct loom_model_task *t, int slot);
+/* Runs the task to its next all-to-all or its end; returns 0 once it is done. */
+int loom_model_task_step(struct loom_model *m, struct loom_model_task *t);
+
 /* Backward after a forward with dloss > 0: grads += d(loss)/d(params). A stage that is not last
  * starts from loom_model_stage_output_grad. */
 void loom_model_backward(struct loom_model *m);
