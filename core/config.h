@@ -146,6 +146,8 @@ struct loom_parallel_config {
 
 struct loom_pipeline_config {
     int schedule;                  /* enum loom_pipeline */
+    int overlap_moe_a2a;           /* 1F1B steady phase: one micro-batch's forward and another's backward
+                                    * take turns block by block, each hiding the other's all-to-alls */
 };
 
 struct loom_log_config {

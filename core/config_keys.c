@@ -121,6 +121,8 @@ const struct loom_key loom_config_keys[] = {
     /* [pipeline] */
     K(pipeline, schedule, ENUM, "1f1b", "1f1b|gpipe",
       "pipeline schedule: one-forward-one-backward (Megatron), or all forwards then all backwards"),
+    K(pipeline, overlap_moe_a2a, BOOL, "false", NULL,
+      "in 1F1B's steady phase interleave a forward and a backward so MoE all-to-alls hide behind compute"),
 
     /* [log] */
     K(log, every, INT, "10", NULL, "print the progress line every N steps"),

@@ -42,9 +42,79 @@ int loom_pipeline_slots(enum loom_pipeline_kind kind, int stage, int stages, int
 
 enum { TAG_FORWARD = 0, TAG_BACKWARD = 1 };
 
+/* Actions f (FORWARD j) through b (BACKWARD i) and the sends right after b, with the forward and the
+ * backward taking turns: the backward's gradient is received first (in 1F1B it was sent by the next
+ * stage in an earlier pair, so this cannot deadlock), then the two tasks alternate step by step, each
+ * step ending on an all-to-all the other one's compute hides, then the sends go out. */
+static void overlapped_pair(struct loom_model *model, const struct loom_topology *t,
+                            const struct loom_pipeline_schedule *sched, int f, int b, int K, size_t N,
+                            const int *inputs, const int *targets, float dloss, float *token_losses,
+                            loom_pipeline_loss_fn on_loss, void *ctx, struct loom_comm_handle *sends,
+                            unsigned char *done, struct loom_pipeline_stats *st) {
+    const struct loom_comm *pp = &t->pp_comm;
+    size_t NC = N * model->cfg.hidden_size;
+    int j = sched->actions[f].micro, i = sched->actions[b].micro;
+    double t0 = now_s();
+    for (int k = f + 1; k < b; k++) {
+        if (sched->actions[k].kind != LOOM_ACT_RECV_BACKWARD) continue;
+        struct loom_comm_handle h;
+        loom_model_use_slot(model, i % K);
+        loom_recv_start(pp, loom_model_stage_output_grad(model), NC, t->pp_rank + 1, 2 * i + TAG_BACKWARD, &h);
+        loom_comm_wait(&h);
+        done[k] = 1;
+    }
+    st->blocked += now_s() - t0;
+
+    t0 = now_s();
+    struct loom_model_task fw, bw;
+    loom_model_task_forward(&fw, j % K, inputs + j * N, targets + j * N, dloss, token_losses);
+    loom_model_task_backward(&bw, i % K);
+    int more_f = 1, more_b = 1;
+    while (more_f || more_b) {
+        if (more_f) more_f = loom_model_task_step(model, &fw);
+        if (more_b) more_b = loom_model_task_step(model, &bw);
+    }
+    if (!model->stage.first) {
+        loom_model_use_slot(model, i % K);
+        model->ops->copy_2d(loom_model_stage_input(model), (int)NC, loom_model_stage_input_grad(model), (int)NC, 1,
+                            (int)NC, 0);
+    }
+    if (model->stage.last) {
+        st->loss_sum += fw.loss;
+        if (on_loss) on_loss(ctx, j, token_losses);
+    }
+    st->compute += now_s() - t0;
+    done[f] = done[b] = 1;
+
+    /* the sends of the pair, in schedule order */
+    for (int k = f + 1; k < sched->count; k++) {
+        const struct loom_action *a = &sched->actions[k];
+        if (a->kind == LOOM_ACT_SEND_FORWARD && a->micro == j) {
+            loom_model_use_slot(model, j % K);
+            loom_send_start(pp, loom_model_stage_output(model), NC, t->pp_rank + 1, 2 * j + TAG_FORWARD,
+                            &sends[2 * j]);
+            done[k] = 1;
+        } else if (a->kind == LOOM_ACT_SEND_BACKWARD && a->micro == i) {
+            loom_model_use_slot(model, i % K);
+            loom_send_start(pp, loom_model_stage_input(model), NC, t->pp_rank - 1, 2 * i + TAG_BACKWARD,
+                            &sends[2 * i + 1]);
+            done[k] = 1;
+            break;
+        }
+        if (k > b && a->kind != LOOM_ACT_SEND_BACKWARD && a->kind != LOOM_ACT_SEND_FORWARD) break;
+    }
+}
+
+/* The next forward or backward after action i, or -1. */
+static int next_compute(const struct loom_pipeline_schedule *s, int i) {
+    for (int k = i + 1; k < s->count; k++)
+        if (s->actions[k].kind == LOOM_ACT_FORWARD || s->actions[k].kind == LOOM_ACT_BACKWARD) return k;
+    return -1;
+}
+
 void loom_pipeline_train(struct loom_model *model, const struct loom_topology *t, enum loom_pipeline_kind kind,
                          int m, const int *inputs, const int *targets, float dloss, float *token_losses,
-                         loom_pipeline_loss_fn on_loss, void *ctx, struct loom_pipeline_stats *st) {
+                         loom_pipeline_loss_fn on_loss, void *ctx, int overlap, struct loom_pipeline_stats *st) {
     memset(st, 0, sizeof *st);
     struct loom_pipeline_schedule sched;
     loom_pipeline_schedule_build(&sched, kind, t->pp_rank, t->pp, m);
@@ -54,7 +124,9 @@ void loom_pipeline_train(struct loom_model *model, const struct loom_topology *t
     struct loom_comm_handle *sends = calloc_check((size_t)m * 2, sizeof *sends);
     const struct loom_comm *pp = &t->pp_comm;
 
+    unsigned char *done = calloc_check((size_t)sched.count, 1);
     for (int i = 0; i < sched.count; i++) {
+        if (done[i]) continue;
         const struct loom_action *a = &sched.actions[i];
         int micro = a->micro;
         loom_model_use_slot(model, micro % K);
@@ -74,6 +146,14 @@ void loom_pipeline_train(struct loom_model *model, const struct loom_topology *t
             st->blocked += now_s() - t0;
             break;
         case LOOM_ACT_FORWARD: {
+            int b = next_compute(&sched, i);
+            /* (on the last stage a pair is one micro-batch's forward and its own backward: no overlap) */
+            if (overlap && kind == LOOM_PIPELINE_1F1B && b >= 0 && sched.actions[b].kind == LOOM_ACT_BACKWARD &&
+                sched.actions[b].micro != micro) {
+                overlapped_pair(model, t, &sched, i, b, K, N, inputs, targets, dloss, token_losses, on_loss, ctx,
+                                sends, done, st);
+                break;
+            }
             double loss = loom_model_forward(model, inputs + micro * N, targets + micro * N, dloss, NULL,
                                              token_losses);
             if (model->stage.last) {
@@ -108,6 +188,7 @@ void loom_pipeline_train(struct loom_model *model, const struct loom_topology *t
             break;
         }
     }
+    free(done);
     double t0 = now_s();
     for (int i = 0; i < 2 * m; i++) loom_comm_wait(&sends[i]);
     st->blocked += now_s() - t0;

@@ -32,9 +32,11 @@ void loom_pipeline_stage(struct loom_stage *s, int num_layers, int pp, int pp_ra
 int loom_pipeline_slots(enum loom_pipeline_kind kind, int stage, int stages, int m);
 
 /* Forward and backward of m micro-batches of B x T (inputs/targets [m, B*T] on every stage). */
+/* overlap: each steady-phase pair (a forward, then a backward) runs as two model tasks taking turns,
+ * the backward's gradient received before the forward starts; the numbers are those without it. */
 void loom_pipeline_train(struct loom_model *model, const struct loom_topology *t, enum loom_pipeline_kind kind,
                          int m, const int *inputs, const int *targets, float dloss, float *token_losses,
-                         loom_pipeline_loss_fn on_loss, void *ctx, struct loom_pipeline_stats *st);
+                         loom_pipeline_loss_fn on_loss, void *ctx, int overlap, struct loom_pipeline_stats *st);
 /* Forward only through all stages; returns the loss sum and *count of the micro-batch on every rank. */
 double loom_pipeline_forward(struct loom_model *model, const struct loom_topology *t, const int *inputs,
                              const int *targets, long *count);

@@ -285,7 +285,7 @@ int loom_train_main(int argc, char **argv) {
         struct source_tally tally = {.batch = batch, .B = B, .T = T, .sum = src_sum, .count = src_count};
         struct loom_pipeline_stats ps;
         loom_pipeline_train(&model, &topo, pipe, accum, batch->inputs, batch->targets, dloss, token_losses,
-                            source_tally_add, &tally, &ps);
+                            source_tally_add, &tally, cfg.pipeline.overlap_moe_a2a, &ps);
         double loss_sum = ps.loss_sum;
         tm.compute = ps.compute;
         tm.bubble = ps.blocked;
