@@ -57,6 +57,7 @@ bench: loom $(BUILD)/bench/bench_loader
 	@scripts/bench_loader.sh
 	@scripts/bench_tokenizer.sh
 	@scripts/bench_parallel.sh
+	@scripts/bench_moe.sh
 
 clean:
 	rm -rf $(BUILD) loom

@@ -43,9 +43,9 @@ int loom_pipeline_slots(enum loom_pipeline_kind kind, int stage, int stages, int
 enum { TAG_FORWARD = 0, TAG_BACKWARD = 1 };
 
 /* Actions f (FORWARD j) through b (BACKWARD i) and the sends right after b, with the forward and the
- * backward taking turns: the backward's gradient is received first (in 1F1B it was sent by the next
- * stage in an earlier pair, so this cannot deadlock), then the two tasks alternate step by step, each
- * step ending on an all-to-all the other one's compute hides, then the sends go out. */
+ * backward taking turns: the forward's first step, then the backward's gradient is received (in 1F1B
+ * the next stage sent it in an earlier pair, so this cannot deadlock), then the two tasks alternate
+ * step by step, each step ending on an all-to-all the other one's compute hides, then the sends go out. */
 static void overlapped_pair(struct loom_model *model, const struct loom_topology *t,
                             const struct loom_pipeline_schedule *sched, int f, int b, int K, size_t N,
                             const int *inputs, const int *targets, float dloss, float *token_losses,
@@ -54,7 +54,15 @@ static void overlapped_pair(struct loom_model *model, const struct loom_topology
     const struct loom_comm *pp = &t->pp_comm;
     size_t NC = N * model->cfg.hidden_size;
     int j = sched->actions[f].micro, i = sched->actions[b].micro;
+    struct loom_model_task fw, bw;
+    loom_model_task_forward(&fw, j % K, inputs + j * N, targets + j * N, dloss, token_losses);
+    loom_model_task_backward(&bw, i % K);
+    /* the forward's first step (up to its first all-to-all) runs while the gradient is on its way; the
+     * order of steps is fixed, so every rank of an expert group starts its exchanges in the same order */
     double t0 = now_s();
+    int more_f = loom_model_task_step(model, &fw), more_b = 1;
+    st->compute += now_s() - t0;
+    t0 = now_s();
     for (int k = f + 1; k < b; k++) {
         if (sched->actions[k].kind != LOOM_ACT_RECV_BACKWARD) continue;
         struct loom_comm_handle h;
@@ -66,10 +74,6 @@ static void overlapped_pair(struct loom_model *model, const struct loom_topology
     st->blocked += now_s() - t0;
 
     t0 = now_s();
-    struct loom_model_task fw, bw;
-    loom_model_task_forward(&fw, j % K, inputs + j * N, targets + j * N, dloss, token_losses);
-    loom_model_task_backward(&bw, i % K);
-    int more_f = 1, more_b = 1;
     while (more_f || more_b) {
         if (more_f) more_f = loom_model_task_step(model, &fw);
         if (more_b) more_b = loom_model_task_step(model, &bw);
