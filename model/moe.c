@@ -77,7 +77,10 @@ struct loom_moe_layer *loom_moe_layer_create(const struct loom_model *m, int lay
     L->ep_rank = m->stage.ep_rank;
     L->per = L->E / L->ep;
     L->e0 = L->ep_rank * L->per;
-    L->I = (int)mc->intermediate, L->SI = (int)(mc->shared * mc->intermediate), L->B = B, L->T_max = T_max;
+    /* under tensor parallelism the shared experts are split like a dense MLP; the router and the routed
+     * experts run whole on every tp rank */
+    int tp = m->stage.tp > 1 ? m->stage.tp : 1;
+    L->I = (int)mc->intermediate, L->SI = (int)(mc->shared * mc->intermediate) / tp, L->B = B, L->T_max = T_max;
     int E = L->E, K = L->K, C = L->C, I = L->I, SI = L->SI;
     size_t N = (size_t)B * T_max, NK = N * K;
 
@@ -400,6 +403,7 @@ void loom_moe_forward_phase(const struct loom_model *m, struct loom_moe_layer *L
         ops->matmul_forward(L->su, x, L->w_su, N, C, SI);
         ops->swiglu_forward(L->sh, L->sg, L->su, N, SI);
         ops->matmul_forward(out, L->sh, L->w_sd, N, SI, C);
+        if (m->stage.tp > 1) m->comm.sum(m->comm.ctx, out, (size_t)N * C);
     } else {
         ops->zero(out, sizeof(float) * (size_t)N * C);
     }
@@ -469,6 +473,7 @@ void loom_moe_backward_phase(const struct loom_model *m, struct loom_moe_layer *
         ops->matmul_backward_weight(L->g_su, L->dsu, x, N, C, SI);
         ops->matmul_backward_input(dx, L->dsg, L->w_sg, N, C, SI, 0);
         ops->matmul_backward_input(dx, L->dsu, L->w_su, N, C, SI, 1);
+        if (m->stage.tp > 1) m->comm.sum(m->comm.ctx, dx, (size_t)N * C);
     } else {
         ops->zero(dx, sizeof(float) * (size_t)N * C);
     }

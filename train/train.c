@@ -210,7 +210,8 @@ int loom_train_main(int argc, char **argv) {
     const struct loom_param *tied_embed = NULL;
     unsigned char *counted_param = malloc_check((size_t)model.table.count);
     for (int i = 0; i < model.table.count; i++)
-        counted_param[i] = model.table.params[i].shard != LOOM_SHARD_REPLICATED || topo.tp_rank == 0;
+        counted_param[i] = (model.table.params[i].shard != LOOM_SHARD_REPLICATED &&
+                            model.table.params[i].shard != LOOM_SHARD_EXPERT) || topo.tp_rank == 0;
     if (topo.pp > 1 && cfg.model.tie_word_embeddings && (stage.first || stage.last)) {
         int e = loom_params_find(&model.table, "embed_tokens.weight");
         if (stage.last) counted_param[e] = 0;

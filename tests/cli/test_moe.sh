@@ -33,7 +33,7 @@
 # from its owner, an expert moved into another ep group (each still held twice over dp4 ep2: only the
 # per-group count sees it), and balanced routing offered as the uneven case must all be caught.
 #
-# Bad configs (ep not dividing the experts, ep not dividing dp x tp, top_k > experts, MoE with tp2, ZeRO-1
+# Bad configs (ep not dividing the experts, ep not dividing dp x tp, top_k > experts, ep2 with tp2, ZeRO-1
 # with ep2): exit status 2 from the launch and from every rank (counted by a wrapper), no hang, a
 # `loom: error: KEY: ...` line, nothing started or written.
 #
@@ -198,7 +198,10 @@ def layout(name, ref_dir, got_dir, ref_prefix, got_prefix, steps, dp, tp, pp, ep
         G.verdict(f"{name}/losses", loss_problems(ref, got))
         G.verdict(f"{name}/router_bias", bias_problems(ref, got))
         G.verdict(f"{name}/expert_loads", load_problems(ref, got, k_ref, k_got))
-    G.cmp_grads(f"{name}/grads", ref_prefix, got_prefix, nranks, dp * tp // ep, tp, 0, ep)
+    # ranks holding the same tensors: the dp ranks of one tp rank and stage, or with expert parallelism
+    # (tp = 1 then) the dp x tp / ep ranks that hold the same experts
+    replicas = dp * tp // ep if tp == 1 else dp
+    G.cmp_grads(f"{name}/grads", ref_prefix, got_prefix, nranks, replicas, tp, 0, ep)
     try:
         ref_names = names_of(ref_prefix, 1)[0]
         problems, where = owner_problems(names_of(got_prefix, nranks), dp, tp, pp, ep, ref_names)
@@ -350,21 +353,22 @@ if ! single "$ref"; then
 else
     ok moe/single_process
 
-    # layouts: "dp pp ep"
-    for layout in "2 1 2" "4 1 4" "4 1 2" "2 2 2" "2 1 1"; do
-        read -r dp pp ep <<<"$layout"
-        np=$((dp * pp))
+    # layouts: "dp pp ep tp"
+    for layout in "2 1 2 1" "4 1 4 1" "4 1 2 1" "2 2 2 1" "2 1 1 1" "1 1 1 2" "2 1 1 2"; do
+        read -r dp pp ep tp <<<"$layout"
+        np=$((dp * pp * tp))
         name="dp${dp}"
         [ "$pp" -gt 1 ] && name+="_pp${pp}"
         name+="_ep${ep}"
+        [ "$tp" -gt 1 ] && name+="_tp${tp}"
         dir="$tmp/$name"
         t1=$SECONDS
-        launch "$np" "${BASE[@]}" --parallel.dp="$dp" --parallel.pp="$pp" --parallel.ep="$ep" \
+        launch "$np" "${BASE[@]}" --parallel.dp="$dp" --parallel.pp="$pp" --parallel.ep="$ep" --parallel.tp="$tp" \
             --train.run_dir="$dir" --log.dump_grads="$dir-g"
         label="moe/$name"
         launched "$label" "$np" "$dir" || continue
         echo "# $label: $np ranks, $((SECONDS - t1)) s"
-        compare layout "$label" "$ref" "$dir" "$ref-g" "$dir-g" "$STEPS" "$dp" 1 "$pp" "$ep"
+        compare layout "$label" "$ref" "$dir" "$ref-g" "$dir-g" "$STEPS" "$dp" "$tp" "$pp" "$ep"
         # the controls read the dp2 ep2 dumps and the dp4 ep2 maps
         [ "$name" != dp2_ep2 ] && rm -f "$dir-g".rank*.bin
     done
@@ -427,7 +431,7 @@ expect_error ep3_experts8 3 parallel.ep '3 does not divide moe\.experts = 8' --p
 expect_error ep4_dp2 2 parallel.ep '4 does not divide dp x tp = 2' --parallel.dp=2 --parallel.ep=4
 expect_error top_k9_experts8 2 moe.top_k '9 is outside 1\.\.moe\.experts = 8' --parallel.dp=2 --parallel.ep=2 \
     --moe.top_k=9
-expect_error tp2 2 parallel.tp 'MoE' --parallel.tp=2
+expect_error tp2_ep2 4 parallel.ep 'parallel\.tp' --parallel.tp=2 --parallel.dp=2 --parallel.ep=2
 expect_error zero1_ep2 2 parallel.zero 'parallel\.ep' --parallel.dp=2 --parallel.ep=2 --parallel.zero=1
 echo "# errors: $((SECONDS - t0)) s"
 
