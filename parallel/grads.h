@@ -25,9 +25,9 @@ double loom_grads_reduce(struct loom_model *m, const struct loom_ops *ops, const
 void loom_grads_dump(const struct loom_model *m, const char *prefix, int rank, size_t lo, size_t hi);
 /* The tp and ep collectives of a model on this topology. */
 struct loom_model_comm loom_model_comm_over(struct loom_topology *t);
-/* Seconds spent waiting for MoE all-to-all exchanges to complete since the last call: the exposed
- * part (an exchange overlapped with other work completes without waiting). */
-double loom_ep_exchange_seconds(void);
+/* Seconds spent waiting for MoE all-to-all exchanges to complete since the last call (exposed), and in
+ * *hidden the seconds they were in flight while the rank computed (from each start to its wait). */
+double loom_ep_exchange_seconds(double *hidden);
 
 #ifdef __cplusplus
 }

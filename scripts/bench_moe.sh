@@ -17,6 +17,8 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])][2:]
 step = sum(r["time"]["step"] for r in rows) / len(rows)
 a2a = sum(r["time"]["a2a_exposed"] for r in rows) / len(rows)
-print(f"  overlap={sys.argv[2]:<5} step_s={step:.4f} a2a_exposed_s={a2a:.4f} exposed_fraction={100 * a2a / step:.1f}%")
+hidden = sum(r["time"]["a2a_hidden"] for r in rows) / len(rows)
+print(f"  overlap={sys.argv[2]:<5} step_s={step:.4f} a2a_exposed_s={a2a:.4f} a2a_hidden_s={hidden:.4f} "
+      f"exposed_fraction={100 * a2a / step:.1f}%")
 PY
 done

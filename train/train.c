@@ -352,7 +352,7 @@ int loom_train_main(int argc, char **argv) {
         int eval_now = do_eval && ((step + 1) % cfg.eval.every == 0 || step + 1 == tc->steps);
         if (eval_now) loom_evaluate(&model, &topo, &heldout, &cfg, T, eval_inputs, eval_targets, &ev);
 
-        double a2a = loom_ep_exchange_seconds();
+        double a2a_hidden, a2a = loom_ep_exchange_seconds(&a2a_hidden);
         double tok_s = step_tokens / tm.total;
         /* the pipeline bubble: time this step's stages sat waiting, as a fraction of the compute window
          * (forward, backward and the waits between them), averaged over the stages */
@@ -382,9 +382,10 @@ int loom_train_main(int argc, char **argv) {
             }
             fprintf(metrics,
                     ", \"time\": {\"compute\": %.6g, \"comm_exposed\": %.6g, \"bubble\": %.6g, "
-                    "\"optimizer\": %.6g, \"data\": %.6g, \"checkpoint\": 0, \"step\": %.6g, \"a2a_exposed\": %.6g}, "
+                    "\"optimizer\": %.6g, \"data\": %.6g, \"checkpoint\": 0, \"step\": %.6g, \"a2a_exposed\": %.6g, "
+                    "\"a2a_hidden\": %.6g}, "
                     "\"bubble_fraction\": %.6g, \"bubble_ideal\": %.6g}\n",
-                    tm.compute, tm.comm, tm.bubble, tm.optimizer, tm.data, tm.total, a2a, bubble_frac,
+                    tm.compute, tm.comm, tm.bubble, tm.optimizer, tm.data, tm.total, a2a, a2a_hidden, bubble_frac,
                     (double)(topo.pp - 1) / (accum + topo.pp - 1));
             fflush(metrics);
             if ((step + 1) % cfg.log.every == 0 || step == 0 || step + 1 == tc->steps) {
