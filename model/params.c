@@ -144,6 +144,8 @@ static void add_moe(struct builder *b, int l) {
     }
 }
 
+static void layout(struct loom_param_table *t);
+
 void loom_params_build(struct loom_param_table *t, const struct loom_model_config *m,
                        const struct loom_optim_config *o) {
     memset(t, 0, sizeof *t);
@@ -172,11 +174,34 @@ void loom_params_build(struct loom_param_table *t, const struct loom_model_confi
     b.layer = -1;
     add_param(&b, loom_shape_1d(C), LOOM_INIT_ONES, LOOM_SHARD_REPLICATED, "norm.weight");
     if (!m->tie_word_embeddings) add_param(&b, loom_shape_2d(V, C), LOOM_INIT_NORMAL, LOOM_SHARD_VOCAB, "lm_head.weight");
+    layout(t);
 }
 
 void loom_params_free(struct loom_param_table *t) {
     free(t->params);
+    free(t->index);
     memset(t, 0, sizeof *t);
+}
+
+/* FNV-1a */
+static uint64_t name_hash(const char *s) {
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
+/* the name index, rebuilt whenever the table changes */
+static void index_build(struct loom_param_table *t) {
+    free(t->index);
+    t->index_cap = 16;
+    while (t->index_cap < 2 * t->count) t->index_cap *= 2;
+    t->index = malloc_check(sizeof(int) * t->index_cap);
+    for (int i = 0; i < t->index_cap; i++) t->index[i] = -1;
+    for (int i = 0; i < t->count; i++) {
+        size_t slot = name_hash(t->params[i].name) & (size_t)(t->index_cap - 1);
+        while (t->index[slot] >= 0) slot = (slot + 1) & (size_t)(t->index_cap - 1);
+        t->index[slot] = i;
+    }
 }
 
 /* Offsets in table order, routed experts' tensors after the rest (expert_offset marks the split). */
@@ -193,6 +218,7 @@ static void layout(struct loom_param_table *t) {
         }
     }
     t->total = total;
+    index_build(t);
 }
 
 void loom_params_shard_ep(struct loom_param_table *t, int ep_rank, int ep, int experts) {
@@ -242,8 +268,9 @@ void loom_params_select_stage(struct loom_param_table *t, int layer_lo, int laye
 }
 
 int loom_params_find(const struct loom_param_table *t, const char *name) {
-    for (int i = 0; i < t->count; i++)
-        if (strcmp(t->params[i].name, name) == 0) return i;
+    size_t slot = name_hash(name) & (size_t)(t->index_cap - 1);
+    for (; t->index[slot] >= 0; slot = (slot + 1) & (size_t)(t->index_cap - 1))
+        if (strcmp(t->params[t->index[slot]].name, name) == 0) return t->index[slot];
     return -1;
 }
 

@@ -55,6 +55,8 @@ struct loom_param_table {
     size_t total;                  /* floats */
     size_t expert_offset;          /* with expert parallelism the routed experts' tensors come last, from
                                     * here to total (their gradients are reduced over another group) */
+    int *index;                    /* open-addressing hash of the names (a 142B model has ~24k tensors) */
+    int index_cap;
 };
 
 void loom_params_build(struct loom_param_table *t, const struct loom_model_config *m,
