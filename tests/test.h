@@ -106,6 +106,16 @@ __attribute__((unused)) static int test_run_child(void (*fn)(const char *arg), c
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+/* printf into a buffer that lives until the next call: check names built from loop variables */
+__attribute__((format(printf, 1, 2), unused)) static const char *test_name(const char *fmt, ...) {
+    static char buf[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    return buf;
+}
+
 __attribute__((unused)) static int test_exit(void) { return test_failures ? 1 : 0; }
 
 #endif

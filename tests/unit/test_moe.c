@@ -52,15 +52,6 @@ static const struct loom_ops *ops;
 /* ---------------------------------------------------------------------------------------------- */
 /* helpers: names, random numbers, models from config text, parameters by name                    */
 
-static const char *name(const char *fmt, ...) {
-    static char buf[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    return buf;
-}
-
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 
 /* The tiny MoE model: block 0 dense, block 1 MoE with 4 experts of width 6, top 2, one shared expert. */
@@ -298,9 +289,9 @@ static void test_layer_case(const char *tag, const char *extra, const float *bia
                         .scaling = mc->scaling, .bal_scale = bal_scale};
     r.wg = ref_weight(&m, params, "gate", owned, &nowned);
     for (int e = 0; e < E; e++) {
-        r.eg[e] = ref_weight(&m, params, name("experts.%d.gate_proj", e), owned, &nowned);
-        r.eu[e] = ref_weight(&m, params, name("experts.%d.up_proj", e), owned, &nowned);
-        r.ed[e] = ref_weight(&m, params, name("experts.%d.down_proj", e), owned, &nowned);
+        r.eg[e] = ref_weight(&m, params, test_name("experts.%d.gate_proj", e), owned, &nowned);
+        r.eu[e] = ref_weight(&m, params, test_name("experts.%d.up_proj", e), owned, &nowned);
+        r.ed[e] = ref_weight(&m, params, test_name("experts.%d.down_proj", e), owned, &nowned);
     }
     if (SI) {
         r.sg = ref_weight(&m, params, "shared_experts.gate_proj", owned, &nowned);
@@ -331,16 +322,16 @@ static void test_layer_case(const char *tag, const char *extra, const float *bia
     loom_moe_forward(&m, L, d_x, d_out, bias, load, &balance, bal_scale);
     float *got = malloc_check(sizeof(float) * N * C);
     ops->to_host(got, d_out, sizeof(float) * N * C);
-    test_close(name("moe.layer%s.forward", tag), got, want, N * C, LAYER_FWD_ATOL, LAYER_FWD_RTOL);
+    test_close(test_name("moe.layer%s.forward", tag), got, want, N * C, LAYER_FWD_ATOL, LAYER_FWD_RTOL);
     int load_ok = 1;
     for (int e = 0; e < E; e++) load_ok &= load[e] == want_load[e];
-    test_result(load_ok, name("moe.layer%s.load", tag), "expert loads %lld %lld %lld %lld.. want %lld %lld %lld %lld..",
+    test_result(load_ok, test_name("moe.layer%s.load", tag), "expert loads %lld %lld %lld %lld.. want %lld %lld %lld %lld..",
                 (long long)load[0], (long long)load[1], (long long)load[2], (long long)load[3],
                 (long long)want_load[0], (long long)want_load[1], (long long)want_load[2],
                 (long long)want_load[3]);
     float got_bal = (float)(balance - 0.25);
     double want_bal_d = want_bal;
-    test_close(name("moe.layer%s.balance", tag), &got_bal, &want_bal_d, 1, 1e-8, 1e-5);
+    test_close(test_name("moe.layer%s.balance", tag), &got_bal, &want_bal_d, 1, 1e-8, 1e-5);
 
     /* backward: dx (assigned over garbage) and every parameter gradient of the layer (+= onto zero) */
     loom_model_zero_grads(&m);
@@ -350,7 +341,7 @@ static void test_layer_case(const char *tag, const char *extra, const float *bia
     loom_moe_backward(&m, L, d_x, d_dout, d_dx);
     ops->to_host(got, d_dx, sizeof(float) * N * C);
     double *g = fd_gradient(r.x, N * C, &r);
-    test_close(name("moe.layer%s.backward.dx", tag), got, g, N * C, LAYER_BWD_ATOL, LAYER_BWD_RTOL);
+    test_close(test_name("moe.layer%s.backward.dx", tag), got, g, N * C, LAYER_BWD_ATOL, LAYER_BWD_RTOL);
     free(g);
 
     float *grads = host_grads(&m);
@@ -372,7 +363,7 @@ static void test_layer_case(const char *tag, const char *extra, const float *bia
     for (int c = 0; c < nc; c++) {
         size_t n, off = moe_param(&m, checks[c].part, &n);
         g = fd_gradient(checks[c].ref, n, &r);
-        test_close(name("moe.layer%s.backward.%s", tag, checks[c].part), grads + off, g, n, LAYER_BWD_ATOL,
+        test_close(test_name("moe.layer%s.backward.%s", tag, checks[c].part), grads + off, g, n, LAYER_BWD_ATOL,
                    LAYER_BWD_RTOL);
         free(g);
     }
@@ -434,8 +425,8 @@ static void test_balance_hand(void) {
         double balance = 0;
         loom_moe_forward(&m, L, d_x, d_out, k ? bias : no_bias, load, &balance, 0.1f);
         float got = (float)balance;
-        test_close(name("moe.hand%s.balance", tag), &got, &want[k], 1, 0, 2e-6);
-        test_result(memcmp(load, want_load[k], sizeof load) == 0, name("moe.hand%s.load", tag),
+        test_close(test_name("moe.hand%s.balance", tag), &got, &want[k], 1, 0, 2e-6);
+        test_result(memcmp(load, want_load[k], sizeof load) == 0, test_name("moe.hand%s.load", tag),
                     "loads %lld %lld %lld %lld, want %lld %lld %lld %lld", (long long)load[0], (long long)load[1],
                     (long long)load[2], (long long)load[3], (long long)want_load[k][0], (long long)want_load[k][1],
                     (long long)want_load[k][2], (long long)want_load[k][3]);
@@ -530,10 +521,10 @@ static float *model_grads(struct loom_model *m, const struct batch *b, double *l
 
 /* Central differences of model_loss over the MoE parameter PART, compared with grads; elements whose
  * perturbation changes the expert loads are skipped. Returns the number skipped (-1: too many). */
-static int check_model_fd(const char *test_name, struct loom_model *m, const struct batch *b, const char *part,
+static int check_model_fd(const char *label, struct loom_model *m, const struct batch *b, const char *part,
                           const float *grads, const float *grads_without) {
     char test[128];
-    snprintf(test, sizeof test, "%s", test_name); /* name() may have made it, and is used below */
+    snprintf(test, sizeof test, "%s", label); /* test_name() may have made label, and is called below */
     int E = (int)m->cfg.moe.experts;
     size_t n, off = moe_param(m, part, &n);
     int64_t base[MAXE], lp[MAXE], lm[MAXE];
@@ -560,7 +551,7 @@ static int check_model_fd(const char *test_name, struct loom_model *m, const str
         got[kept++] = grads[off + i];
     }
     printf("# %s: %zu elements, %d skipped (a token switched experts)\n", test, n, skipped);
-    test_result(skipped * 10 <= (int)n, name("%s.skipped", test), "%d of %zu elements skipped", skipped, n);
+    test_result(skipped * 10 <= (int)n, test_name("%s.skipped", test), "%d of %zu elements skipped", skipped, n);
     test_close(test, got, want, kept, MODEL_ATOL, MODEL_RTOL);
     if (grads_without) {
         /* the check must see the term: the gradient without it has to fail the same tolerance */
@@ -570,7 +561,7 @@ static int check_model_fd(const char *test_name, struct loom_model *m, const str
             double e = fabs(without[i] - want[i]) - (MODEL_ATOL + MODEL_RTOL * fabs(want[i]));
             if (e > excess) excess = e, worst = i;
         }
-        test_result(excess > 0, name("%s.term_visible", test),
+        test_result(excess > 0, test_name("%s.term_visible", test),
                     "the gradient without the term is within tolerance everywhere (closest: element %zu, %.3g vs %.3g)",
                     worst, kept ? (double)without[worst] : 0.0, kept ? want[worst] : 0.0);
     }
@@ -609,9 +600,9 @@ static void test_model_gradients(void) {
     static const char *const kinds[] = {"gate_proj", "up_proj", "down_proj"};
     for (int k = 0; k < 3; k++) {
         snprintf(part, sizeof part, "experts.%d.%s", e, kinds[k]);
-        check_model_fd(name("moe.model.expert.%s", kinds[k]), &m, &b, part, grads, NULL);
+        check_model_fd(test_name("moe.model.expert.%s", kinds[k]), &m, &b, part, grads, NULL);
         snprintf(part, sizeof part, "shared_experts.%s", kinds[k]);
-        check_model_fd(name("moe.model.shared.%s", kinds[k]), &m, &b, part, grads, NULL);
+        check_model_fd(test_name("moe.model.shared.%s", kinds[k]), &m, &b, part, grads, NULL);
     }
     free(without), free(grads);
     model_free(&m, &cfg);
@@ -636,30 +627,30 @@ static void test_forced_case(const char *tag, const char *extra, const int *chos
 
     double loss;
     float *grads = model_grads(&m, &b, &loss);
-    test_result(isfinite(loss), name("moe.forced%s.runs", tag), "loss %g", loss);
+    test_result(isfinite(loss), test_name("moe.forced%s.runs", tag), "loss %g", loss);
     int load_ok = 1;
     for (int e = 0; e < E; e++) load_ok &= m.expert_load[e] == (busy[e] ? N : 0);
-    test_result(load_ok, name("moe.forced%s.load", tag), "loads %lld %lld %lld %lld, want %d on the chosen, 0 else",
+    test_result(load_ok, test_name("moe.forced%s.load", tag), "loads %lld %lld %lld %lld, want %d on the chosen, 0 else",
                 (long long)m.expert_load[0], (long long)m.expert_load[1], (long long)m.expert_load[2],
                 (long long)m.expert_load[3], N);
     static const char *const kinds[] = {"gate_proj", "up_proj", "down_proj"};
     int idle_zero = 1, busy_nonzero = 1;
     for (int e = 0; e < E; e++)
         for (int k = 0; k < 3; k++) {
-            size_t n, off = moe_param(&m, name("experts.%d.%s", e, kinds[k]), &n);
+            size_t n, off = moe_param(&m, test_name("experts.%d.%s", e, kinds[k]), &n);
             double s = 0;
             for (size_t i = 0; i < n; i++) s += fabs(grads[off + i]);
             if (busy[e]) busy_nonzero &= s > 0;
             else idle_zero &= s == 0;
         }
-    test_result(idle_zero, name("moe.forced%s.idle_experts_zero_grad", tag), "an idle expert has a gradient");
-    test_result(busy_nonzero, name("moe.forced%s.busy_experts_grad", tag), "a busy expert has no gradient");
+    test_result(idle_zero, test_name("moe.forced%s.idle_experts_zero_grad", tag), "an idle expert has a gradient");
+    test_result(busy_nonzero, test_name("moe.forced%s.busy_experts_grad", tag), "a busy expert has no gradient");
 
-    int skipped = check_model_fd(name("moe.forced%s.model.gate", tag), &m, &b, "gate", grads, NULL);
+    int skipped = check_model_fd(test_name("moe.forced%s.model.gate", tag), &m, &b, "gate", grads, NULL);
     char part[64];
     snprintf(part, sizeof part, "experts.%d.gate_proj", chosen[0]);
-    skipped += check_model_fd(name("moe.forced%s.model.expert.gate_proj", tag), &m, &b, part, grads, NULL);
-    test_result(skipped == 0, name("moe.forced%s.nothing_skipped", tag), "%d elements skipped", skipped);
+    skipped += check_model_fd(test_name("moe.forced%s.model.expert.gate_proj", tag), &m, &b, part, grads, NULL);
+    test_result(skipped == 0, test_name("moe.forced%s.nothing_skipped", tag), "%d elements skipped", skipped);
     free(grads);
     model_free(&m, &cfg);
 }
@@ -685,9 +676,9 @@ static void test_determinism(int threads) {
     size_t bad = m.table.total;
     for (size_t i = 0; i < m.table.total && bad == m.table.total; i++)
         if (memcmp(&g1[i], &g2[i], sizeof(float))) bad = i;
-    test_result(bad == m.table.total, name("moe.determinism.threads%d.grads", threads), "element %zu: %.9g then %.9g",
+    test_result(bad == m.table.total, test_name("moe.determinism.threads%d.grads", threads), "element %zu: %.9g then %.9g",
                 bad, bad < m.table.total ? (double)g1[bad] : 0.0, bad < m.table.total ? (double)g2[bad] : 0.0);
-    test_result(memcmp(&l1, &l2, sizeof l1) == 0, name("moe.determinism.threads%d.loss", threads),
+    test_result(memcmp(&l1, &l2, sizeof l1) == 0, test_name("moe.determinism.threads%d.loss", threads),
                 "%.17g then %.17g", l1, l2);
     free(g1), free(g2);
     model_free(&m, &cfg);

@@ -41,15 +41,6 @@ static const struct loom_ops *ops;
 /* ---------------------------------------------------------------------------------------------- */
 /* helpers: names, random numbers, tracked buffers, finite differences                           */
 
-static const char *name(const char *fmt, ...) {
-    static char buf[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    return buf;
-}
-
 /* xorshift64*, fixed seed: the same inputs every run */
 static uint64_t rng_state = 0x853c49e6748fea9bull;
 
@@ -218,7 +209,7 @@ static void test_matmul_case(const char *tag, int N, int C, int OC, int fd, doub
     matmul_ref(want, m.x, m.w, N, C, OC);
     float *d_out = dev_alloc(no * sizeof(float));
     ops->matmul_forward(d_out, d_x, d_w, N, C, OC);
-    test_close(name("ops.matmul%s.forward", tag), host_floats(d_out, no), want, no, atol, rtol);
+    test_close(test_name("ops.matmul%s.forward", tag), host_floats(d_out, no), want, no, atol, rtol);
 
     double *gx, *gw;
     if (fd) {
@@ -240,18 +231,18 @@ static void test_matmul_case(const char *tag, int N, int C, int OC, int fd, doub
     /* accumulate = 0 overwrites whatever dinp held */
     float *d_dx = dev_floats(rand_floats(nx, -100, 100), nx);
     ops->matmul_backward_input(d_dx, d_dout, d_w, N, C, OC, 0);
-    test_close(name("ops.matmul%s.backward_input", tag), host_floats(d_dx, nx), gx, nx, atol, rtol);
+    test_close(test_name("ops.matmul%s.backward_input", tag), host_floats(d_dx, nx), gx, nx, atol, rtol);
 
     float *init = rand_floats(nx, -1, 1);
     float *d_dx_acc = dev_floats(init, nx);
     ops->matmul_backward_input(d_dx_acc, d_dout, d_w, N, C, OC, 1);
-    test_close(name("ops.matmul%s.backward_input.accumulate", tag), host_floats(d_dx_acc, nx),
+    test_close(test_name("ops.matmul%s.backward_input.accumulate", tag), host_floats(d_dx_acc, nx),
                plus(init, gx, nx), nx, atol, rtol);
 
     float *winit = rand_floats(nw, -1, 1);
     float *d_dw = dev_floats(winit, nw);
     ops->matmul_backward_weight(d_dw, d_dout, d_x, N, C, OC);
-    test_close(name("ops.matmul%s.backward_weight", tag), host_floats(d_dw, nw), plus(winit, gw, nw), nw,
+    test_close(test_name("ops.matmul%s.backward_weight", tag), host_floats(d_dw, nw), plus(winit, gw, nw), nw,
                atol, rtol);
     release_all();
 }
@@ -296,13 +287,13 @@ static void test_embedding_case(const char *tag, const int *ids, int N, int V, i
     embedding_ref(want, ids, e.wte, N, C);
     float *d_out = dev_floats(rand_floats(no, -100, 100), no);
     ops->embedding_forward(d_out, d_ids, d_wte, N, C);
-    test_close(name("ops.embedding%s.forward", tag), host_floats(d_out, no), want, no, 0, 0);
+    test_close(test_name("ops.embedding%s.forward", tag), host_floats(d_out, no), want, no, 0, 0);
 
     double *g = fd_gradient(e.wte, nw, embedding_loss, &e);
     float *init = rand_floats(nw, -1, 1);
     float *d_dwte = dev_floats(init, nw);
     ops->embedding_backward(d_dwte, d_dout, d_ids, N, C);
-    test_close(name("ops.embedding%s.backward", tag), host_floats(d_dwte, nw), plus(init, g, nw), nw,
+    test_close(test_name("ops.embedding%s.backward", tag), host_floats(d_dwte, nw), plus(init, g, nw), nw,
                BWD_ATOL, BWD_RTOL);
     release_all();
 }
@@ -375,11 +366,11 @@ static void test_rmsnorm_case(const char *tag, int N, int C, int ld_out, int ld_
     float *d_out = dev_floats(out0, no), *d_rstd = dev_floats(rand_floats(N, -100, 100), N);
     ops->rmsnorm_forward(d_out, d_rstd, d_x, d_w, N, C, ld_out, ld_inp, eps);
     float *out = host_floats(d_out, no);
-    test_close(name("ops.rmsnorm%s.forward", tag), gather_f(out, N, C, ld_out), gather_d(want, N, C, ld_out),
+    test_close(test_name("ops.rmsnorm%s.forward", tag), gather_f(out, N, C, ld_out), gather_d(want, N, C, ld_out),
                (size_t)N * C, FWD_ATOL, FWD_RTOL);
-    test_close(name("ops.rmsnorm%s.rstd", tag), host_floats(d_rstd, N), want_rstd, N, FWD_ATOL, FWD_RTOL);
+    test_close(test_name("ops.rmsnorm%s.rstd", tag), host_floats(d_rstd, N), want_rstd, N, FWD_ATOL, FWD_RTOL);
     if (ld_out > C)
-        check_untouched(name("ops.rmsnorm%s.forward.untouched", tag), out, out0,
+        check_untouched(test_name("ops.rmsnorm%s.forward.untouched", tag), out, out0,
                         window_mask(no, N, ld_out, C), no);
 
     double *gx = fd_gradient(r.x, nx, rmsnorm_loss, &r);
@@ -389,12 +380,12 @@ static void test_rmsnorm_case(const char *tag, int N, int C, int ld_out, int ld_
     float *d_dx = dev_floats(dx0, nx), *d_dw = dev_floats(winit, C);
     ops->rmsnorm_backward(d_dx, d_dw, d_dout, d_x, d_w, d_rstd, N, C, ld_out, ld_inp);
     float *dx = host_floats(d_dx, nx);
-    test_close(name("ops.rmsnorm%s.backward.dinp", tag), gather_f(dx, N, C, ld_inp),
+    test_close(test_name("ops.rmsnorm%s.backward.dinp", tag), gather_f(dx, N, C, ld_inp),
                gather_d(gx, N, C, ld_inp), (size_t)N * C, BWD_ATOL, BWD_RTOL);
-    test_close(name("ops.rmsnorm%s.backward.dweight", tag), host_floats(d_dw, C), plus(winit, gw, C), C,
+    test_close(test_name("ops.rmsnorm%s.backward.dweight", tag), host_floats(d_dw, C), plus(winit, gw, C), C,
                BWD_ATOL, BWD_RTOL);
     if (ld_inp > C)
-        check_untouched(name("ops.rmsnorm%s.backward.untouched", tag), dx, dx0,
+        check_untouched(test_name("ops.rmsnorm%s.backward.untouched", tag), dx, dx0,
                         window_mask(nx, N, ld_inp, C), nx);
     release_all();
 }
@@ -456,16 +447,16 @@ static void test_rope_case(const char *tag, int interleaved, int N, int T, int H
     float *d_x = dev_floats(x, n);
     ops->rope_forward(d_x + off, N, T, H, ld, head_stride, D, theta, interleaved);
     float *got = host_floats(d_x, n);
-    test_close(name("ops.rope.%s%s.forward", style, tag), got, want, n, FWD_ATOL, FWD_RTOL);
-    check_untouched(name("ops.rope.%s%s.forward.untouched", style, tag), got, x, touched, n);
+    test_close(test_name("ops.rope.%s%s.forward", style, tag), got, want, n, FWD_ATOL, FWD_RTOL);
+    check_untouched(test_name("ops.rope.%s%s.forward.untouched", style, tag), got, x, touched, n);
 
     /* outside the window the op is the identity, so the gradient there is dout itself */
     double *g = fd_gradient(c.x, n, rope_loss, &c);
     float *d_dx = dev_floats(dout, n);
     ops->rope_backward(d_dx + off, N, T, H, ld, head_stride, D, theta, interleaved);
     float *dx = host_floats(d_dx, n);
-    test_close(name("ops.rope.%s%s.backward", style, tag), dx, g, n, BWD_ATOL, BWD_RTOL);
-    check_untouched(name("ops.rope.%s%s.backward.untouched", style, tag), dx, dout, touched, n);
+    test_close(test_name("ops.rope.%s%s.backward", style, tag), dx, g, n, BWD_ATOL, BWD_RTOL);
+    check_untouched(test_name("ops.rope.%s%s.backward.untouched", style, tag), dx, dout, touched, n);
     release_all();
 }
 
@@ -585,7 +576,7 @@ static void test_attention_case(const char *tag, int B, int T, int H, int Hkv, i
     float *d_out = dev_floats(rand_floats(no, -100, 100), no);
     float *d_probs = dev_floats(rand_floats(np, -100, 100), np);
     ops->attention_forward(d_out, d_probs, d_q, d_k, d_v, B, T, H, Hkv, Dqk, Dv, (float)s.scale);
-    test_close(name("ops.attention%s.forward", tag), host_floats(d_out, no), want, no, FWD_ATOL, FWD_RTOL);
+    test_close(test_name("ops.attention%s.forward", tag), host_floats(d_out, no), want, no, FWD_ATOL, FWD_RTOL);
 
     float *probs = host_floats(d_probs, np);
     size_t ncausal = (size_t)B * H * T * (T + 1) / 2, j = 0;
@@ -597,7 +588,7 @@ static void test_attention_case(const char *tag, int B, int T, int H, int Hkv, i
                 got_causal[j] = probs[(bh * T + t) * T + u];
                 want_causal[j] = want_probs[(bh * T + t) * T + u];
             }
-    test_close(name("ops.attention%s.probs", tag), got_causal, want_causal, ncausal, FWD_ATOL, FWD_RTOL);
+    test_close(test_name("ops.attention%s.probs", tag), got_causal, want_causal, ncausal, FWD_ATOL, FWD_RTOL);
 
     double *gq, *gk, *gv;
     if (fd) {
@@ -615,9 +606,9 @@ static void test_attention_case(const char *tag, int B, int T, int H, int Hkv, i
     float *d_dv = dev_floats(rand_floats(nv, -100, 100), nv);
     ops->attention_backward(d_dq, d_dk, d_dv, d_dout, d_probs, d_q, d_k, d_v, B, T, H, Hkv, Dqk, Dv,
                             (float)s.scale);
-    test_close(name("ops.attention%s.backward.dq", tag), host_floats(d_dq, nq), gq, nq, BWD_ATOL, BWD_RTOL);
-    test_close(name("ops.attention%s.backward.dk", tag), host_floats(d_dk, nk), gk, nk, BWD_ATOL, BWD_RTOL);
-    test_close(name("ops.attention%s.backward.dv", tag), host_floats(d_dv, nv), gv, nv, BWD_ATOL, BWD_RTOL);
+    test_close(test_name("ops.attention%s.backward.dq", tag), host_floats(d_dq, nq), gq, nq, BWD_ATOL, BWD_RTOL);
+    test_close(test_name("ops.attention%s.backward.dk", tag), host_floats(d_dk, nk), gk, nk, BWD_ATOL, BWD_RTOL);
+    test_close(test_name("ops.attention%s.backward.dv", tag), host_floats(d_dv, nv), gv, nv, BWD_ATOL, BWD_RTOL);
     release_all();
 }
 
@@ -703,9 +694,9 @@ static void test_elementwise(void) {
         float *d_dst = dev_floats(dst0, nd);
         ops->copy_2d(d_dst, LD_DST, d_src, LD_SRC, ROWS, COLS, accumulate);
         float *dst = host_floats(d_dst, nd);
-        test_close(name("ops.copy_2d.%s", mode), gather_f(dst, ROWS, COLS, LD_DST),
+        test_close(test_name("ops.copy_2d.%s", mode), gather_f(dst, ROWS, COLS, LD_DST),
                    accumulate ? want_acc : want_copy, ROWS * COLS, 0, accumulate ? EW_RTOL : 0);
-        check_untouched(name("ops.copy_2d.%s.untouched", mode), dst, dst0, touched, nd);
+        check_untouched(test_name("ops.copy_2d.%s.untouched", mode), dst, dst0, touched, nd);
     }
     release_all();
 }
@@ -753,9 +744,9 @@ static void test_rows_by_index(void) {
         float *d_dst = dev_floats(dst0, ND * C);
         ops->gather_rows(d_dst, d_src, d_idx, scaled ? d_scale : NULL, NI, C);
         float *dst = host_floats(d_dst, ND * C);
-        test_close(name("ops.gather_rows%s", mode), dst, scaled ? want_scaled : want, NI * C, 0,
+        test_close(test_name("ops.gather_rows%s", mode), dst, scaled ? want_scaled : want, NI * C, 0,
                    scaled ? EW_RTOL : 0);
-        check_untouched(name("ops.gather_rows%s.untouched", mode), dst, dst0, touched, ND * C);
+        check_untouched(test_name("ops.gather_rows%s.untouched", mode), dst, dst0, touched, ND * C);
     }
 
     /* scatter_add_rows onto a nonzero dst is the src gradient of the gather; row_dot its scale gradient */
@@ -770,7 +761,7 @@ static void test_rows_by_index(void) {
     for (int scaled = 0; scaled <= 1; scaled++) {
         float *d_dsrc = dev_floats(init, S * C);
         ops->scatter_add_rows(d_dsrc, d_dout, d_idx, scaled ? d_scale : NULL, NI, C);
-        test_close(name("ops.scatter_add_rows%s", scaled ? ".scale" : ""), host_floats(d_dsrc, S * C),
+        test_close(test_name("ops.scatter_add_rows%s", scaled ? ".scale" : ""), host_floats(d_dsrc, S * C),
                    plus(init, scaled ? gsrc : gsrc_unscaled, S * C), S * C, BWD_ATOL, BWD_RTOL);
     }
     float *d_dscale = dev_floats(rand_floats(NI, -100, 100), NI);
@@ -801,11 +792,11 @@ static void test_scatter_add_order(void) {
             }
         int differ = 0;
         for (int i = 0; i < S * C; i++) differ += memcmp(&fwd[i], &rev[i], sizeof(float)) != 0;
-        test_result(differ > 0, name("ops.scatter_add_rows%s.order.data_order_sensitive", mode),
+        test_result(differ > 0, test_name("ops.scatter_add_rows%s.order.data_order_sensitive", mode),
                     "summing in reverse order changed no element: the order check below could not fail");
         float *d_dst = dev_floats(dst0, S * C);
         ops->scatter_add_rows(d_dst, d_src, d_idx, scaled ? d_scale : NULL, NI, C);
-        test_close(name("ops.scatter_add_rows%s.order", mode), host_floats(d_dst, S * C), dbl(fwd, S * C), S * C,
+        test_close(test_name("ops.scatter_add_rows%s.order", mode), host_floats(d_dst, S * C), dbl(fwd, S * C), S * C,
                    0, 0);
     }
     release_all();
@@ -904,7 +895,7 @@ static void test_xent_case(const char *tag, const float *logits, const int *targ
         float *d_max = dev_floats(rand_floats(N, -100, 100), N);
         ops->xent_rowmax(d_max, d_slice[r], N, Vr);
         float *got = host_floats(d_max, N);
-        test_close(name("ops.xent%s.rank%d.rowmax", tag, r), got, want_max, N, 0, 0);
+        test_close(test_name("ops.xent%s.rank%d.rowmax", tag, r), got, want_max, N, 0, 0);
         for (int n = 0; n < N; n++) rowmax[n] = fmaxf(rowmax[n], got[n]);
     }
 
@@ -920,8 +911,8 @@ static void test_xent_case(const char *tag, const float *logits, const int *targ
         float *d_se = dev_floats(rand_floats(N, -100, 100), N), *d_tl = dev_floats(rand_floats(N, -100, 100), N);
         ops->xent_sumexp(d_se, d_tl, d_slice[r], d_targets, d_rowmax, N, Vr, v0[r]);
         float *se = host_floats(d_se, N), *tl = host_floats(d_tl, N);
-        test_close(name("ops.xent%s.rank%d.sumexp", tag, r), se, want_se, N, FWD_ATOL, FWD_RTOL);
-        test_close(name("ops.xent%s.rank%d.tlogit", tag, r), tl, want_tl, N, 0, 0);
+        test_close(test_name("ops.xent%s.rank%d.sumexp", tag, r), se, want_se, N, FWD_ATOL, FWD_RTOL);
+        test_close(test_name("ops.xent%s.rank%d.tlogit", tag, r), tl, want_tl, N, 0, 0);
         for (int n = 0; n < N; n++) {
             sumexp[n] = r ? sumexp[n] + se[n] : se[n];
             tlogit[n] = r ? tlogit[n] + tl[n] : tl[n];
@@ -938,20 +929,20 @@ static void test_xent_case(const char *tag, const float *logits, const int *targ
         float *d_losses = dev_floats(rand_floats(N, -100, 100), N);
         ops->xent_finish(d_losses, NULL, d_slice[r], d_targets, d_rowmax, d_sumexp, d_tlogit, N, Vr, v0[r], dloss);
         float *losses = host_floats(d_losses, N);
-        test_close(name("ops.xent%s.rank%d.loss", tag, r), losses, want, N, FWD_ATOL, FWD_RTOL);
-        test_close(name("ops.xent%s.rank%d.loss.vs_fused", tag, r), losses, fused_l, N, FWD_ATOL, FWD_RTOL);
+        test_close(test_name("ops.xent%s.rank%d.loss", tag, r), losses, want, N, FWD_ATOL, FWD_RTOL);
+        test_close(test_name("ops.xent%s.rank%d.loss.vs_fused", tag, r), losses, fused_l, N, FWD_ATOL, FWD_RTOL);
 
         float *d_dl = dev_floats(rand_floats(nr, -100, 100), nr);
         d_losses = dev_floats(rand_floats(N, -100, 100), N);
         ops->xent_finish(d_losses, d_dl, d_slice[r], d_targets, d_rowmax, d_sumexp, d_tlogit, N, Vr, v0[r], dloss);
-        test_close(name("ops.xent%s.rank%d.backward.loss", tag, r), host_floats(d_losses, N), fused_l, N,
+        test_close(test_name("ops.xent%s.rank%d.backward.loss", tag, r), host_floats(d_losses, N), fused_l, N,
                    FWD_ATOL, FWD_RTOL);
         float *dl = host_floats(d_dl, nr);
 
         d_losses = dev_floats(rand_floats(N, -100, 100), N);
         ops->xent_finish(d_losses, d_slice[r], d_slice[r], d_targets, d_rowmax, d_sumexp, d_tlogit, N, Vr, v0[r],
                          dloss);
-        test_close(name("ops.xent%s.rank%d.alias.loss", tag, r), host_floats(d_losses, N), fused_l, N,
+        test_close(test_name("ops.xent%s.rank%d.alias.loss", tag, r), host_floats(d_losses, N), fused_l, N,
                    FWD_ATOL, FWD_RTOL);
         float *da = host_floats(d_slice[r], nr);
         for (int n = 0; n < N; n++) {
@@ -960,10 +951,10 @@ static void test_xent_case(const char *tag, const float *logits, const int *targ
         }
     }
     size_t nl = (size_t)N * V;
-    test_close(name("ops.xent%s.dlogits.vs_fused", tag), dl_sep, fused_g, nl, BWD_ATOL, BWD_RTOL);
-    test_close(name("ops.xent%s.dlogits", tag), dl_sep, g, nl, BWD_ATOL, BWD_RTOL);
-    test_close(name("ops.xent%s.alias.dlogits.vs_fused", tag), dl_alias, fused_g, nl, BWD_ATOL, BWD_RTOL);
-    test_close(name("ops.xent%s.alias.dlogits", tag), dl_alias, g, nl, BWD_ATOL, BWD_RTOL);
+    test_close(test_name("ops.xent%s.dlogits.vs_fused", tag), dl_sep, fused_g, nl, BWD_ATOL, BWD_RTOL);
+    test_close(test_name("ops.xent%s.dlogits", tag), dl_sep, g, nl, BWD_ATOL, BWD_RTOL);
+    test_close(test_name("ops.xent%s.alias.dlogits.vs_fused", tag), dl_alias, fused_g, nl, BWD_ATOL, BWD_RTOL);
+    test_close(test_name("ops.xent%s.alias.dlogits", tag), dl_alias, g, nl, BWD_ATOL, BWD_RTOL);
 }
 
 static void test_xent(void) {
@@ -1046,9 +1037,9 @@ static void test_adamw(void) {
         adamw_ref(want_p, grad, want_m, want_v, n, lr, b1, b2, eps, wd, gs, steps[s]);
         if (steps[s] == 5 || steps[s] == 1000) {
             const char *tag = steps[s] == 5 ? "" : ".step1000";
-            test_close(name("ops.adamw%s.param", tag), host_floats(d_p, n), want_p, n, 1e-7, FWD_RTOL);
-            test_close(name("ops.adamw%s.m", tag), host_floats(d_m, n), want_m, n, 1e-8, FWD_RTOL);
-            test_close(name("ops.adamw%s.v", tag), host_floats(d_v, n), want_v, n, 1e-10, FWD_RTOL);
+            test_close(test_name("ops.adamw%s.param", tag), host_floats(d_p, n), want_p, n, 1e-7, FWD_RTOL);
+            test_close(test_name("ops.adamw%s.m", tag), host_floats(d_m, n), want_m, n, 1e-8, FWD_RTOL);
+            test_close(test_name("ops.adamw%s.v", tag), host_floats(d_v, n), want_v, n, 1e-10, FWD_RTOL);
         }
     }
     release_all();

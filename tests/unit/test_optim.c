@@ -30,15 +30,6 @@ static void check_layout(const char *name, const struct loom_param_table *t);
 /* xorshift64*, fixed seed: the same inputs every run */
 static uint64_t rand_state = 0x9e3779b97f4a7c15ull;
 
-static const char *fmt_name(const char *fmt, ...) {
-    static char buf[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    return buf;
-}
-
 static void expect_value(const char *name, double got, double want, double rtol) {
     double d = fabs(got - want);
     test_result(d <= rtol * fabs(want) || (want == 0 && got == 0), name, "got %.17g want %.17g (|diff| %.3g)", got,
@@ -67,12 +58,12 @@ static void test_warmup_and_decay(void) {
     int kinds[] = {LOOM_SCHEDULE_CONSTANT, LOOM_SCHEDULE_COSINE, LOOM_SCHEDULE_LINEAR, LOOM_SCHEDULE_WSD};
     const char *names[] = {"constant", "cosine", "linear", "wsd"};
     for (int k = 0; k < 4; k++) {
-        expect_value(fmt_name("schedule_%s_warmup_starts_at_0", names[k]), lr_at(kinds[k], W, 0, total, 0), 0, 0);
-        expect_value(fmt_name("schedule_%s_warmup_quarter", names[k]), lr_at(kinds[k], W, 0, total, 250), lr * 0.25,
+        expect_value(test_name("schedule_%s_warmup_starts_at_0", names[k]), lr_at(kinds[k], W, 0, total, 0), 0, 0);
+        expect_value(test_name("schedule_%s_warmup_quarter", names[k]), lr_at(kinds[k], W, 0, total, 250), lr * 0.25,
                      1e-12);
-        expect_value(fmt_name("schedule_%s_warmup_last_token", names[k]), lr_at(kinds[k], W, 0, total, 999),
+        expect_value(test_name("schedule_%s_warmup_last_token", names[k]), lr_at(kinds[k], W, 0, total, 999),
                      lr * 0.999, 1e-12);
-        expect_value(fmt_name("schedule_%s_warmup_end_is_lr", names[k]), lr_at(kinds[k], W, 0, total, W), lr, 1e-12);
+        expect_value(test_name("schedule_%s_warmup_end_is_lr", names[k]), lr_at(kinds[k], W, 0, total, W), lr, 1e-12);
     }
     expect_value("schedule_constant_mid", lr_at(LOOM_SCHEDULE_CONSTANT, W, 0, total, 6000), lr, 1e-12);
     expect_value("schedule_constant_beyond_end", lr_at(LOOM_SCHEDULE_CONSTANT, W, 0, total, 50000), lr, 1e-12);
@@ -156,7 +147,7 @@ static void test_parse_anneal(void) {
         int n = -1;
         char err[256] = "";
         int rc = loom_schedule_parse_anneal(bad[i], segs, &n, err, sizeof err);
-        test_result(rc == -1 && err[0] != '\0', fmt_name("parse_anneal_rejects[%s]", bad[i]),
+        test_result(rc == -1 && err[0] != '\0', test_name("parse_anneal_rejects[%s]", bad[i]),
                     "returned %d with message \"%s\" (want -1 and a message)", rc, err);
     }
 
@@ -193,7 +184,7 @@ static void test_clip(void) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         double got = loom_clip_factor(cases[i].norm, cases[i].clip);
-        expect_value(fmt_name("clip_factor[norm=%g,clip=%g]", cases[i].norm, cases[i].clip), got, cases[i].want,
+        expect_value(test_name("clip_factor[norm=%g,clip=%g]", cases[i].norm, cases[i].clip), got, cases[i].want,
                      1e-15);
     }
 }
@@ -261,7 +252,7 @@ static void run_adamw(const char *label, int decay_norms, int decay_embeddings) 
 
     struct loom_param_table t;
     loom_params_build(&t, &cfg.model, o);
-    check_layout(fmt_name("params_tiny_mha_%s_layout", label), &t);
+    check_layout(test_name("params_tiny_mha_%s_layout", label), &t);
 
     /* the table's own flags agree with the names */
     int flags_ok = 1, nnorm = 0, nemb = 0, nmat = 0;
@@ -273,7 +264,7 @@ static void run_adamw(const char *label, int decay_norms, int decay_embeddings) 
         if (!!p->decay != want_decay(p->name, o) && flags_ok) flags_ok = 0, flag_bad = p->name;
     }
     test_result(flags_ok && nnorm == 2 * 4 + 1 && nemb == 1 && nmat == 2 * 7 + 1,
-                fmt_name("adamw_%s_decay_flags", label),
+                test_name("adamw_%s_decay_flags", label),
                 "first wrong flag: %s; %d norms (want 9), %d embeddings (want 1), %d matrices (want 15)", flag_bad,
                 nnorm, nemb, nmat);
 
@@ -313,7 +304,7 @@ static void run_adamw(const char *label, int decay_norms, int decay_embeddings) 
         }
     }
     ops->to_host(host_p, dev_p, N * sizeof(float));
-    test_result(opt.step == 3, fmt_name("adamw_%s_step_count", label), "step %ld after 3 updates", opt.step);
+    test_result(opt.step == 3, test_name("adamw_%s_step_count", label), "step %ld after 3 updates", opt.step);
 
     /* every element, first failing tensor named */
     const double atol = 1e-6, rtol = 1e-5;
@@ -336,12 +327,12 @@ static void run_adamw(const char *label, int decay_norms, int decay_embeddings) 
             if (want_decay(p->name, o) && effect < min_decay_effect[k]) min_decay_effect[k] = effect;
         }
     }
-    test_result(ok, fmt_name("adamw_%s_three_steps_match_double", label), "%s (max |diff| %.3g)", detail, max_diff);
+    test_result(ok, test_name("adamw_%s_three_steps_match_double", label), "%s (max |diff| %.3g)", detail, max_diff);
     /* the reference is discriminating: decay, where on, moves every element far beyond the tolerance */
     int visible = 1;
     for (int k = 0; k < 3; k++)
         if (min_decay_effect[k] != INFINITY && min_decay_effect[k] < 100 * atol) visible = 0;
-    test_result(visible, fmt_name("adamw_%s_decay_effect_visible", label),
+    test_result(visible, test_name("adamw_%s_decay_effect_visible", label),
                 "smallest decay effect: matrices %.3g norms %.3g embedding %.3g (want > %.3g)", min_decay_effect[0],
                 min_decay_effect[1], min_decay_effect[2], 100 * atol);
 
@@ -352,7 +343,7 @@ static void run_adamw(const char *label, int decay_norms, int decay_embeddings) 
             double g = host_g[t.params[i].offset + j];
             ss += g * g;
         }
-    expect_value(fmt_name("grad_norm_%s", label), loom_grad_norm(ops, &t, dev_g), sqrt(ss), 1e-12);
+    expect_value(test_name("grad_norm_%s", label), loom_grad_norm(ops, &t, dev_g), sqrt(ss), 1e-12);
 
     loom_adamw_free(&opt);
     ops->free(dev_p);
@@ -416,13 +407,13 @@ static void expect_param(const struct loom_param_table *t, const char *name, int
     char got_s[64] = "none", want_s[64];
     if (i >= 0) loom_shape_format(&t->params[i].shape, got_s, sizeof got_s);
     loom_shape_format(&want, want_s, sizeof want_s);
-    test_result(ok, fmt_name("params_%s_find[%s]", table_label, name), "index %d, shape %s, want %s", i, got_s,
+    test_result(ok, test_name("params_%s_find[%s]", table_label, name), "index %d, shape %s, want %s", i, got_s,
                 want_s);
 }
 
 static void expect_absent(const struct loom_param_table *t, const char *name) {
     int i = loom_params_find(t, name);
-    test_result(i == -1, fmt_name("params_%s_absent[%s]", table_label, name), "found at index %d", i);
+    test_result(i == -1, test_name("params_%s_absent[%s]", table_label, name), "found at index %d", i);
 }
 
 static void test_params_youtu(void) {
