@@ -121,16 +121,10 @@ static void validate_moe(const struct loom_model_config *m, const struct loom_pa
         loom_input_error("moe.top_k", "keep more groups (moe.topk_groups) or route to fewer experts",
                          "%lld experts per token, but the kept groups hold only %lld", (long long)e->top_k,
                          (long long)(e->topk_groups * (e->experts / e->groups)));
-    if (p->tp > 1 && p->ep > 1)
-        loom_input_error("parallel.ep", "use tensor parallelism or expert parallelism with MoE models, not both",
-                         "expert parallelism together with parallel.tp > 1 is not available in this build");
     if ((e->shared * e->intermediate) % p->tp)
         loom_input_error("parallel.tp", "tensor parallelism splits the shared experts evenly",
                          "%lld does not divide moe.shared x moe.intermediate = %lld", (long long)p->tp,
                          (long long)(e->shared * e->intermediate));
-    if (p->ep > 1 && p->zero)
-        loom_input_error("parallel.zero", "use parallel.zero = 0 with expert parallelism",
-                         "ZeRO-1 together with parallel.ep > 1 is not available in this build");
     if (e->experts % p->ep)
         loom_input_error("parallel.ep", "expert parallelism splits the experts of a layer evenly",
                          "%lld does not divide moe.experts = %lld", (long long)p->ep, (long long)e->experts);

@@ -231,6 +231,10 @@ void loom_model_create_stage(struct loom_model *m, const struct loom_ops *ops, c
     loom_params_shard_tp(&m->table, m->stage.tp_rank, tp);
     if (m->stage.ep < 1) m->stage.ep = 1;
     if (m->stage.ep > 1) loom_params_shard_ep(&m->table, m->stage.ep_rank, m->stage.ep, (int)cfg->moe.experts);
+    /* ep x tp: each tp rank routes its own slice of the tokens, so the router's gradient is a tp sum */
+    if (m->stage.ep > 1 && tp > 1)
+        for (int i = 0; i < m->table.count; i++)
+            if (strstr(m->table.params[i].name, ".mlp.gate.weight")) m->table.params[i].tp_sum_grad = 1;
     /* the rest of the model works on this rank's share: resolve the derived widths first */
     m->cfg = *cfg;
     m->cfg.head_dim = loom_model_qk_head_dim(cfg);

@@ -19,6 +19,9 @@
 struct loom_moe_layer {
     int E, K, C, I, SI, B, T_max;
     int ep, ep_rank, per, e0;                            /* this rank runs experts [e0, e0 + per) */
+    int tp, sliced;                                      /* ep x tp: each tp rank dispatches 1/tp of the tokens */
+    int n0, n1, nk;                                      /* the micro-batch's tokens [n0, n1) this rank dispatches,
+                                                          * nk = (n1 - n0) K assignments */
     /* parameters and their gradients */
     float *w_gate, *g_gate;                              /* router [E, C] */
     float **w_eg, **w_eu, **w_ed, **g_eg, **g_eu, **g_ed; /* expert e: [I, C], [I, C], [C, I] */
@@ -80,6 +83,8 @@ struct loom_moe_layer *loom_moe_layer_create(const struct loom_model *m, int lay
     /* under tensor parallelism the shared experts are split like a dense MLP; the router and the routed
      * experts run whole on every tp rank */
     int tp = m->stage.tp > 1 ? m->stage.tp : 1;
+    L->tp = tp;
+    L->sliced = tp > 1 && L->ep > 1;
     L->I = (int)mc->intermediate, L->SI = (int)(mc->shared * mc->intermediate) / tp, L->B = B, L->T_max = T_max;
     int E = L->E, K = L->K, C = L->C, I = L->I, SI = L->SI;
     size_t N = (size_t)B * T_max, NK = N * K;
@@ -330,7 +335,7 @@ void loom_moe_forward_phase(const struct loom_model *m, struct loom_moe_layer *L
                             float *out, const float *bias, int64_t *load, double *balance, float bal_scale) {
     const struct loom_ops *ops = m->ops;
     const struct loom_moe_config *mc = &m->cfg.moe;
-    int E = L->E, K = L->K, C = L->C, SI = L->SI, B = m->B, T = m->T, N = B * T, NK = N * K;
+    int E = L->E, K = L->K, C = L->C, SI = L->SI, B = m->B, T = m->T, N = B * T;
     if (phase == 1) {
         /* the experts this rank holds; with ep > 1 their outputs start back */
         if (L->ep == 1) {
@@ -346,11 +351,18 @@ void loom_moe_forward_phase(const struct loom_model *m, struct loom_moe_layer *L
     }
     if (phase == 2) {
         exchange_wait(m, L);
-        ops->scatter_add_rows(out, L->yp, L->rows, L->wperm, NK, C);
+        ops->scatter_add_rows(out, L->yp, L->rows, L->wperm, L->nk, C);
+        /* ep x tp: this rank holds its slice's routed output and its part of the shared output */
+        if (L->sliced) m->comm.sum(m->comm.ctx, out, (size_t)N * C);
         balance_forward(m, L, balance);
         return;
     }
     L->bal_scale = bal_scale;
+    /* every rank routes every token (the loads and the balance loss see them all); under ep x tp the tp
+     * ranks of a replica share out the dispatch, each sending the tokens of its own slice */
+    L->n0 = L->sliced ? (int)((int64_t)N * m->stage.tp_rank / L->tp) : 0;
+    L->n1 = L->sliced ? (int)((int64_t)N * (m->stage.tp_rank + 1) / L->tp) : N;
+    int nk = L->nk = (L->n1 - L->n0) * K, a0 = L->n0 * K;
 
     /* router, in fp32 */
     ops->matmul_forward(L->logits, x, L->w_gate, N, C, E);
@@ -378,22 +390,22 @@ void loom_moe_forward_phase(const struct loom_model *m, struct loom_moe_layer *L
         }
     }
 
-    /* assignments grouped by expert (a counting sort keeps token order inside each expert) */
+    /* the slice's assignments grouped by expert (a counting sort keeps token order inside each expert) */
     memset(L->offs, 0, sizeof(int) * (E + 1));
-    for (int a = 0; a < NK; a++) L->offs[L->idx[a] + 1]++;
+    for (int a = a0; a < a0 + nk; a++) L->offs[L->idx[a] + 1]++;
     for (int e = 0; e < E; e++) L->offs[e + 1] += L->offs[e];
     int *fill = malloc_check(sizeof(int) * E);
     memcpy(fill, L->offs, sizeof(int) * E);
-    for (int a = 0; a < NK; a++) L->perm[fill[L->idx[a]]++] = a;
+    for (int a = a0; a < a0 + nk; a++) L->perm[fill[L->idx[a]]++] = a;
     free(fill);
-    for (int p = 0; p < NK; p++) L->rows_h[p] = L->perm[p] / K, L->wperm_h[p] = L->w[L->perm[p]];
-    ops->from_host(L->rows, L->rows_h, sizeof(int) * NK);
-    ops->from_host(L->wperm, L->wperm_h, sizeof(float) * NK);
+    for (int p = 0; p < nk; p++) L->rows_h[p] = L->perm[p] / K, L->wperm_h[p] = L->w[L->perm[p]];
+    ops->from_host(L->rows, L->rows_h, sizeof(int) * (size_t)(nk ? nk : 1));
+    ops->from_host(L->wperm, L->wperm_h, sizeof(float) * (size_t)(nk ? nk : 1));
 
     /* routed experts run one GEMM per expert over its contiguous tokens (phase 1); under expert
      * parallelism the tokens first travel to the rank that holds their expert, while the shared experts
      * compute; the weighted routed outputs are added in phase 2 */
-    ops->gather_rows(L->xp, x, L->rows, NULL, NK, C);
+    ops->gather_rows(L->xp, x, L->rows, NULL, nk, C);
     if (L->ep > 1) {
         dispatch_plan(m, L);
         exchange_start(m, L, L->xp, L->recv, 1);
@@ -403,7 +415,7 @@ void loom_moe_forward_phase(const struct loom_model *m, struct loom_moe_layer *L
         ops->matmul_forward(L->su, x, L->w_su, N, C, SI);
         ops->swiglu_forward(L->sh, L->sg, L->su, N, SI);
         ops->matmul_forward(out, L->sh, L->w_sd, N, SI, C);
-        if (m->stage.tp > 1) m->comm.sum(m->comm.ctx, out, (size_t)N * C);
+        if (m->stage.tp > 1 && !L->sliced) m->comm.sum(m->comm.ctx, out, (size_t)N * C);
     } else {
         ops->zero(out, sizeof(float) * (size_t)N * C);
     }
@@ -444,7 +456,7 @@ void loom_moe_backward(const struct loom_model *m, struct loom_moe_layer *L, con
 void loom_moe_backward_phase(const struct loom_model *m, struct loom_moe_layer *L, int phase, const float *x,
                              const float *dout, float *dx) {
     const struct loom_ops *ops = m->ops;
-    int C = L->C, SI = L->SI, B = m->B, T = m->T, N = B * T, NK = N * L->K;
+    int C = L->C, SI = L->SI, B = m->B, T = m->T, N = B * T, nk = L->nk;
     if (phase == 1) {
         if (L->ep == 1) {
             experts_backward(m, L, L->xp, L->gp, L->up, L->hp, L->dyp, L->dhp, L->dgp, L->dup, L->dxp, L->offs);
@@ -459,8 +471,10 @@ void loom_moe_backward_phase(const struct loom_model *m, struct loom_moe_layer *
     }
     if (phase == 2) {
         exchange_wait(m, L);
-        ops->scatter_add_rows(dx, L->dxp, L->rows, NULL, NK, C);
+        ops->scatter_add_rows(dx, L->dxp, L->rows, NULL, nk, C);
         router_backward(m, L, x, dx);
+        /* ep x tp: every part of dx (shared, routed, router) was this rank's share */
+        if (L->sliced) m->comm.sum(m->comm.ctx, dx, (size_t)N * C);
         return;
     }
 
@@ -473,32 +487,34 @@ void loom_moe_backward_phase(const struct loom_model *m, struct loom_moe_layer *
         ops->matmul_backward_weight(L->g_su, L->dsu, x, N, C, SI);
         ops->matmul_backward_input(dx, L->dsg, L->w_sg, N, C, SI, 0);
         ops->matmul_backward_input(dx, L->dsu, L->w_su, N, C, SI, 1);
-        if (m->stage.tp > 1) m->comm.sum(m->comm.ctx, dx, (size_t)N * C);
+        if (m->stage.tp > 1 && !L->sliced) m->comm.sum(m->comm.ctx, dx, (size_t)N * C);
     } else {
         ops->zero(dx, sizeof(float) * (size_t)N * C);
     }
 
     /* routed experts: d(weight) of each assignment = dout . y; the expert sees w * dout */
-    ops->row_dot(L->dw, L->yp, dout, L->rows, NK, C);
-    ops->gather_rows(L->dyp, dout, L->rows, L->wperm, NK, C);
+    ops->row_dot(L->dw, L->yp, dout, L->rows, nk, C);
+    ops->gather_rows(L->dyp, dout, L->rows, L->wperm, nk, C);
     if (L->ep > 1) exchange_start(m, L, L->dyp, L->recv, 1);
 }
 
-/* router: back through scaling, the top-k normalisation, the balance loss and the score function */
+/* router: back through scaling, the top-k normalisation, the balance loss and the score function, for
+ * the tokens [n0, n1) this rank dispatched (all of them unless ep x tp) */
 static void router_backward(const struct loom_model *m, struct loom_moe_layer *L, const float *x, float *dx) {
     const struct loom_ops *ops = m->ops;
     const struct loom_moe_config *mc = &m->cfg.moe;
-    int E = L->E, K = L->K, C = L->C, B = m->B, T = m->T, N = B * T, NK = N * K;
-    float *dwp = malloc_check(sizeof(float) * NK), *ds = calloc_check((size_t)N * E, sizeof(float));
-    ops->to_host(dwp, L->dw, sizeof(float) * NK);
-    float *dwa = malloc_check(sizeof(float) * NK); /* by assignment n K + j */
-    for (int p = 0; p < NK; p++) dwa[L->perm[p]] = dwp[p];
+    int E = L->E, K = L->K, C = L->C, T = m->T, n0 = L->n0, n1 = L->n1, ns = n1 - n0, nk = L->nk;
+    if (!ns) return;
+    float *dwp = malloc_check(sizeof(float) * (size_t)nk), *ds = calloc_check((size_t)ns * E, sizeof(float));
+    ops->to_host(dwp, L->dw, sizeof(float) * (size_t)nk);
+    float *dwa = malloc_check(sizeof(float) * (size_t)nk); /* by assignment n K + j - n0 K */
+    for (int p = 0; p < nk; p++) dwa[L->perm[p] - n0 * K] = dwp[p];
     float scale = (float)mc->scaling;
-    for (int n = 0; n < N; n++) {
+    for (int n = n0; n < n1; n++) {
         const float *s = L->scores + (size_t)n * E;
         const int *idx = L->idx + (size_t)n * K;
-        const float *dw = dwa + (size_t)n * K;
-        float *dsn = ds + (size_t)n * E;
+        const float *dw = dwa + (size_t)(n - n0) * K;
+        float *dsn = ds + (size_t)(n - n0) * E;
         if (mc->norm_topk) {
             /* w_j = scale q_j / Q, Q = sum q + 1e-20 */
             float Q = L->qsum[n] + 1e-20f, cross = 0;
@@ -510,19 +526,17 @@ static void router_backward(const struct loom_model *m, struct loom_moe_layer *L
     }
     if (L->bal_scale > 0) {
         /* d/ds_k of s_i / S with S = sum s: (g_k - sum_i g_i s_i / S) / S, g_i = bal_scale f_i / T */
-        for (int b = 0; b < B; b++)
-            for (int t = 0; t < T; t++) {
-                int n = b * T + t;
-                const float *s = L->scores + (size_t)n * E, *f = L->f + (size_t)b * E;
-                double S = 0, gs = 0;
-                for (int e = 0; e < E; e++) S += s[e], gs += (double)f[e] * s[e];
-                for (int e = 0; e < E; e++)
-                    ds[(size_t)n * E + e] += (float)(L->bal_scale / T * (f[e] - gs / S) / S);
-            }
+        for (int n = n0; n < n1; n++) {
+            const float *s = L->scores + (size_t)n * E, *f = L->f + (size_t)(n / T) * E;
+            double S = 0, gs = 0;
+            for (int e = 0; e < E; e++) S += s[e], gs += (double)f[e] * s[e];
+            for (int e = 0; e < E; e++)
+                ds[(size_t)(n - n0) * E + e] += (float)(L->bal_scale / T * (f[e] - gs / S) / S);
+        }
     }
-    for (int n = 0; n < N; n++) {
+    for (int n = n0; n < n1; n++) {
         const float *s = L->scores + (size_t)n * E;
-        float *d = ds + (size_t)n * E;
+        float *d = ds + (size_t)(n - n0) * E;
         if (mc->score == LOOM_MOE_SIGMOID) {
             for (int e = 0; e < E; e++) d[e] *= s[e] * (1.0f - s[e]);
         } else {
@@ -531,9 +545,9 @@ static void router_backward(const struct loom_model *m, struct loom_moe_layer *L
             for (int e = 0; e < E; e++) d[e] = s[e] * (d[e] - dot);
         }
     }
-    ops->from_host(L->dlogits, ds, sizeof(float) * (size_t)N * E);
-    ops->matmul_backward_weight(L->g_gate, L->dlogits, x, N, C, E);
-    ops->matmul_backward_input(dx, L->dlogits, L->w_gate, N, C, E, 1);
+    ops->from_host(L->dlogits, ds, sizeof(float) * (size_t)ns * E);
+    ops->matmul_backward_weight(L->g_gate, L->dlogits, x + (size_t)n0 * C, ns, C, E);
+    ops->matmul_backward_input(dx + (size_t)n0 * C, L->dlogits, L->w_gate, ns, C, E, 1);
     free(dwp);
     free(dwa);
     free(ds);

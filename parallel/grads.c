@@ -19,63 +19,112 @@
 
 enum { GRAD_BUCKET = 1 << 22 }; /* floats per all-reduce: 16 MB fp32 buckets, all in flight at once */
 
-/* Sums the gradients over dp — a bucketed all-reduce, or with ZeRO-1 a reduce-scatter that leaves each
- * rank the sum of its own shard [lo, hi) — and returns the sum of squares of the summed gradients over
- * the whole model (for the global-norm clip). The loss was already weighted by 1 / (tokens of the
- * global batch), so the sum is the gradient of the global mean. Only parameters with counted[i] set
- * enter the sum of squares (each tensor counted once over tp and over the tied-embedding copies). */
-double loom_grads_reduce(struct loom_model *m, const struct loom_ops *ops, const struct loom_topology *topo,
-                           int zero, const int *counts, size_t lo, size_t hi, const unsigned char *counted) {
-    size_t total = m->table.total;
-    /* with expert parallelism the routed experts' tensors (the end of the buffer) are reduced over the
-     * ranks that hold the same experts only */
-    size_t split = topo->ep > 1 ? m->table.expert_offset : total;
-    if (!zero) {
-        struct { const struct loom_comm *c; size_t lo, hi; } part[2] = {{&topo->dp_comm, 0, split},
-                                                                          {&topo->edp_comm, split, total}};
-        size_t nb = 0, cap = (total + GRAD_BUCKET - 1) / GRAD_BUCKET + 2;
-        struct loom_comm_handle *h = malloc_check(sizeof *h * cap);
-        for (int p = 0; p < 2; p++) {
-            if (part[p].c->size < 2) continue;
-            for (size_t off = part[p].lo; off < part[p].hi; off += GRAD_BUCKET) {
-                size_t n = part[p].hi - off < GRAD_BUCKET ? part[p].hi - off : GRAD_BUCKET;
-                loom_allreduce_start(part[p].c, m->grads + off, n, &h[nb++]);
-            }
+void loom_shards_init(struct loom_shards *s, const struct loom_topology *topo, const struct loom_param_table *t,
+                      int zero) {
+    memset(s, 0, sizeof *s);
+    size_t split = topo->ep > 1 ? t->expert_offset : t->total;
+    struct { const struct loom_comm *c; size_t begin, end; } parts[LOOM_SHARD_PARTS] = {
+        {&topo->dp_comm, 0, split}, {&topo->edp_comm, split, t->total}};
+    for (int k = 0; k < LOOM_SHARD_PARTS; k++) {
+        struct loom_shard_part *p = &s->part[k];
+        int n = parts[k].c->size;
+        size_t len = parts[k].end - parts[k].begin;
+        p->comm = parts[k].c, p->begin = parts[k].begin, p->end = parts[k].end;
+        p->sharded = zero && n > 1;
+        p->counts = malloc_check(sizeof(int) * n), p->displs = malloc_check(sizeof(int) * n);
+        for (int r = 0; r < n; r++) {
+            size_t a = p->sharded ? len * r / n : 0, b = p->sharded ? len * (r + 1) / n : len;
+            CHECK(!p->sharded || b - a <= (size_t)INT32_MAX, "a ZeRO-1 share of %zu floats is too large for one "
+                  "MPI message", b - a);
+            p->displs[r] = (int)a, p->counts[r] = (int)(b - a);
         }
-        for (size_t b = 0; b < nb; b++) loom_comm_wait(&h[b]);
-        free(h);
+        int me = parts[k].c->rank;
+        p->lo = p->begin + (size_t)p->displs[me], p->hi = p->lo + (size_t)p->counts[me];
     }
-    if (zero) {
-        float *shard = malloc_check(sizeof(float) * (hi - lo));
-        struct loom_comm_handle h;
-        loom_reduce_scatterv_start(&topo->dp_comm, m->grads, shard, counts, &h);
-        loom_comm_wait(&h);
-        memcpy(m->grads + lo, shard, sizeof(float) * (hi - lo));
-        free(shard);
-        double ss = loom_grad_sum_squares_range(ops, &m->table, m->grads, lo, hi, counted);
-        loom_allreduce_double(&topo->dp_comm, &ss, 1);
-        return ss;
-    }
-    double dense = loom_grad_sum_squares_range(ops, &m->table, m->grads, 0, split, counted);
-    double experts = loom_grad_sum_squares_range(ops, &m->table, m->grads, split, total, counted);
-    if (topo->ep > 1) loom_allreduce_double(&topo->ep_comm, &experts, 1);
-    return dense + experts;
 }
 
-/* PREFIX.rankR.bin: int64 lo, hi, total, then the gradients [lo, hi) of this rank's flat buffer
- * (hi - lo < total under ZeRO-1, where only the rank's shard is reduced). PREFIX.rankR.map: one line
- * per tensor of the buffer, "name offset row0 col0 local_rows local_cols rows cols", where the tensor's
- * local part is rows row0.. and columns col0.. of the whole [rows, cols]. For parity tests. */
-void loom_grads_dump(const struct loom_model *m, const char *prefix, int rank, size_t lo, size_t hi) {
+void loom_shards_free(struct loom_shards *s) {
+    for (int k = 0; k < LOOM_SHARD_PARTS; k++) free(s->part[k].counts), free(s->part[k].displs);
+}
+
+void loom_shards_gather(const struct loom_shards *s, float *params) {
+    struct loom_comm_handle h[LOOM_SHARD_PARTS];
+    int n = 0;
+    for (int k = 0; k < LOOM_SHARD_PARTS; k++)
+        if (s->part[k].sharded)
+            loom_allgatherv_inplace_start(s->part[k].comm, params + s->part[k].begin, s->part[k].counts,
+                                          s->part[k].displs, &h[n++]);
+    for (int i = 0; i < n; i++) loom_comm_wait(&h[i]);
+}
+
+/* Each part is summed over its group — a bucketed all-reduce, or under ZeRO-1 a reduce-scatter that
+ * leaves each rank the sum of its own share — and the sum of squares taken over what the rank holds.
+ * The loss was already weighted by 1 / (tokens of the global batch), so the sum is the gradient of the
+ * global mean. Only parameters with counted[i] set enter the sum of squares (each tensor counted once
+ * over tp and over the tied-embedding copies). */
+double loom_grads_reduce(struct loom_model *m, const struct loom_ops *ops, const struct loom_topology *topo,
+                         const struct loom_shards *s, const unsigned char *counted) {
+    size_t nb = 0, cap = m->table.total / GRAD_BUCKET + 2 * LOOM_SHARD_PARTS;
+    struct loom_comm_handle *h = malloc_check(sizeof *h * cap);
+    float *share[LOOM_SHARD_PARTS] = {NULL};
+    for (int k = 0; k < LOOM_SHARD_PARTS; k++) {
+        const struct loom_shard_part *p = &s->part[k];
+        if (p->comm->size < 2 || p->end == p->begin) continue;
+        if (p->sharded) {
+            share[k] = malloc_check(sizeof(float) * (p->hi - p->lo + 1));
+            loom_reduce_scatterv_start(p->comm, m->grads + p->begin, share[k], p->counts, &h[nb++]);
+            continue;
+        }
+        for (size_t off = p->begin; off < p->end; off += GRAD_BUCKET) {
+            size_t n = p->end - off < GRAD_BUCKET ? p->end - off : GRAD_BUCKET;
+            loom_allreduce_start(p->comm, m->grads + off, n, &h[nb++]);
+        }
+    }
+    for (size_t b = 0; b < nb; b++) loom_comm_wait(&h[b]);
+    free(h);
+    double ss[LOOM_SHARD_PARTS];
+    for (int k = 0; k < LOOM_SHARD_PARTS; k++) {
+        const struct loom_shard_part *p = &s->part[k];
+        if (share[k]) {
+            memcpy(m->grads + p->lo, share[k], sizeof(float) * (p->hi - p->lo));
+            free(share[k]);
+        }
+        ss[k] = loom_grad_sum_squares_range(ops, &m->table, m->grads, p->lo, p->hi, counted);
+        if (p->sharded) loom_allreduce_double(p->comm, &ss[k], 1);
+    }
+    if (topo->ep > 1) {
+        /* an ep group holds every expert once; the caller sums over tp next, so tp rank 0 alone adds it */
+        loom_allreduce_double(&topo->ep_comm, &ss[1], 1);
+        if (topo->tp_rank != 0) ss[1] = 0;
+    }
+    return ss[0] + ss[1];
+}
+
+/* PREFIX.rankR.bin: int64 total and the number of spans S, S pairs of int64 lo, hi, then the gradients
+ * [lo, hi) of each span of this rank's flat buffer in turn (one span [0, total) without ZeRO-1; under it the
+ * rank's shares, the only sums it holds). PREFIX.rankR.map: one line per tensor of the buffer, "name
+ * offset row0 col0 local_rows local_cols rows cols", where the tensor's local part is rows row0.. and
+ * columns col0.. of the whole [rows, cols]. For parity tests. */
+void loom_grads_dump(const struct loom_model *m, const char *prefix, int rank, const struct loom_shards *s) {
     char path[4096];
     snprintf(path, sizeof path, "%s.rank%d.bin", prefix, rank);
     FILE *f = fopen_check(path, "wb");
-    int64_t head[3] = {(int64_t)lo, (int64_t)hi, (int64_t)m->table.total};
+    int64_t spans[2 * LOOM_SHARD_PARTS], head[2] = {(int64_t)m->table.total, 0};
+    for (int k = 0; k < LOOM_SHARD_PARTS; k++) {
+        const struct loom_shard_part *p = &s->part[k];
+        if (p->hi == p->lo) continue;
+        /* adjacent whole parts make one span */
+        if (head[1] && spans[2 * head[1] - 1] == (int64_t)p->lo) spans[2 * head[1] - 1] = (int64_t)p->hi;
+        else spans[2 * head[1]] = (int64_t)p->lo, spans[2 * head[1] + 1] = (int64_t)p->hi, head[1]++;
+    }
     float *g = malloc_check(sizeof(float) * m->table.total);
     loom_model_get_grads(m, g);
-    CHECK(fwrite(head, sizeof head, 1, f) == 1 && fwrite(g + lo, sizeof(float), hi - lo, f) == hi - lo,
-          "writing %s", path);
-    CHECK(fclose(f) == 0, "writing %s", path);
+    int good = fwrite(head, sizeof head, 1, f) == 1 && fwrite(spans, sizeof(int64_t), 2 * head[1], f) == 2 * (size_t)head[1];
+    for (int64_t k = 0; k < head[1]; k++) {
+        size_t lo = (size_t)spans[2 * k], n = (size_t)(spans[2 * k + 1] - spans[2 * k]);
+        good = good && fwrite(g + lo, sizeof(float), n, f) == n;
+    }
+    CHECK(good && fclose(f) == 0, "writing %s", path);
     free(g);
     snprintf(path, sizeof path, "%s.rank%d.map", prefix, rank);
     f = fopen_check(path, "w");

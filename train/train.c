@@ -206,29 +206,27 @@ int loom_train_main(int argc, char **argv) {
                             loom_pipeline_slots(pipe, topo.pp_rank, topo.pp, m_max));
     model.comm = loom_model_comm_over(&topo);
     /* a tied embedding lives on the first and the last stage: its gradient is summed over both, and
-     * counted once in the norm; a replicated tensor is counted on tp rank 0 only */
+     * counted once in the norm; a replicated tensor is counted on tp rank 0 only, and so are the routed
+     * experts unless expert parallelism spreads them over the tp ranks (see loom_grads_reduce) */
     const struct loom_param *tied_embed = NULL;
     unsigned char *counted_param = malloc_check((size_t)model.table.count);
-    for (int i = 0; i < model.table.count; i++)
-        counted_param[i] = (model.table.params[i].shard != LOOM_SHARD_REPLICATED &&
-                            model.table.params[i].shard != LOOM_SHARD_EXPERT) || topo.tp_rank == 0;
+    for (int i = 0; i < model.table.count; i++) {
+        enum loom_shard_style s = model.table.params[i].shard;
+        counted_param[i] = (s != LOOM_SHARD_REPLICATED && s != LOOM_SHARD_EXPERT) || topo.tp_rank == 0 ||
+                           (s == LOOM_SHARD_EXPERT && topo.ep > 1);
+    }
     if (topo.pp > 1 && cfg.model.tie_word_embeddings && (stage.first || stage.last)) {
         int e = loom_params_find(&model.table, "embed_tokens.weight");
         if (stage.last) counted_param[e] = 0;
         tied_embed = &model.table.params[e];
     }
     loom_model_init_params(&model, (uint64_t)tc->seed);
-    struct loom_adamw adamw;
-    /* ZeRO-1: rank r of dp owns the flat range [total r / dp, total (r + 1) / dp) of the optimizer */
-    size_t total = model.table.total;
-    int *shard_counts = malloc_check(sizeof(int) * dp), *shard_displs = malloc_check(sizeof(int) * dp);
-    for (int r = 0; r < dp; r++) {
-        shard_displs[r] = (int)(total * r / dp);
-        shard_counts[r] = (int)(total * (r + 1) / dp) - shard_displs[r];
-    }
-    int zero = pc->zero && dp > 1;
-    size_t lo = zero ? (size_t)shard_displs[topo.dp_rank] : 0, hi = zero ? lo + shard_counts[topo.dp_rank] : total;
-    loom_adamw_init(&adamw, ops, &cfg.optim, lo, hi);
+    /* the optimizer of each part of the buffer (dense, routed experts), over this rank's share under ZeRO-1 */
+    struct loom_shards shards;
+    loom_shards_init(&shards, &topo, &model.table, pc->zero);
+    struct loom_adamw adamw[LOOM_SHARD_PARTS];
+    for (int k = 0; k < LOOM_SHARD_PARTS; k++)
+        loom_adamw_init(&adamw[k], ops, &cfg.optim, shards.part[k].lo, shards.part[k].hi);
     struct loom_schedule sched;
     loom_schedule_init(&sched, &cfg.schedule, total_tokens);
 
@@ -300,10 +298,10 @@ int loom_train_main(int argc, char **argv) {
             const struct loom_param *p = &model.table.params[i];
             if (p->tp_sum_grad) model.comm.sum(model.comm.ctx, model.grads + p->offset, p->numel);
         }
-        double gsq = loom_grads_reduce(&model, ops, &topo, zero, shard_counts, lo, hi, counted_param);
+        double gsq = loom_grads_reduce(&model, ops, &topo, &shards, counted_param);
         loom_allreduce_double(&topo.pp_comm, &gsq, 1);
         loom_allreduce_double(&topo.tp_comm, &gsq, 1);
-        if (step == 0 && cfg.log.dump_grads[0]) loom_grads_dump(&model, cfg.log.dump_grads, rank, lo, hi);
+        if (step == 0 && cfg.log.dump_grads[0]) loom_grads_dump(&model, cfg.log.dump_grads, rank, &shards);
         loom_allreduce_double(&topo.dp_comm, &loss_sum, 1);
         loom_allreduce_double(&topo.dp_comm, src_sum, LOOM_MAX_SOURCES);
         long src_n[LOOM_MAX_SOURCES];
@@ -329,13 +327,10 @@ int loom_train_main(int argc, char **argv) {
             loom_moe_rows_fill(&model, moe_loads, NULL, stage.layer_lo, (int)cfg.model.moe.first_dense);
         }
         if (!skipped) {
-            loom_adamw_step(&adamw, &model.table, model.params, model.grads, lr,
-                            loom_clip_factor(gnorm, cfg.optim.grad_clip));
-            if (zero) {
-                struct loom_comm_handle h;
-                loom_allgatherv_inplace_start(&topo.dp_comm, model.params, shard_counts, shard_displs, &h);
-                loom_comm_wait(&h);
-            }
+            for (int k = 0; k < LOOM_SHARD_PARTS; k++)
+                loom_adamw_step(&adamw[k], &model.table, model.params, model.grads, lr,
+                                loom_clip_factor(gnorm, cfg.optim.grad_clip));
+            loom_shards_gather(&shards, model.params);
         }
         if (model.moe_layers) loom_model_update_router_bias(&model);
         if (moe_total) {
@@ -427,10 +422,9 @@ int loom_train_main(int argc, char **argv) {
     free(moe_bias);
     free(eval_inputs);
     free(eval_targets);
-    loom_adamw_free(&adamw);
-    free(shard_counts);
+    for (int k = 0; k < LOOM_SHARD_PARTS; k++) loom_adamw_free(&adamw[k]);
+    loom_shards_free(&shards);
     free(counted_param);
-    free(shard_displs);
     loom_model_destroy(&model);
     if (do_eval) loom_sampler_close(&heldout);
     loom_sampler_close(&sampler);

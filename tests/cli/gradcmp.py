@@ -88,18 +88,28 @@ def cmp_metrics(name, ref_path, got_path, steps):
 
 
 def load_dump(prefix, rank):
-    """PREFIX.rankR.bin (int64 lo, hi, total, float32 g[lo:hi]) and PREFIX.rankR.map (per tensor of the flat
-    buffer: name offset row0 col0 local_rows local_cols rows cols)"""
+    """PREFIX.rankR.bin (int64 total, S, S pairs lo, hi, then float32 g[lo:hi] of each span in turn) and
+    PREFIX.rankR.map (per tensor of the flat buffer: name offset row0 col0 local_rows local_cols rows cols).
+    Gives spans [(lo, hi)] and g, their gradients one after the other (see pieces)."""
     path = f"{prefix}.rank{rank}.bin"
     with open(path, "rb") as f:
         head = array.array("q")
-        head.fromfile(f, 3)
+        head.fromfile(f, 2)
+        if sys.byteorder != "little":
+            head.byteswap()
+        total, nspans = head
+        if not 1 <= nspans <= 16:
+            raise ValueError(f"{path}: {nspans} spans")
+        flat = array.array("q")
+        flat.fromfile(f, 2 * nspans)
+        if sys.byteorder != "little":
+            flat.byteswap()
         data = f.read()
-    if sys.byteorder != "little":
-        head.byteswap()
-    lo, hi, total = head
-    if len(data) != 4 * (hi - lo) or not (0 <= lo <= hi <= total):
-        raise ValueError(f"{path}: header lo {lo} hi {hi} total {total} with {len(data)} bytes of gradients")
+    spans = list(zip(flat[0::2], flat[1::2]))
+    ends = [0] + [hi for _, hi in spans]
+    if len(data) != 4 * sum(hi - lo for lo, hi in spans) or any(not (e <= lo <= hi <= total) for (lo, hi), e in
+                                                                 zip(spans, ends)):
+        raise ValueError(f"{path}: spans {spans} of {total} with {len(data)} bytes of gradients")
     g = array.array("f")
     g.frombytes(data)
     if sys.byteorder != "little":
@@ -116,16 +126,24 @@ def load_dump(prefix, rank):
                 raise ValueError(f"{prefix}.rank{rank}.map line {n}: {line.strip()!r}, want a name and 7 integers")
     if not tensors:
         raise ValueError(f"{prefix}.rank{rank}.map names no tensor")
-    return dict(lo=lo, hi=hi, total=total, g=g, tensors=tensors)
+    return dict(spans=spans, total=total, g=g, tensors=tensors)
+
+
+def pieces(d):
+    """the spans (lo, hi) of a dump with where each starts in d["g"]"""
+    base = 0
+    for lo, hi in d["spans"]:
+        yield lo, hi, base
+        base += hi - lo
 
 
 def reference(prefix):
     """the single-process dump, checked (the whole buffer, every tensor whole and finite), and per tensor name
     (offset, rows, cols, max|g|)"""
     ref = load_dump(prefix, 0)
-    lo, hi, total, g = ref["lo"], ref["hi"], ref["total"], ref["g"]
-    if (lo, hi) != (0, total):
-        raise ValueError(f"the single-process dump holds [{lo}, {hi}) of {total}")
+    total, g = ref["total"], ref["g"]
+    if ref["spans"] != [(0, total)]:
+        raise ValueError(f"the single-process dump holds {ref['spans']} of {total}")
     refs, end = {}, 0
     for name, off, r0, c0, lr, lc, rows, cols in sorted(ref["tensors"], key=lambda t: t[1]):
         if (r0, c0, lr, lc) != (0, 0, rows, cols) or off < end or off + rows * cols > total or name in refs:
@@ -202,6 +220,38 @@ def shard_problems(spans, total, ranks=None):
     return bad
 
 
+def zero_problems(dumps):
+    """ZeRO-1 shares: the buffer's dense part [0, split) is divided over the ranks with the same dense tensors
+    (dp), the routed experts [split, total) (the expert tensors, which come last) over the ranks holding the same
+    experts (edp): in each such group the ranks' spans cut to the part tile it exactly"""
+    problems = []
+    def split_of(d):
+        offs = [t[1] for t in d["tensors"] if ".mlp.experts." in t[0]]
+        return min(offs) if offs else d["total"]
+    for expert in (False, True):
+        groups = {}
+        for rank, d in enumerate(dumps):
+            key = tuple(t for t in d["tensors"] if (".mlp.experts." in t[0]) == expert)
+            if key:
+                groups.setdefault(key, []).append(rank)
+        for ranks in groups.values():
+            ends = {(split_of(dumps[r]), dumps[r]["total"]) for r in ranks}
+            if len(ends) != 1:
+                problems.append(f"ranks {ranks} with the same {'expert' if expert else 'dense'} tensors have parts "
+                                f"{sorted(ends)}")
+                continue
+            split, total = ends.pop()
+            a, b = (split, total) if expert else (0, split)
+            cut = [[(max(lo, a) - a, min(hi, b) - a) for lo, hi in dumps[r]["spans"] if min(hi, b) > max(lo, a)]
+                   for r in ranks]
+            if any(len(c) > 1 for c in cut):
+                problems.append(f"ranks {ranks}: more than one span in the {'expert' if expert else 'dense'} part")
+                continue
+            problems += [("experts: " if expert else "") + p for p in
+                         shard_problems([c[0] if c else (0, 0) for c in cut], b - a, ranks)]
+    return problems
+
+
 def check_grads(ref, refs, dumps, replicas, zero, atol_frac=GRAD_ATOL_FRAC):
     """every rank's every tensor slice, where inside its [lo, hi), against the same elements of the single-
     process tensor, |g - r| <= GRAD_RTOL |r| + atol_frac max|r of that tensor|; gives the problems with the
@@ -216,11 +266,11 @@ def check_grads(ref, refs, dumps, replicas, zero, atol_frac=GRAD_ATOL_FRAC):
     for rank, d in enumerate(dumps):
         problems, good = map_problems(rank, d, refs)
         values += problems
-        lo, hi, g = d["lo"], d["hi"], d["g"]
-        if not zero and (lo, hi) != (0, d["total"]):
-            values.append(f"rank {rank} holds [{lo}, {hi}), want all of [0, {d['total']}) without ZeRO")
+        g = d["g"]
+        if not zero and d["spans"] != [(0, d["total"])]:
+            values.append(f"rank {rank} holds {d['spans']}, want all of [0, {d['total']}) without ZeRO")
         # a dump identical to an earlier rank's (replicas without ZeRO) compares the same: once is enough
-        key = (tuple(d["tensors"]), lo, hi, g.tobytes())
+        key = (tuple(d["tensors"]), tuple(d["spans"]), g.tobytes())
         if copies.setdefault(key, rank) != rank:
             continue
         rank_worst, bad = (-1.0, None), 0
@@ -232,7 +282,7 @@ def check_grads(ref, refs, dumps, replicas, zero, atol_frac=GRAD_ATOL_FRAC):
                 ratio = lambda a, b: abs(a - b) / (GRAD_RTOL * abs(a) + atol)
             else:  # an all-zero gradient: exactly
                 ratio = lambda a, b: 0.0 if a == b else math.inf
-            for gi, wi, n in segments(t, lo, hi):
+            for gi, wi, n in ((base + gi, wi, n) for lo, hi, base in pieces(d) for gi, wi, n in segments(t, lo, hi)):
                 compared += n
                 covered[name][wi:wi + n] = b"\1" * n
                 ratios = list(map(ratio, rg[off + wi:off + wi + n], g[gi:gi + n]))
@@ -250,7 +300,8 @@ def check_grads(ref, refs, dumps, replicas, zero, atol_frac=GRAD_ATOL_FRAC):
         name, cols = t[0], t[7]
         a, b, gmax = rg[refs[name][0] + wi], g[gi], refs[name][3]
         tol = GRAD_RTOL * abs(a) + atol_frac * gmax
-        where = f"rank {rank} {at(name, cols, wi)} (element {lo + gi} of its [{lo}, {hi}))"
+        lo, hi, base = next(p for p in pieces(d) if p[2] <= gi < p[2] + p[1] - p[0])
+        where = f"rank {rank} {at(name, cols, wi)} (element {lo + gi - base} of its [{lo}, {hi}))"
         if w > worst[0]:
             worst = (w, f"{where}: {b!r}, single process {a!r}, |diff| {abs(a - b):.3g}, tolerance {tol:.3g}")
         if w > 1:
@@ -269,12 +320,7 @@ def check_grads(ref, refs, dumps, replicas, zero, atol_frac=GRAD_ATOL_FRAC):
         values.append(f"ranks with the same map: " + ", ".join(" ".join(map(str, g)) for g in groups.values()) +
                       f"; want {len(dumps) // replicas} groups of {replicas}")
     if zero:
-        for ranks in groups.values():
-            totals = {dumps[r]["total"] for r in ranks}
-            if len(totals) != 1:
-                shards.append(f"ranks {ranks} with the same map have totals {sorted(totals)}")
-                continue
-            shards += shard_problems([(dumps[r]["lo"], dumps[r]["hi"]) for r in ranks], totals.pop(), ranks)
+        shards = zero_problems(dumps)
     return values, cover, shards, worst, (compared, len(copies))
 
 

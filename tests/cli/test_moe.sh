@@ -4,7 +4,9 @@
 # launch under `timeout`).
 #
 # Parity: 10 steps, global batch 8 of micro-batches of 1, single process against dp2 ep2, dp4 ep4, dp4 ep2,
-# dp2 pp2 ep2 and plain dp2 (ep1). Per layout: every step's loss and balance loss within 1e-5 relative and
+# dp2 pp2 ep2, plain dp2 (ep1), tp2 and dp2 tp2 (ep1), ep x tp (tp2 ep2, dp2 tp2 ep2, dp2 tp2 ep4: each tp
+# rank dispatches its own slice of the tokens) and ZeRO-1 with experts (dp2 ep2, dp4 ep2, dp2 tp2 ep2: the dense
+# part of the optimizer split over dp, the experts' over the ranks holding the same experts). Per layout: every step's loss and balance loss within 1e-5 relative and
 # gradient norm as in test_parallel.sh (1e-5 at step 1, 1e-4 later); every step's `router_bias` (after that
 # step's aux-loss-free update) within 1e-6 of the single-process one; every step's `expert_loads` equal, each
 # block's loads summing to the step's tokens x top_k; the gradient dump after step 1 (--log.dump_grads) equal
@@ -31,10 +33,12 @@
 # update (1e-3), a token moved between two experts, loads that miss the token count, an expert's gradient
 # element nudged past its tolerance, two experts' gradients swapped on their owner, an expert tensor missing
 # from its owner, an expert moved into another ep group (each still held twice over dp4 ep2: only the
-# per-group count sees it), and balanced routing offered as the uneven case must all be caught.
+# per-group count sees it), balanced routing offered as the uneven case, and ZeRO-1 shares of dp4 ep2 that do
+# not tile their part (a dense share one float short, an expert share reaching into its peer's, one widened to
+# the whole expert part) must all be caught.
 #
-# Bad configs (ep not dividing the experts, ep not dividing dp x tp, top_k > experts, ep2 with tp2, ZeRO-1
-# with ep2): exit status 2 from the launch and from every rank (counted by a wrapper), no hang, a
+# Bad configs (ep not dividing the experts, ep not dividing dp x tp, with tp = 1 and with tp2, top_k > experts):
+# exit status 2 from the launch and from every rank (counted by a wrapper), no hang, a
 # `loom: error: KEY: ...` line, nothing started or written.
 #
 # scripts/plot_experts: writes a PNG (magic bytes) for an MoE run (default RUN_DIR/experts.png, and --out),
@@ -185,7 +189,7 @@ def names_of(prefix, nranks):
             out.append([line.split()[0] for line in f if line.strip()])
     return out
 
-def layout(name, ref_dir, got_dir, ref_prefix, got_prefix, steps, dp, tp, pp, ep):
+def layout(name, ref_dir, got_dir, ref_prefix, got_prefix, steps, dp, tp, pp, ep, zero=0):
     """every comparison of one layout against the single-process run"""
     nranks = dp * tp * pp
     try:
@@ -198,10 +202,10 @@ def layout(name, ref_dir, got_dir, ref_prefix, got_prefix, steps, dp, tp, pp, ep
         G.verdict(f"{name}/losses", loss_problems(ref, got))
         G.verdict(f"{name}/router_bias", bias_problems(ref, got))
         G.verdict(f"{name}/expert_loads", load_problems(ref, got, k_ref, k_got))
-    # ranks holding the same tensors: the dp ranks of one tp rank and stage, or with expert parallelism
-    # (tp = 1 then) the dp x tp / ep ranks that hold the same experts
-    replicas = dp * tp // ep if tp == 1 else dp
-    G.cmp_grads(f"{name}/grads", ref_prefix, got_prefix, nranks, replicas, tp, 0, ep)
+    # ranks holding the same tensors: of the dp x tp ranks of a stage (tp fastest), those with the same tp rank
+    # (rank % tp) and the same ep rank (rank % ep), dp x tp / lcm(tp, ep) of them
+    replicas = dp * tp // math.lcm(tp, ep)
+    G.cmp_grads(f"{name}/grads", ref_prefix, got_prefix, nranks, replicas, tp, zero, ep)
     try:
         ref_names = names_of(ref_prefix, 1)[0]
         problems, where = owner_problems(names_of(got_prefix, nranks), dp, tp, pp, ep, ref_names)
@@ -220,7 +224,7 @@ def uneven(name, got_dir, steps):
     hot = [[l.index(max(l)) if max(l) == sum(l) else None for l in r["expert_loads"]] for r in rows]
     print(f"# {name}: the expert with all tokens, per step and block: {hot}")
 
-def control(name, ref_dir, seed_dir, ep2_dir, steps, ref_prefix, seed_prefix, ep2_prefix, dp4_prefix):
+def control(name, ref_dir, seed_dir, ep2_dir, steps, ref_prefix, seed_prefix, ep2_prefix, dp4_prefix, zero_prefix):
     """the comparisons tell apart what they must (see the header of test_moe.sh)"""
     problems = []
     def caught(what, found):
@@ -317,15 +321,34 @@ def control(name, ref_dir, seed_dir, ep2_dir, steps, ref_prefix, seed_prefix, ep
         problems.append(f"the moved expert changed the per-model counts: {counts}")
     caught("layers.1 expert 5 moved from ep group 1 to group 0 (each tensor still held twice)",
            owner_problems(bad, 4, 1, 1, 2, ref_names)[0])
+    # ZeRO-1 shares of dp4 ep2: the dense part over the 4 ranks, the experts over ranks {0, 2} and {1, 3}; the
+    # real ones pass; a dense share one float short, an expert share reaching into its peer's, and a rank that
+    # keeps all its experts while its peer keeps half must be caught
+    zd = [G.load_dump(zero_prefix, r) for r in range(4)]
+    if G.zero_problems(zd) or any(len(d["spans"]) != 2 for d in zd):
+        problems.append(f"the dp4 ep2 ZeRO-1 shares do not pass as two spans each: {[d['spans'] for d in zd]} "
+                        f"{G.zero_problems(zd)}")
+    else:
+        for what, r, k, end, delta in (("a dense share one float short", 1, 0, 1, -1),
+                                       ("an expert share reaching into its peer's", 0, 1, 1, 1),
+                                       ("an expert share widened to the whole part", 3, 1, 0, None)):
+            bad = copy.deepcopy(zd)
+            lo, hi = bad[r]["spans"][k]
+            if delta is None:
+                lo = min(d["spans"][1][0] for d in zd)
+            else:
+                hi += delta
+            bad[r]["spans"][k] = (lo, hi)
+            caught(f"{what} (rank {r}: {zd[r]['spans'][k]} -> {(lo, hi)})", G.zero_problems(bad))
     G.verdict(name, problems)
 
 mode, a = sys.argv[1], sys.argv[2:]
 if mode == "layout":
-    layout(a[0], a[1], a[2], a[3], a[4], *map(int, a[5:10]))
+    layout(a[0], a[1], a[2], a[3], a[4], *map(int, a[5:11]))
 elif mode == "uneven":
     uneven(a[0], a[1], int(a[2]))
 elif mode == "control":
-    control(a[0], a[1], a[2], a[3], int(a[4]), a[5], a[6], a[7], a[8])
+    control(a[0], a[1], a[2], a[3], int(a[4]), a[5], a[6], a[7], a[8], a[9])
 EOF
 compare() {
     local out
@@ -353,24 +376,26 @@ if ! single "$ref"; then
 else
     ok moe/single_process
 
-    # layouts: "dp pp ep tp"
-    for layout in "2 1 2 1" "4 1 4 1" "4 1 2 1" "2 2 2 1" "2 1 1 1" "1 1 1 2" "2 1 1 2"; do
-        read -r dp pp ep tp <<<"$layout"
+    # layouts: "dp pp ep tp zero"
+    for layout in "2 1 2 1 0" "4 1 4 1 0" "4 1 2 1 0" "2 2 2 1 0" "2 1 1 1 0" "1 1 1 2 0" "2 1 1 2 0" \
+        "1 1 2 2 0" "2 1 2 2 0" "2 1 4 2 0" "2 1 2 1 1" "4 1 2 1 1" "2 1 2 2 1"; do
+        read -r dp pp ep tp zero <<<"$layout"
         np=$((dp * pp * tp))
         name="dp${dp}"
         [ "$pp" -gt 1 ] && name+="_pp${pp}"
         name+="_ep${ep}"
         [ "$tp" -gt 1 ] && name+="_tp${tp}"
+        [ "$zero" -gt 0 ] && name+="_zero1"
         dir="$tmp/$name"
         t1=$SECONDS
         launch "$np" "${BASE[@]}" --parallel.dp="$dp" --parallel.pp="$pp" --parallel.ep="$ep" --parallel.tp="$tp" \
-            --train.run_dir="$dir" --log.dump_grads="$dir-g"
+            --parallel.zero="$zero" --train.run_dir="$dir" --log.dump_grads="$dir-g"
         label="moe/$name"
         launched "$label" "$np" "$dir" || continue
         echo "# $label: $np ranks, $((SECONDS - t1)) s"
-        compare layout "$label" "$ref" "$dir" "$ref-g" "$dir-g" "$STEPS" "$dp" "$tp" "$pp" "$ep"
+        compare layout "$label" "$ref" "$dir" "$ref-g" "$dir-g" "$STEPS" "$dp" "$tp" "$pp" "$ep" "$zero"
         # the controls read the dp2 ep2 dumps and the dp4 ep2 maps
-        [ "$name" != dp2_ep2 ] && rm -f "$dir-g".rank*.bin
+        [ "$name" != dp2_ep2 ] && [ "$name" != dp4_ep2_zero1 ] && rm -f "$dir-g".rank*.bin
     done
     echo "# parity: $((SECONDS - t0)) s"
 
@@ -405,11 +430,12 @@ else
     t0=$SECONDS
     if ! single "$tmp/seed43" --train.seed=43; then
         fail moe/control "--train.seed=43: $(show)"
-    elif [ ! -s "$tmp/dp2_ep2-g.rank1.bin" ] || [ ! -s "$tmp/dp4_ep2-g.rank3.map" ]; then
-        fail moe/control "the dp2 ep2 dumps or the dp4 ep2 maps are missing (their runs failed above)"
+    elif [ ! -s "$tmp/dp2_ep2-g.rank1.bin" ] || [ ! -s "$tmp/dp4_ep2-g.rank3.map" ] ||
+        [ ! -s "$tmp/dp4_ep2_zero1-g.rank3.bin" ]; then
+        fail moe/control "the dp2 ep2 dumps, the dp4 ep2 maps or the dp4 ep2 ZeRO-1 dumps are missing (their runs failed above)"
     else
         compare control moe/control "$ref" "$tmp/seed43" "$tmp/dp2_ep2" "$STEPS" "$ref-g" "$tmp/seed43-g" \
-            "$tmp/dp2_ep2-g" "$tmp/dp4_ep2-g"
+            "$tmp/dp2_ep2-g" "$tmp/dp4_ep2-g" "$tmp/dp4_ep2_zero1-g"
     fi
     echo "# controls: $((SECONDS - t0)) s"
 fi
@@ -431,8 +457,8 @@ expect_error ep3_experts8 3 parallel.ep '3 does not divide moe\.experts = 8' --p
 expect_error ep4_dp2 2 parallel.ep '4 does not divide dp x tp = 2' --parallel.dp=2 --parallel.ep=4
 expect_error top_k9_experts8 2 moe.top_k '9 is outside 1\.\.moe\.experts = 8' --parallel.dp=2 --parallel.ep=2 \
     --moe.top_k=9
-expect_error tp2_ep2 4 parallel.ep 'parallel\.tp' --parallel.tp=2 --parallel.dp=2 --parallel.ep=2
-expect_error zero1_ep2 2 parallel.zero 'parallel\.ep' --parallel.dp=2 --parallel.ep=2 --parallel.zero=1
+expect_error ep8_dp2_tp2 4 parallel.ep '8 does not divide dp x tp = 4' --parallel.dp=2 --parallel.tp=2 \
+    --parallel.ep=8
 echo "# errors: $((SECONDS - t0)) s"
 
 # ---------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
 # MLA model (debug.ini, tied head) and an MHA/GQA variant with QK-norm (untied head), 4 layers so that pp4
 # has a layer per stage, global batch 8, 10 steps. Every layout's 10 losses match the single-process run to
 # 1e-5 relative, and so does step 1's gradient norm (later norms: 1e-4, the trajectories drift apart by
-# rounding). Every layout's gradient dump after step 1 (--log.dump_grads: PREFIX.rankR.bin with the [lo, hi)
+# rounding). Every layout's gradient dump after step 1 (--log.dump_grads: PREFIX.rankR.bin with the spans [lo, hi)
 # of the rank's flat buffer that is reduced, PREFIX.rankR.map placing each tensor's slice of rows and columns
 # in it) matches the single-process gradients element by element, every slice of every rank against the same
 # rows and columns of the whole tensor, within [lo, hi) under ZeRO-1 (1e-5 relative + 1e-6 max|g| of that
@@ -75,7 +75,7 @@ def split(ref, dp, tp, pp, zero, fill=math.nan):
             buf.extend(array.array("f", [fill]) * (-len(buf) % 16))
         n = len(buf)
         lo, hi = (n * d // dp, n * (d + 1) // dp) if zero else (0, n)
-        dumps.append(dict(lo=lo, hi=hi, total=n, g=buf[lo:hi], tensors=tensors))
+        dumps.append(dict(spans=[(lo, hi)], total=n, g=buf[lo:hi], tensors=tensors))
     return dumps
 
 def control(name, ref_metrics, other_metrics, steps, ref_prefix, other_prefix):
@@ -109,8 +109,8 @@ def control(name, ref_metrics, other_metrics, steps, ref_prefix, other_prefix):
     want = []
     for rank, pick in ((7, lambda t: t[3] > 0), (1, lambda t: t[0].startswith("embed_tokens"))):
         d = dumps[rank]
-        t = next(t for t in d["tensors"] if pick(t) and any(G.segments(t, d["lo"], d["hi"])))
-        runs = list(G.segments(t, d["lo"], d["hi"]))
+        t = next(t for t in d["tensors"] if pick(t) and any(G.segments(t, *d["spans"][0])))
+        runs = list(G.segments(t, *d["spans"][0]))
         gi, wi, n = runs[len(runs) // 2]
         gi, wi = gi + n // 2, wi + n // 2
         a = ref["g"][refs[t[0]][0] + wi]
@@ -122,7 +122,7 @@ def control(name, ref_metrics, other_metrics, steps, ref_prefix, other_prefix):
     # a row-split slice of rank 0 (tp rank 0) claimed one row further down
     dumps = split(ref, dp, tp, pp, 1)
     d = dumps[0]
-    i, t = next((i, t) for i, t in enumerate(d["tensors"]) if t[4] < t[6] and any(G.segments(t, d["lo"], d["hi"])))
+    i, t = next((i, t) for i, t in enumerate(d["tensors"]) if t[4] < t[6] and any(G.segments(t, *d["spans"][0])))
     d["tensors"][i] = t[:2] + (t[2] + 1,) + t[3:]
     values, *_ = check(dumps)
     if not any(f"rank 0 {t[0]}[" in v for v in values):
@@ -130,8 +130,8 @@ def control(name, ref_metrics, other_metrics, steps, ref_prefix, other_prefix):
     # a block's slice inside rank 0's share (no other rank holds it there) left out of its map
     dumps = split(ref, dp, tp, pp, 1)
     d = dumps[0]
-    t = next(t for t in d["tensors"] if t[0].startswith("layers.") and t[4:6] != t[6:8] and d["lo"] <= t[1] and
-             t[1] + t[4] * t[5] <= d["hi"])
+    t = next(t for t in d["tensors"] if t[0].startswith("layers.") and t[4:6] != t[6:8] and d["spans"][0][0] <= t[1] and
+             t[1] + t[4] * t[5] <= d["spans"][0][1])
     d["tensors"].remove(t)
     values, cover, shards = check(dumps)
     if not any(t[0] + " " in c for c in cover):
