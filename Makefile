@@ -12,8 +12,11 @@ CC        := mpicc
 BLAS_DIR  := /usr/lib/x86_64-linux-gnu/openblas-openmp
 BLAS_INC  := /usr/include/x86_64-linux-gnu/openblas-openmp
 CFLAGS    ?= -O2 -g
-CFLAGS    += -std=c11 -D_GNU_SOURCE -fopenmp -Wall -Wextra -MMD -MP -I. -I$(BLAS_INC)
-LDLIBS    := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -linih -lzstd -lxxhash -lpcre2-8 -lcjson -lpthread -lm
+HDF5_DIR  := /usr/lib/x86_64-linux-gnu/hdf5/openmpi
+HDF5_INC  := /usr/include/hdf5/openmpi
+CFLAGS    += -std=c11 -D_GNU_SOURCE -fopenmp -Wall -Wextra -MMD -MP -I. -I$(BLAS_INC) -I$(HDF5_INC)
+LDLIBS    := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -L$(HDF5_DIR) -Wl,-rpath,$(HDF5_DIR) -lhdf5 \
+             -linih -lzstd -lxxhash -lpcre2-8 -lcjson -lpthread -lm
 BUILD     := build
 
 LIB_SRCS  := $(wildcard core/*.c model/*.c optim/*.c data/*.c parallel/*.c checkpoints/*.c) \
@@ -35,8 +38,15 @@ $(BUILD)/%.o: %.c | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-loom: $(LIB_OBJS) $(BUILD)/train/main.o
-	$(CC) $(CFLAGS) $^ $(LDLIBS) -o $@
+loom: $(LIB_OBJS) $(BUILD)/train/main.o $(BUILD)/plugins/libh5zstd.so
+	$(CC) $(CFLAGS) $(LIB_OBJS) $(BUILD)/train/main.o $(LDLIBS) -o $@
+
+# the zstd filter (HDF5 filter id 32015) as a plugin HDF5 tools load through HDF5_PLUGIN_PATH=build/plugins;
+# it links zstd only, so it works in any HDF5 1.10+ library (serial h5dump, h5py's own)
+$(BUILD)/plugins/libh5zstd.so: checkpoints/zstd_filter.c checkpoints/plugin/h5zstd_plugin.c | deps
+	@mkdir -p $(dir $@)
+	gcc -O2 -std=c11 -D_GNU_SOURCE -Wall -Wextra -fPIC -shared -I. -I$(HDF5_INC) $(shell mpicc --showme:compile) \
+	    $^ -lzstd -o $@
 
 $(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJS) $(TEST_EXTRA_OBJS) | deps
 	@mkdir -p $(dir $@)

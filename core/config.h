@@ -112,6 +112,7 @@ struct loom_train_config {
     char *run_dir;
     int64_t threads;               /* OpenMP threads; 0 = all cores */
     char *batch_schedule;          /* "TOKENS:SEQUENCES, ...": global batch from that token count on */
+    int64_t stop_after;            /* stop after this step as a pre-empted job would (0 = run to steps) */
 };
 
 struct loom_optim_config {
@@ -156,6 +157,17 @@ struct loom_log_config {
     char *dump_grads;              /* debugging: reduced gradients after step 1 to PREFIX.rankR.bin */
 };
 
+struct loom_checkpoint_config {
+    int64_t every;                 /* write a checkpoint every N steps; 0 = only at the end (see final) */
+    int64_t every_tokens;          /* and every N tokens; 0 = off */
+    char *dir;                     /* where; empty = RUN_DIR/checkpoints */
+    int64_t keep;                  /* keep the last K; older ones are deleted (releases stay) */
+    int64_t release_every;         /* tokens: the first checkpoint past each multiple is kept for good */
+    char *resume;                  /* "" = start fresh, "auto" = DIR/latest when present, else a checkpoint */
+    char *init_from;               /* a checkpoint whose weights start a new run (fresh optimizer and data) */
+    int final;                     /* write one when the run ends */
+};
+
 struct loom_config {
     struct loom_model_config model;
     struct loom_train_config train;
@@ -167,6 +179,7 @@ struct loom_config {
     struct loom_pipeline_config pipeline;
     struct loom_curriculum_config curriculum;
     struct loom_eval_config eval;
+    struct loom_checkpoint_config checkpoint;
     int nsources;
     struct loom_source_config sources[LOOM_MAX_SOURCES];
     int nphases;

@@ -61,6 +61,9 @@ const struct loom_key loom_config_keys[] = {
     K(train, threads, INT, "0", NULL, "CPU threads; 0 = every core"),
     K(train, batch_schedule, STRING, "", NULL,
       "global batch ramp \"TOKENS:SEQUENCES, ...\": from TOKENS consumed on, SEQUENCES per step"),
+    K(train, stop_after, INT, "0", NULL,
+      "stop after this step, writing a checkpoint when checkpointing is on (a planned pre-emption); the "
+      "schedule still spans train.steps; 0 = run to train.steps"),
 
     /* [optim] */
     K(optim, beta1, FLOAT, "0.9", NULL, "AdamW beta1"),
@@ -123,6 +126,19 @@ const struct loom_key loom_config_keys[] = {
       "pipeline schedule: one-forward-one-backward (Megatron), or all forwards then all backwards"),
     K(pipeline, overlap_moe_a2a, BOOL, "false", NULL,
       "in 1F1B's steady phase interleave a forward and a backward so MoE all-to-alls hide behind compute"),
+
+    /* [checkpoint] */
+    K(checkpoint, every, INT, "0", NULL, "write a checkpoint every N steps; 0 = never on a step count"),
+    K(checkpoint, every_tokens, INT, "0", NULL, "write a checkpoint every N tokens; 0 = never on a token count"),
+    K(checkpoint, dir, STRING, "", NULL, "checkpoint folder; empty = RUN_DIR/checkpoints"),
+    K(checkpoint, keep, INT, "3", NULL, "keep the last K checkpoints, delete older ones (releases are kept)"),
+    K(checkpoint, release_every, INT, "0", NULL,
+      "tokens: keep the first checkpoint past every multiple for good, linked into DIR/releases; 0 = none"),
+    K(checkpoint, resume, STRING, "", NULL,
+      "resume everything from a checkpoint: a path, or auto = DIR/latest when there is one; empty = start fresh"),
+    K(checkpoint, init_from, STRING, "", NULL,
+      "start a new run from a checkpoint's weights (fresh optimizer, schedule and data position)"),
+    K(checkpoint, final, BOOL, "true", NULL, "write a checkpoint when the run ends (when any checkpointing is on)"),
 
     /* [log] */
     K(log, every, INT, "10", NULL, "print the progress line every N steps"),

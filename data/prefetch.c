@@ -14,7 +14,7 @@ enum { SLOTS = 2 };
 struct loom_prefetch {
     struct loom_sampler *sampler;
     const struct loom_curriculum *cur;
-    int64_t steps;
+    int64_t first, steps;          /* steps [first, steps) */
     int rank, ranks;
     struct loom_batch slots[SLOTS];
     int full[SLOTS];
@@ -39,6 +39,7 @@ static void batch_fill(struct loom_prefetch *p, struct loom_batch *b, int64_t st
     int64_t r0 = b->batch * p->rank / p->ranks, r1 = b->batch * (p->rank + 1) / p->ranks;
     b->rows = r1 - r0;
     loom_sampler_next_batch(s, c, b->batch, b->T, r0, r1, b->inputs, b->targets, b->src);
+    b->after = s->state;
 }
 
 static void *prefetch_main(void *arg) {
@@ -62,11 +63,12 @@ static void *prefetch_main(void *arg) {
     return NULL;
 }
 
-struct loom_prefetch *loom_prefetch_start(struct loom_sampler *s, const struct loom_curriculum *c, int64_t steps,
-                                          int rank, int ranks) {
+struct loom_prefetch *loom_prefetch_start(struct loom_sampler *s, const struct loom_curriculum *c, int64_t first,
+                                          int64_t steps, int rank, int ranks) {
     struct loom_prefetch *p = calloc_check(1, sizeof *p);
     p->sampler = s;
     p->cur = c;
+    p->first = p->next_fill = p->next_take = first;
     p->steps = steps;
     p->rank = rank;
     p->ranks = ranks;
@@ -86,7 +88,7 @@ const struct loom_batch *loom_prefetch_next(struct loom_prefetch *p) {
     pthread_mutex_lock(&p->lock);
     CHECK(p->next_take < p->steps, "asked for step %lld of a %lld-step run", (long long)p->next_take,
           (long long)p->steps);
-    if (p->next_take > 0) {
+    if (p->next_take > p->first) {
         /* the previous batch has been used: free its slot */
         p->full[(p->next_take - 1) % SLOTS] = 0;
         pthread_cond_broadcast(&p->cond);

@@ -27,14 +27,17 @@ struct loom_batch {
     double rope_theta;
     int phase;
     double weights[LOOM_MAX_SOURCES];   /* the mixture at the step's first token */
-    struct loom_sampler_state state;    /* the sampler state before this step (for checkpoints) */
+    struct loom_sampler_state state;    /* the sampler state before this step */
+    struct loom_sampler_state after;    /* and after it (what a checkpoint after this step stores) */
     int *inputs, *targets, *src;   /* rows x T, rows x T, rows */
 };
 
 struct loom_prefetch;
 
-struct loom_prefetch *loom_prefetch_start(struct loom_sampler *s, const struct loom_curriculum *c, int64_t steps,
-                                          int rank, int ranks);
+/* Batches of steps [first, steps), the sampler starting from its current state (a resumed run sets the
+ * state from its checkpoint and starts at the checkpoint's step). */
+struct loom_prefetch *loom_prefetch_start(struct loom_sampler *s, const struct loom_curriculum *c, int64_t first,
+                                          int64_t steps, int rank, int ranks);
 /* The next step's batch; blocks until it is read. Valid until the next call. */
 const struct loom_batch *loom_prefetch_next(struct loom_prefetch *p);
 void loom_prefetch_stop(struct loom_prefetch *p);

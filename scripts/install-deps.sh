@@ -11,6 +11,8 @@ packages=(
     libxxhash-dev                     # shard checksums
     libpcre2-dev                      # Unicode classes for BPE pre-tokenization
     libcjson-dev                      # tokenizer.json, JSONL input
+    libhdf5-openmpi-dev               # checkpoints: parallel HDF5 over MPI-IO
+    hdf5-tools                        # h5dump, for the checkpoint tests
     bible-kjv                         # public-domain English text for `make demo`
 )
 

@@ -20,6 +20,7 @@
 #include <mpi.h>
 #include <omp.h>
 
+#include "checkpoints/ckpt.h"
 #include "core/config.h"
 #include "core/error.h"
 #include "data/curriculum.h"
@@ -67,6 +68,28 @@ static FILE *open_in_run(const char *run_dir, const char *name, const char *mode
     return fopen_check(path, mode);
 }
 
+/* A resumed run continues metrics.jsonl from the checkpoint's step: lines of later steps (written
+ * after that checkpoint by the run that stopped) are dropped, through a rename. */
+static FILE *metrics_resume(const char *run_dir, int64_t step) {
+    char path[4096], tmp[4200];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", run_dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *in = fopen(path, "r");
+    if (in) {
+        FILE *out = fopen_check(tmp, "w");
+        char *line = NULL;
+        size_t cap = 0;
+        while (getline(&line, &cap, in) > 0) {
+            long long k = 0;
+            if (sscanf(line, "{\"step\": %lld", &k) == 1 && k <= step) fputs(line, out);
+        }
+        free(line);
+        fclose(in);
+        CHECK(fclose(out) == 0 && rename(tmp, path) == 0, "rewriting %s", path);
+    }
+    return fopen_check(path, "a");
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* MFU: the peak is configured, or measured once as the rate of a large fp32 GEMM                   */
 
@@ -91,7 +114,7 @@ static double measure_peak_flops(void) {
 /* progress                                                                                         */
 
 struct step_times {
-    double data, compute, bubble, comm, optimizer, total;
+    double data, compute, bubble, comm, optimizer, checkpoint, total;
 };
 
 /* per-source training loss: the last stage adds each micro-batch's token losses to its rows' sources */
@@ -169,6 +192,11 @@ int loom_train_main(int argc, char **argv) {
     int B = (int)(pc->micro_batches ? tc->global_batch / dp / pc->micro_batches : tc->micro_batch);
     int T_max = (int)loom_curriculum_max_seq_len(&cur);
 
+    /* a checkpoint to resume from (checkpoint.resume), else maybe weights to start from (init_from) */
+    char resume_path[4400] = "";
+    int resuming = loom_ckpt_resume_path(&cfg, resume_path, sizeof resume_path);
+    const char *init_from = !resuming && cfg.checkpoint.init_from[0] ? cfg.checkpoint.init_from : NULL;
+
     /* the run folder belongs to rank 0; the verdict on an existing run is shared so every rank stops */
     char existing[4096];
     snprintf(existing, sizeof existing, "%s/metrics.jsonl", tc->run_dir);
@@ -180,15 +208,16 @@ int loom_train_main(int argc, char **argv) {
         exists = access(existing, F_OK) == 0;
     }
     MPI_CHECK(MPI_Bcast(&exists, 1, MPI_INT, 0, MPI_COMM_WORLD));
-    if (exists)
-        loom_input_error("train.run_dir", "choose another --train.run_dir, or remove the old run",
+    if (exists && !resuming)
+        loom_input_error("train.run_dir", "choose another --train.run_dir, remove the old run, or resume it with "
+                         "--checkpoint.resume=auto",
                          "%s already holds a run (%s exists)", tc->run_dir, existing);
     FILE *metrics = NULL;
     if (rank == 0) {
         FILE *f = open_in_run(tc->run_dir, "config.ini", "w");
         loom_config_write(f, &cfg);
         CHECK(fclose(f) == 0, "writing %s/config.ini failed", tc->run_dir);
-        metrics = open_in_run(tc->run_dir, "metrics.jsonl", "w");
+        if (!resuming) metrics = open_in_run(tc->run_dir, "metrics.jsonl", "w");
     }
 
     const struct loom_ops *ops = loom_ops_cpu((int)(tc->threads ? tc->threads : default_threads()));
@@ -227,6 +256,34 @@ int loom_train_main(int argc, char **argv) {
     struct loom_adamw adamw[LOOM_SHARD_PARTS];
     for (int k = 0; k < LOOM_SHARD_PARTS; k++)
         loom_adamw_init(&adamw[k], ops, &cfg.optim, shards.part[k].lo, shards.part[k].hi);
+
+    /* checkpoints: resume everything, or start from a checkpoint's weights */
+    struct loom_sampler_state ckpt_sampler = sampler.state;
+    struct loom_ckpt_state ckpt = {.cfg = &cfg, .topo = &topo, .model = &model, .shards = &shards, .adamw = adamw,
+                                   .sampler = &ckpt_sampler, .streams = &sampler};
+    struct loom_ckpt_meta meta = {0};
+    int64_t start_step = 0, tokens = 0;
+    if (resuming || init_from) {
+        double tl = now_s();
+        loom_ckpt_load(&ckpt, resuming ? resume_path : init_from, !resuming, &meta);
+        if (resuming) {
+            start_step = meta.step;
+            tokens = meta.tokens;
+            sampler.state = ckpt_sampler;
+            if (start_step > tc->steps)
+                loom_input_error("train.steps", "raise train.steps to train further",
+                                 "the checkpoint %s is at step %lld, past train.steps = %lld", resume_path,
+                                 (long long)start_step, (long long)tc->steps);
+        }
+        if (rank == 0)
+            printf("loom train: %s %s (step %lld, %lld tokens) in %.2f s\n", resuming ? "resumed from" : "weights from",
+                   resuming ? resume_path : init_from, (long long)meta.step, (long long)meta.tokens, now_s() - tl);
+        if (resuming && meta.seed != tc->seed && rank == 0)
+            printf("loom train: note: the checkpoint was written with train.seed = %lld, this run has %lld\n",
+                   (long long)meta.seed, (long long)tc->seed);
+    }
+    if (rank == 0 && resuming) metrics = metrics_resume(tc->run_dir, start_step);
+    int64_t ckpt_every = cfg.checkpoint.every, ckpt_tokens = cfg.checkpoint.every_tokens, last_ckpt_tokens = tokens;
     struct loom_schedule sched;
     loom_schedule_init(&sched, &cfg.schedule, total_tokens);
 
@@ -256,11 +313,10 @@ int loom_train_main(int argc, char **argv) {
     for (int l = 0; l < cfg.model.num_layers; l++) moe_total += loom_model_layer_is_moe(&cfg.model, l);
     double *moe_loads = calloc_check((size_t)(moe_total * E_moe + 1), sizeof(double));
     double *moe_bias = calloc_check((size_t)(moe_total * E_moe + 1), sizeof(double));
-    struct loom_prefetch *prefetch = loom_prefetch_start(&sampler, &cur, tc->steps, topo.dp_rank, dp);
+    struct loom_prefetch *prefetch = loom_prefetch_start(&sampler, &cur, start_step, tc->steps, topo.dp_rank, dp);
     double run_start = now_s();
-    int64_t tokens = 0;
 
-    for (int64_t step = 0; step < tc->steps; step++) {
+    for (int64_t step = start_step; step < tc->steps; step++) {
         struct step_times tm = {0};
         double t0 = now_s();
         const struct loom_batch *batch = loom_prefetch_next(prefetch);
@@ -341,7 +397,19 @@ int loom_train_main(int argc, char **argv) {
         tokens += step_tokens;
         double t3 = now_s();
         tm.optimizer = t3 - t2;
-        tm.total = t3 - t0;
+
+        /* a checkpoint every N steps, every N tokens, and at the end when either is set */
+        int ckpt_on = ckpt_every > 0 || ckpt_tokens > 0;
+        if ((ckpt_every > 0 && (step + 1) % ckpt_every == 0) ||
+            (ckpt_tokens > 0 && tokens / ckpt_tokens > (tokens - step_tokens) / ckpt_tokens) ||
+            (ckpt_on && cfg.checkpoint.final && step + 1 == tc->steps) || (ckpt_on && step + 1 == tc->stop_after)) {
+            struct loom_ckpt_meta now = {.step = step + 1, .tokens = tokens, .samples = batch->after.sample,
+                                         .seed = tc->seed, .loss_scale = 1.0};
+            ckpt_sampler = batch->after;
+            tm.checkpoint = loom_ckpt_save(&ckpt, &now, last_ckpt_tokens);
+            last_ckpt_tokens = tokens;
+        }
+        tm.total = now_s() - t0;
 
         struct loom_eval_result ev = {0};
         int eval_now = do_eval && ((step + 1) % cfg.eval.every == 0 || step + 1 == tc->steps);
@@ -377,16 +445,17 @@ int loom_train_main(int argc, char **argv) {
             }
             fprintf(metrics,
                     ", \"time\": {\"compute\": %.6g, \"comm_exposed\": %.6g, \"bubble\": %.6g, "
-                    "\"optimizer\": %.6g, \"data\": %.6g, \"checkpoint\": 0, \"step\": %.6g, \"a2a_exposed\": %.6g, "
+                    "\"optimizer\": %.6g, \"data\": %.6g, \"checkpoint\": %.6g, \"step\": %.6g, \"a2a_exposed\": %.6g, "
                     "\"a2a_hidden\": %.6g}, "
                     "\"bubble_fraction\": %.6g, \"bubble_ideal\": %.6g}\n",
-                    tm.compute, tm.comm, tm.bubble, tm.optimizer, tm.data, tm.total, a2a, a2a_hidden, bubble_frac,
+                    tm.compute, tm.comm, tm.bubble, tm.optimizer, tm.data, tm.checkpoint, tm.total, a2a, a2a_hidden,
+                    bubble_frac,
                     (double)(topo.pp - 1) / (accum + topo.pp - 1));
             fflush(metrics);
-            if ((step + 1) % cfg.log.every == 0 || step == 0 || step + 1 == tc->steps) {
+            if ((step + 1) % cfg.log.every == 0 || step == start_step || step + 1 == tc->steps) {
                 char eta[32], rate[32], phase[512];
                 double elapsed = now_s() - run_start;
-                loom_format_eta(eta, sizeof eta, elapsed / (step + 1) * (tc->steps - step - 1));
+                loom_format_eta(eta, sizeof eta, elapsed / (step + 1 - start_step) * (tc->steps - step - 1));
                 loom_format_rate(rate, sizeof rate, tok_s);
                 loom_format_phase(phase, sizeof phase, &cur, &sampler, batch);
                 char bubble[64] = "", experts[96] = "";
@@ -410,6 +479,10 @@ int loom_train_main(int argc, char **argv) {
                 printf("\n");
             }
             fflush(stdout);
+        }
+        if (step + 1 == tc->stop_after && step + 1 < tc->steps) {
+            if (rank == 0) printf("loom train: stopping after step %lld (train.stop_after)\n", (long long)(step + 1));
+            break;
         }
     }
     if (rank == 0) printf("loom train: done, %lld tokens in %.1f s; metrics in %s/metrics.jsonl\n",

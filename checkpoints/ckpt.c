@@ -1,0 +1,693 @@
+/*
+ * checkpoints/ckpt.c — writing and reading checkpoints (see ckpt.h for the format).
+ *
+ * Every rank builds the whole model's parameter table, so every rank creates the same datasets in the
+ * same order (HDF5 metadata operations are collective) and then takes part in each dataset's collective
+ * write, with its own slab selected or nothing. A rank's piece of a tensor is a run [a, b) of its flat
+ * buffer inside the tensor's local part (rows row0.., columns col0.. of the whole); in the file that run
+ * is a union of at most three hyperslabs (a partial first row, whole rows, a partial last row), whose
+ * row-major order is the order of the run, so memory and file selections line up element for element.
+ * Memory type equals file type (native float, little-endian float32), so collective I/O is not turned
+ * into independent I/O by a type conversion.
+ *
+ * Who writes what: of the ranks holding the same weights (the dp replicas of a tp rank and stage, or of
+ * an expert, the ranks with the same experts), the first; replicated tensors only from tp rank 0; a tied
+ * embedding only from the first stage. Optimizer moments: under ZeRO-1 each rank its own share, else like
+ * the weights. Reading is simpler: each rank reads everything it holds (hyperslab reads), whatever layout
+ * wrote the file.
+ */
+#include "checkpoints/ckpt.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <hdf5.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/error.h"
+#include "model/params.h"
+
+/* ---------------------------------------------------------------------------------------------- */
+/* small HDF5 helpers                                                                               */
+
+#define H5_CHECK(call, ...) CHECK((call) >= 0, __VA_ARGS__)
+
+static void attr_write(hid_t obj, const char *name, hid_t type, const void *value) {
+    hid_t space = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    H5_CHECK(a, "creating checkpoint attribute %s", name);
+    H5_CHECK(H5Awrite(a, type, value), "writing checkpoint attribute %s", name);
+    H5Aclose(a);
+    H5Sclose(space);
+}
+
+static void attr_i64(hid_t obj, const char *name, int64_t v) { attr_write(obj, name, H5T_NATIVE_INT64, &v); }
+
+static void attr_str(hid_t obj, const char *name, const char *text) {
+    hid_t t = H5Tcopy(H5T_C_S1);
+    size_t n = strlen(text);
+    H5Tset_size(t, n ? n : 1);
+    H5Tset_strpad(t, H5T_STR_NULLTERM);
+    attr_write(obj, name, t, n ? text : "");
+    H5Tclose(t);
+}
+
+/* reading: every failure is the file's fault (exit 2 naming it) */
+struct reader {
+    const char *path;
+    hid_t file;
+};
+
+_Noreturn static void bad_file(const struct reader *r, const char *hint, const char *what, const char *name) {
+    loom_input_error(r->path, hint, "%s%s%s", what, name ? " " : "", name ? name : "");
+}
+
+static int attr_exists(hid_t obj, const char *name) { return H5Aexists(obj, name) > 0; }
+
+static void attr_read(const struct reader *r, hid_t obj, const char *name, hid_t type, void *value) {
+    if (!attr_exists(obj, name)) bad_file(r, NULL, "not a loom checkpoint: no attribute", name);
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    if (a < 0 || H5Aread(a, type, value) < 0) bad_file(r, "the file may be truncated", "cannot read attribute", name);
+    H5Aclose(a);
+}
+
+static int64_t attr_read_i64(const struct reader *r, hid_t obj, const char *name) {
+    int64_t v;
+    attr_read(r, obj, name, H5T_NATIVE_INT64, &v);
+    return v;
+}
+
+/* A string attribute (fixed or variable length), malloc'd. */
+static char *attr_read_str(const struct reader *r, hid_t obj, const char *name) {
+    if (!attr_exists(obj, name)) bad_file(r, NULL, "not a loom checkpoint: no attribute", name);
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    hid_t t = a >= 0 ? H5Aget_type(a) : -1;
+    if (t < 0 || H5Tget_class(t) != H5T_STRING) bad_file(r, NULL, "not a string attribute:", name);
+    char *out;
+    if (H5Tis_variable_str(t) > 0) {
+        char *v = NULL;
+        hid_t mt = H5Tcopy(H5T_C_S1);
+        H5Tset_size(mt, H5T_VARIABLE);
+        if (H5Aread(a, mt, &v) < 0 || !v) bad_file(r, NULL, "cannot read attribute", name);
+        out = strdup(v);
+        H5free_memory(v);
+        H5Tclose(mt);
+    } else {
+        size_t n = H5Tget_size(t);
+        out = calloc_check(n + 1, 1);
+        hid_t mt = H5Tcopy(H5T_C_S1);
+        H5Tset_size(mt, n);
+        if (H5Aread(a, mt, out) < 0) bad_file(r, NULL, "cannot read attribute", name);
+        H5Tclose(mt);
+    }
+    H5Tclose(t);
+    H5Aclose(a);
+    return out;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* selections                                                                                       */
+
+/* The file selection of the run [a, b) of parameter p's local part (offsets into the rank's flat
+ * buffer): the elements' places in the whole [rows, cols] tensor. */
+static void select_run(hid_t space, const struct loom_param *p, size_t a, size_t b) {
+    H5Sselect_none(space);
+    if (a >= b) return;
+    size_t k0 = a - p->offset, k1 = b - p->offset;
+    if (p->shape.ndim == 1) {
+        hsize_t start = (hsize_t)(p->row0 + k0), count = k1 - k0;
+        H5_CHECK(H5Sselect_hyperslab(space, H5S_SELECT_SET, &start, NULL, &count, NULL), "selecting %s", p->name);
+        return;
+    }
+    size_t lc = (size_t)p->local.dims[1];
+    size_t r0 = k0 / lc, r1 = (k1 - 1) / lc; /* local rows the run touches */
+    struct block { size_t row, c0, rows, cols; } blk[3];
+    int n = 0;
+    if (r0 == r1) {
+        blk[n++] = (struct block){r0, k0 % lc, 1, k1 - k0};
+    } else {
+        size_t full0 = r0, full1 = r1 + 1;
+        if (k0 % lc) blk[n++] = (struct block){r0, k0 % lc, 1, lc - k0 % lc}, full0 = r0 + 1;
+        if (k1 % lc) full1 = r1;
+        if (full1 > full0) blk[n++] = (struct block){full0, 0, full1 - full0, lc};
+        if (k1 % lc) blk[n++] = (struct block){r1, 0, 1, k1 % lc};
+    }
+    for (int i = 0; i < n; i++) {
+        hsize_t start[2] = {(hsize_t)(p->row0 + blk[i].row), (hsize_t)(p->col0 + blk[i].c0)};
+        hsize_t count[2] = {blk[i].rows, blk[i].cols};
+        H5_CHECK(H5Sselect_hyperslab(space, i ? H5S_SELECT_OR : H5S_SELECT_SET, start, NULL, count, NULL),
+                "selecting %s", p->name);
+    }
+}
+
+/* Writes (collectively: every rank calls it for every dataset) the run [a, b) of p from `src` (backend
+ * memory holding element `base` at src[0]); a >= b: this rank writes nothing. */
+static void write_run(const struct loom_ops *ops, hid_t dset, hid_t dxpl, const struct loom_param *p, size_t a,
+                      size_t b, const float *src, size_t base) {
+    hid_t fspace = H5Dget_space(dset);
+    hsize_t n = a < b ? b - a : 0, one = 1;
+    hid_t mspace = H5Screate_simple(1, n ? &n : &one, NULL);
+    float *host = NULL;
+    if (n) {
+        select_run(fspace, p, a, b);
+        host = malloc_check(sizeof(float) * n);
+        ops->to_host(host, src + (a - base), sizeof(float) * n);
+    } else {
+        H5Sselect_none(fspace);
+        H5Sselect_none(mspace);
+    }
+    H5_CHECK(H5Dwrite(dset, H5T_NATIVE_FLOAT, mspace, fspace, dxpl, host ? host : (const void *)&one),
+            "writing %s to the checkpoint", p ? p->name : "?");
+    free(host);
+    H5Sclose(mspace);
+    H5Sclose(fspace);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* who holds what                                                                                   */
+
+static int is_routed_expert(const struct loom_ckpt_state *s, const struct loom_param *p) {
+    return p->expert >= 0 && s->topo->ep > 1;
+}
+
+/* the part of the buffer (dense 0, routed experts 1) a parameter is in */
+static const struct loom_shard_part *part_of(const struct loom_ckpt_state *s, const struct loom_param *p) {
+    return &s->shards->part[is_routed_expert(s, p) ? 1 : 0];
+}
+
+/* this rank's copy counts over tp and pp: one tp rank for replicated tensors, the first stage for a tied
+ * embedding */
+static int canonical(const struct loom_ckpt_state *s, const struct loom_param *p) {
+    if (strcmp(p->name, "embed_tokens.weight") == 0 && !s->model->stage.first) return 0;
+    if (p->shard == LOOM_SHARD_REPLICATED || (p->shard == LOOM_SHARD_EXPERT && !is_routed_expert(s, p)))
+        return s->topo->tp_rank == 0;
+    return 1;
+}
+
+/* the run [*a, *b) of p's local part this rank writes: weights (moments = 0) or optimizer moments */
+static void write_span(const struct loom_ckpt_state *s, const struct loom_param *p, int moments, size_t *a,
+                       size_t *b) {
+    *a = *b = 0;
+    if (!canonical(s, p)) return;
+    const struct loom_shard_part *part = part_of(s, p);
+    size_t lo = p->offset, hi = p->offset + p->numel;
+    if (moments && part->sharded) {
+        lo = lo > part->lo ? lo : part->lo;
+        hi = hi < part->hi ? hi : part->hi;
+    } else if (part->comm->rank != 0) {
+        return;
+    }
+    if (lo < hi) *a = lo, *b = hi;
+}
+
+/* the MoE blocks of this stage, in block order: global block index of the k-th */
+static int stage_moe_block(const struct loom_model *m, int k) {
+    for (int l = m->stage.layer_lo; l < m->stage.layer_hi; l++)
+        if (loom_model_layer_is_moe(&m->cfg, l) && k-- == 0) return l;
+    return -1;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* writing                                                                                          */
+
+void loom_ckpt_dir(const struct loom_config *cfg, char *out, size_t size) {
+    if (cfg->checkpoint.dir && cfg->checkpoint.dir[0]) snprintf(out, size, "%s", cfg->checkpoint.dir);
+    else snprintf(out, size, "%s/checkpoints", cfg->train.run_dir);
+}
+
+static void mkdir_p(const char *dir) {
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", dir);
+    for (char *q = buf + 1; *q; q++)
+        if (*q == '/') {
+            *q = 0;
+            mkdir(buf, 0777);
+            *q = '/';
+        }
+    CHECK(mkdir(buf, 0777) == 0 || errno == EEXIST, "cannot create %s: %s", buf, strerror(errno));
+}
+
+static void fsync_path(const char *path, int dir) {
+    int fd = open(path, dir ? O_RDONLY | O_DIRECTORY : O_RDONLY);
+    CHECK(fd >= 0, "cannot open %s to sync it: %s", path, strerror(errno));
+    CHECK(fsync(fd) == 0 || (dir && errno == EINVAL), "cannot sync %s: %s", path, strerror(errno));
+    close(fd);
+}
+
+/* A test hook: LOOM_CKPT_KILL_AT=created|tensors|closed|renamed kills rank 0 with SIGKILL at that point
+ * of the write, so the tests can check what a crash leaves behind. */
+static void kill_point(int rank, const char *point) {
+    const char *at = getenv("LOOM_CKPT_KILL_AT");
+    if (rank == 0 && at && strcmp(at, point) == 0) {
+        fprintf(stderr, "loom: LOOM_CKPT_KILL_AT=%s: killing rank 0 in the middle of a checkpoint\n", point);
+        fflush(stderr);
+        raise(SIGKILL);
+    }
+}
+
+static char *config_text(const struct loom_config *cfg) {
+    char *text = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&text, &n);
+    CHECK(f != NULL, "open_memstream");
+    loom_config_write(f, cfg);
+    fclose(f);
+    return text;
+}
+
+static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* keep the newest `keep` step_*.h5 of dir (the releases are hard links in dir/releases and stay) */
+static void retain(const char *dir, int64_t keep) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        size_t len = strlen(e->d_name);
+        if (strncmp(e->d_name, "step_", 5) || len < 4 || strcmp(e->d_name + len - 3, ".h5")) continue;
+        if (n == cap) {
+            char **grown = realloc(names, sizeof *names * (cap = cap ? 2 * cap : 16));
+            CHECK(grown != NULL, "out of memory");
+            names = grown;
+        }
+        names[n++] = strdup(e->d_name);
+    }
+    closedir(d);
+    qsort(names, n, sizeof *names, by_name);
+    for (size_t i = 0; i < n; i++) {
+        if (keep > 0 && i + (size_t)keep < n) {
+            char path[4400];
+            snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+            unlink(path);
+        }
+        free(names[i]);
+    }
+    free(names);
+}
+
+double loom_ckpt_save(const struct loom_ckpt_state *s, const struct loom_ckpt_meta *meta, int64_t prev_tokens) {
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    const struct loom_config *cfg = s->cfg;
+    const struct loom_topology *topo = s->topo;
+    struct loom_model *m = s->model;
+    int rank = topo->rank;
+    char dir[4096], name[64], path[4200], tmp[4300];
+    loom_ckpt_dir(cfg, dir, sizeof dir);
+    snprintf(name, sizeof name, "step_%08lld.h5", (long long)meta->step);
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    if (rank == 0) mkdir_p(dir);
+    MPI_CHECK(MPI_Barrier(topo->world_comm.mpi));
+
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    H5_CHECK(H5Pset_fapl_mpio(fapl, topo->world_comm.mpi, MPI_INFO_NULL), "H5Pset_fapl_mpio");
+    H5Pset_all_coll_metadata_ops(fapl, 1);
+    H5Pset_coll_metadata_write(fapl, 1);
+    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    CHECK(f >= 0, "cannot create the checkpoint %s (disk full or not writable?)", tmp);
+    H5Pclose(fapl);
+    kill_point(rank, "created");
+
+    /* root attributes */
+    int32_t version = LOOM_CKPT_VERSION;
+    attr_str(f, "format", LOOM_CKPT_FORMAT);
+    attr_write(f, "version", H5T_NATIVE_INT32, &version);
+    attr_i64(f, "step", meta->step);
+    attr_i64(f, "tokens", meta->tokens);
+    attr_i64(f, "samples", meta->samples);
+    attr_i64(f, "seed", meta->seed);
+    attr_write(f, "loss_scale", H5T_NATIVE_DOUBLE, &meta->loss_scale);
+    char *text = config_text(cfg), layout[256];
+    attr_str(f, "config", text);
+    free(text);
+    snprintf(layout, sizeof layout, "dp=%d tp=%d pp=%d ep=%d zero=%d world=%d", topo->dp, topo->tp, topo->pp, topo->ep,
+             cfg->parallel.zero ? 1 : 0, topo->world);
+    attr_str(f, "layout", layout);
+
+    hid_t g_model = H5Gcreate2(f, "model", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t g_buf = H5Gcreate2(f, "buffers", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t g_optim = H5Gcreate2(f, "optim", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t g_m = H5Gcreate2(g_optim, "exp_avg", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t g_v = H5Gcreate2(g_optim, "exp_avg_sq", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t g_data = H5Gcreate2(f, "data", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    CHECK(g_model >= 0 && g_buf >= 0 && g_optim >= 0 && g_m >= 0 && g_v >= 0 && g_data >= 0,
+          "creating the groups of %s", tmp);
+    attr_i64(g_optim, "step", s->adamw[0].step);
+
+    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
+    H5_CHECK(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE), "H5Pset_dxpl_mpio");
+
+    /* tensors: the whole model's table, the same on every rank */
+    struct loom_param_table whole;
+    loom_params_build(&whole, &cfg->model, &cfg->optim);
+    hid_t groups[3] = {g_model, g_m, g_v};
+    for (int i = 0; i < whole.count; i++) {
+        const struct loom_param *w = &whole.params[i];
+        hsize_t dims[2] = {(hsize_t)w->shape.dims[0], w->shape.ndim > 1 ? (hsize_t)w->shape.dims[1] : 1};
+        hid_t space = H5Screate_simple(w->shape.ndim > 1 ? 2 : 1, dims, NULL);
+        int li = loom_params_find(&m->table, w->name);
+        const struct loom_param *p = li >= 0 ? &m->table.params[li] : NULL;
+        for (int g = 0; g < 3; g++) {
+            hid_t d = H5Dcreate2(groups[g], w->name, H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+            CHECK(d >= 0, "creating dataset %s in %s", w->name, tmp);
+            size_t a = 0, b = 0;
+            if (p) write_span(s, p, g > 0, &a, &b);
+            const struct loom_adamw *o = p ? &s->adamw[is_routed_expert(s, p) ? 1 : 0] : NULL;
+            const float *src = g == 0 ? m->params : g == 1 ? (o ? o->m : NULL) : (o ? o->v : NULL);
+            size_t base = g == 0 || !o ? 0 : o->lo;
+            write_run(m->ops, d, dxpl, p, a, b, src, base);
+            H5Dclose(d);
+        }
+        H5Sclose(space);
+        if (i == whole.count / 2) kill_point(rank, "tensors");
+    }
+
+    /* router biases: one per MoE block, from the first rank of the block's stage */
+    int E = (int)cfg->model.moe.experts;
+    int stage_rank0 = topo->tp_rank == 0 && topo->dp_rank == 0;
+    for (int l = 0; l < cfg->model.num_layers; l++) {
+        if (!loom_model_layer_is_moe(&cfg->model, l)) continue;
+        char bname[96];
+        snprintf(bname, sizeof bname, "layers.%d.mlp.gate.e_score_correction_bias", l);
+        hsize_t n = (hsize_t)E, one = 1;
+        hid_t space = H5Screate_simple(1, &n, NULL);
+        hid_t d = H5Dcreate2(g_buf, bname, H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        CHECK(d >= 0, "creating dataset %s in %s", bname, tmp);
+        const float *bias = NULL;
+        if (stage_rank0 && l >= m->stage.layer_lo && l < m->stage.layer_hi)
+            for (int k = 0; k < m->moe_layers; k++)
+                if (stage_moe_block(m, k) == l) bias = m->router_bias + (size_t)k * E;
+        hid_t mspace = H5Screate_simple(1, bias ? &n : &one, NULL);
+        if (!bias) H5Sselect_none(space), H5Sselect_none(mspace);
+        H5_CHECK(H5Dwrite(d, H5T_NATIVE_FLOAT, mspace, space, dxpl, bias ? (const void *)bias : (const void *)&one),
+                "writing %s", bname);
+        H5Sclose(mspace);
+        H5Sclose(space);
+        H5Dclose(d);
+    }
+
+    /* the sampler: the same on every rank; attributes are written collectively with the same values */
+    const struct loom_sampler_state *st = s->sampler;
+    attr_i64(g_data, "sample", st->sample);
+    attr_i64(g_data, "tokens", st->tokens);
+    char sources[LOOM_MAX_SOURCES * (LOOM_SECTION_NAME_MAX + 1) + 1] = "";
+    int ns = s->streams->nstreams;
+    for (int i = 0; i < ns; i++) {
+        strcat(sources, s->streams->streams[i].source->name);
+        if (i + 1 < ns) strcat(sources, "\n");
+    }
+    attr_str(g_data, "sources", sources);
+    for (int which = 0; which < 2; which++) {
+        hsize_t n = (hsize_t)ns, one = 1;
+        hid_t space = H5Screate_simple(1, ns ? &n : &one, NULL);
+        hid_t d = H5Dcreate2(g_data, which ? "epoch" : "cursor", H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT,
+                             H5P_DEFAULT);
+        CHECK(d >= 0, "creating the sampler state in %s", tmp);
+        int64_t zero = 0;
+        hid_t mspace = H5Screate_simple(1, ns ? &n : &one, NULL);
+        if (rank != 0) H5Sselect_none(space), H5Sselect_none(mspace);
+        H5_CHECK(H5Dwrite(d, H5T_NATIVE_INT64, mspace, space, dxpl,
+                         ns ? (which ? st->epoch : st->cursor) : &zero),
+                "writing the sampler state");
+        H5Sclose(mspace);
+        H5Sclose(space);
+        H5Dclose(d);
+    }
+
+    loom_params_free(&whole);
+    H5Pclose(dxpl);
+    hid_t all[] = {g_m, g_v, g_optim, g_model, g_buf, g_data};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) H5Gclose(all[i]);
+    CHECK(H5Fclose(f) >= 0, "closing the checkpoint %s (disk full?)", tmp);
+
+    /* make it durable, then visible, then the latest */
+    if (rank == 0) {
+        kill_point(rank, "closed");
+        fsync_path(tmp, 0);
+        CHECK(rename(tmp, path) == 0, "renaming %s: %s", tmp, strerror(errno));
+        fsync_path(dir, 1);
+        kill_point(rank, "renamed");
+        char latest[4300], latest_tmp[4400];
+        snprintf(latest, sizeof latest, "%s/latest", dir);
+        snprintf(latest_tmp, sizeof latest_tmp, "%s.tmp", latest);
+        FILE *lf = fopen(latest_tmp, "w");
+        CHECK(lf && fprintf(lf, "%s\n", name) > 0 && fflush(lf) == 0 && fsync(fileno(lf)) == 0 && fclose(lf) == 0,
+              "writing %s: %s", latest_tmp, strerror(errno));
+        CHECK(rename(latest_tmp, latest) == 0, "renaming %s: %s", latest_tmp, strerror(errno));
+        int64_t every = cfg->checkpoint.release_every;
+        if (every > 0 && meta->tokens / every > prev_tokens / every) {
+            char rdir[4300], rpath[4400];
+            snprintf(rdir, sizeof rdir, "%s/releases", dir);
+            mkdir_p(rdir);
+            snprintf(rpath, sizeof rpath, "%s/%s", rdir, name);
+            unlink(rpath);
+            CHECK(link(path, rpath) == 0, "linking the release %s: %s", rpath, strerror(errno));
+            fsync_path(rdir, 1);
+        }
+        retain(dir, cfg->checkpoint.keep);
+        fsync_path(dir, 1);
+    }
+    MPI_CHECK(MPI_Barrier(topo->world_comm.mpi));
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* reading                                                                                          */
+
+int loom_ckpt_resume_path(const struct loom_config *cfg, char *path, size_t size) {
+    const char *r = cfg->checkpoint.resume;
+    if (!r || !r[0]) return 0;
+    if (strcmp(r, "auto") != 0) {
+        snprintf(path, size, "%s", r);
+        return 1;
+    }
+    char dir[4096], latest[4200], name[256] = "";
+    loom_ckpt_dir(cfg, dir, sizeof dir);
+    snprintf(latest, sizeof latest, "%s/latest", dir);
+    FILE *f = fopen(latest, "r");
+    if (!f) return 0;
+    int got = fgets(name, sizeof name, f) != NULL;
+    fclose(f);
+    name[strcspn(name, "\r\n")] = 0;
+    if (!got || !name[0] || strchr(name, '/'))
+        loom_input_error(latest, "remove it to start fresh, or set checkpoint.resume to a checkpoint file",
+                         "does not name a checkpoint file");
+    snprintf(path, size, "%s/%s", dir, name);
+    return 1;
+}
+
+/* the [model] and [moe] keys whose values differ between this run and the checkpoint's config text */
+static void model_key_diff(const struct loom_config *cfg, const char *there, char *out, size_t size) {
+    struct loom_config other;
+    loom_config_load_string(&other, there, "the checkpoint's config");
+    char *a = config_text(cfg), *b = config_text(&other);
+    out[0] = 0;
+    /* compare "key = value" lines section by section */
+    char section[64] = "";
+    for (char *line = strtok(a, "\n"); line; line = strtok(NULL, "\n")) {
+        if (line[0] == '[') {
+            snprintf(section, sizeof section, "%.*s", (int)strcspn(line + 1, "]"), line + 1);
+            continue;
+        }
+        if (line[0] == '#' || !strchr(line, '=') || (strcmp(section, "model") && strcmp(section, "moe"))) continue;
+        /* find the same key in the same section of b */
+        char head[80];
+        snprintf(head, sizeof head, "\n[%s]\n", section);
+        const char *sec = strstr(b, head);
+        size_t klen = strcspn(line, " =");
+        const char *hit = NULL;
+        for (const char *q = sec; q && *q; q = strchr(q + 1, '\n')) {
+            if (q != sec && q[1] == '[') break;
+            if (strncmp(q + 1, line, klen) == 0 && (q[1 + klen] == ' ' || q[1 + klen] == '=')) {
+                hit = q + 1;
+                break;
+            }
+        }
+        size_t llen = strlen(line), hlen = hit ? strcspn(hit, "\n") : 0;
+        if (hit && hlen == llen && strncmp(hit, line, llen) == 0) continue;
+        const char *v_here = strchr(line, '=') + 1, *v_there = hit ? strchr(hit, '=') : NULL;
+        char item[256];
+        snprintf(item, sizeof item, "%s%s.%.*s is%.*s there,%s here", out[0] ? "; " : "", section, (int)klen, line,
+                 v_there ? (int)(hlen - (size_t)(v_there + 1 - hit)) : 6, v_there ? v_there + 1 : " unset", v_here);
+        if (strlen(out) + strlen(item) + 1 < size) strcat(out, item);
+    }
+    free(a);
+    free(b);
+    loom_config_free(&other);
+}
+
+static void shape_text(char *out, size_t size, int ndim, const hsize_t *dims) {
+    if (ndim == 1) snprintf(out, size, "[%llu]", (unsigned long long)dims[0]);
+    else snprintf(out, size, "[%llu, %llu]", (unsigned long long)dims[0], (unsigned long long)dims[1]);
+}
+
+/* Opens group/name and checks it is float32-convertible data of the whole shape of w. */
+static hid_t open_tensor(const struct reader *r, const struct loom_config *cfg, const char *ckpt_config,
+                         const char *group, const struct loom_param *w) {
+    char full[LOOM_PARAM_NAME_MAX + 64];
+    snprintf(full, sizeof full, "/%s/%s", group, w->name);
+    if (H5Lexists(r->file, full, H5P_DEFAULT) <= 0) {
+        char diff[1024];
+        model_key_diff(cfg, ckpt_config, diff, sizeof diff);
+        loom_input_error(r->path, diff[0] ? diff : "is it a checkpoint of another model?", "tensor %s is missing%s",
+                         full, diff[0] ? " (the model differs)" : "");
+    }
+    hid_t d = H5Dopen2(r->file, full, H5P_DEFAULT);
+    if (d < 0) bad_file(r, "the file may be truncated", "cannot open", full);
+    hid_t space = H5Dget_space(d), type = H5Dget_type(d);
+    int ndim = H5Sget_simple_extent_ndims(space);
+    hsize_t dims[2] = {0, 0};
+    if (ndim >= 1 && ndim <= 2) H5Sget_simple_extent_dims(space, dims, NULL);
+    hsize_t want[2] = {(hsize_t)w->shape.dims[0], w->shape.ndim > 1 ? (hsize_t)w->shape.dims[1] : 1};
+    int wnd = w->shape.ndim > 1 ? 2 : 1;
+    if (ndim != wnd || dims[0] != want[0] || (wnd == 2 && dims[1] != want[1])) {
+        char got[64], exp[64], diff[1024];
+        shape_text(got, sizeof got, ndim, dims);
+        shape_text(exp, sizeof exp, wnd, want);
+        model_key_diff(cfg, ckpt_config, diff, sizeof diff);
+        loom_input_error(r->path, diff[0] ? diff : NULL, "tensor %s is %s in the checkpoint, %s in this model", full,
+                         got, exp);
+    }
+    if (H5Tget_class(type) != H5T_FLOAT) bad_file(r, NULL, "not floating-point data:", full);
+    H5Tclose(type);
+    H5Sclose(space);
+    return d;
+}
+
+/* reads the run [a, b) of p's local part into dst (backend memory holding element `base` at dst[0]) */
+static void read_run(const struct reader *r, const struct loom_ops *ops, hid_t dset, const struct loom_param *p,
+                     size_t a, size_t b, float *dst, size_t base) {
+    if (a >= b) return;
+    hid_t fspace = H5Dget_space(dset);
+    hsize_t n = b - a;
+    hid_t mspace = H5Screate_simple(1, &n, NULL);
+    select_run(fspace, p, a, b);
+    float *host = malloc_check(sizeof(float) * n);
+    if (H5Dread(dset, H5T_NATIVE_FLOAT, mspace, fspace, H5P_DEFAULT, host) < 0)
+        bad_file(r, "the file may be truncated or damaged", "cannot read", p->name);
+    ops->from_host(dst + (a - base), host, sizeof(float) * n);
+    free(host);
+    H5Sclose(mspace);
+    H5Sclose(fspace);
+}
+
+void loom_ckpt_load(const struct loom_ckpt_state *s, const char *path, int weights_only, struct loom_ckpt_meta *meta) {
+    const struct loom_config *cfg = s->cfg;
+    struct loom_model *m = s->model;
+    /* a bad file is seen by every rank alike, but a rank may fail alone on a tensor only it reads: each
+     * rank that finds a problem reports it and takes the job down with exit 2 */
+    loom_error_set_collective(0);
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    struct reader r = {.path = path};
+    if (access(path, R_OK) != 0)
+        loom_input_error(path, weights_only ? "check checkpoint.init_from" : "check checkpoint.resume",
+                         "cannot read the checkpoint: %s", strerror(errno));
+    if (H5Fis_hdf5(path) <= 0)
+        loom_input_error(path, "a loom checkpoint is an HDF5 file (step_*.h5)", "not an HDF5 file (or truncated)");
+    r.file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (r.file < 0) loom_input_error(path, NULL, "cannot open the HDF5 file (truncated or damaged?)");
+
+    char *format = attr_read_str(&r, r.file, "format");
+    if (strcmp(format, LOOM_CKPT_FORMAT) != 0)
+        loom_input_error(path, NULL, "format is \"%s\", not \"%s\"", format, LOOM_CKPT_FORMAT);
+    free(format);
+    int32_t version;
+    attr_read(&r, r.file, "version", H5T_NATIVE_INT32, &version);
+    if (version > LOOM_CKPT_VERSION || version < 1)
+        loom_input_error(path, "read it with the loom version that wrote it, or a newer one",
+                         "format version %d; this build reads versions 1..%d", version, LOOM_CKPT_VERSION);
+    char *ckpt_config = attr_read_str(&r, r.file, "config");
+    memset(meta, 0, sizeof *meta);
+    meta->step = attr_read_i64(&r, r.file, "step");
+    meta->tokens = attr_read_i64(&r, r.file, "tokens");
+    meta->samples = attr_read_i64(&r, r.file, "samples");
+    meta->seed = attr_read_i64(&r, r.file, "seed");
+    attr_read(&r, r.file, "loss_scale", H5T_NATIVE_DOUBLE, &meta->loss_scale);
+
+    /* every tensor of the whole model must be there at its shape (checked on every rank alike) */
+    struct loom_param_table whole;
+    loom_params_build(&whole, &cfg->model, &cfg->optim);
+    for (int i = 0; i < whole.count; i++) {
+        const struct loom_param *w = &whole.params[i];
+        int li = loom_params_find(&m->table, w->name);
+        const struct loom_param *p = li >= 0 ? &m->table.params[li] : NULL;
+        hid_t d = open_tensor(&r, cfg, ckpt_config, "model", w);
+        if (p) read_run(&r, m->ops, d, p, p->offset, p->offset + p->numel, m->params, 0);
+        H5Dclose(d);
+        if (weights_only) continue;
+        for (int g = 0; g < 2; g++) {
+            d = open_tensor(&r, cfg, ckpt_config, g ? "optim/exp_avg_sq" : "optim/exp_avg", w);
+            if (p) {
+                struct loom_adamw *o = &s->adamw[is_routed_expert(s, p) ? 1 : 0];
+                size_t a = p->offset > o->lo ? p->offset : o->lo;
+                size_t b = p->offset + p->numel < o->hi ? p->offset + p->numel : o->hi;
+                read_run(&r, m->ops, d, p, a, b, g ? o->v : o->m, o->lo);
+            }
+            H5Dclose(d);
+        }
+    }
+    loom_params_free(&whole);
+
+    /* router biases of this stage's MoE blocks */
+    int E = (int)cfg->model.moe.experts;
+    for (int k = 0; k < m->moe_layers; k++) {
+        struct loom_param b = {.shape = loom_shape_1d(E)};
+        snprintf(b.name, sizeof b.name, "layers.%d.mlp.gate.e_score_correction_bias", stage_moe_block(m, k));
+        hid_t d = open_tensor(&r, cfg, ckpt_config, "buffers", &b);
+        if (H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, m->router_bias + (size_t)k * E) < 0)
+            bad_file(&r, "the file may be truncated", "cannot read", b.name);
+        H5Dclose(d);
+    }
+
+    if (!weights_only) {
+        hid_t g_optim = H5Gopen2(r.file, "optim", H5P_DEFAULT);
+        if (g_optim < 0) bad_file(&r, NULL, "no group", "/optim");
+        int64_t step = attr_read_i64(&r, g_optim, "step");
+        for (int k = 0; k < LOOM_SHARD_PARTS; k++) s->adamw[k].step = step;
+        H5Gclose(g_optim);
+
+        /* the sampler: cursors by source name, so a run may resume with sources added or reordered */
+        hid_t g = H5Gopen2(r.file, "data", H5P_DEFAULT);
+        if (g < 0) bad_file(&r, NULL, "no group", "/data");
+        struct loom_sampler_state *st = s->sampler;
+        memset(st, 0, sizeof *st);
+        st->sample = attr_read_i64(&r, g, "sample");
+        st->tokens = attr_read_i64(&r, g, "tokens");
+        char *names = attr_read_str(&r, g, "sources");
+        int64_t cursor[LOOM_MAX_SOURCES] = {0}, epoch[LOOM_MAX_SOURCES] = {0};
+        int nfile = 0;
+        char *saveptr = NULL, *file_names[LOOM_MAX_SOURCES];
+        for (char *t = strtok_r(names, "\n", &saveptr); t && nfile < LOOM_MAX_SOURCES; t = strtok_r(NULL, "\n", &saveptr))
+            file_names[nfile++] = t;
+        for (int which = 0; which < 2 && nfile; which++) {
+            hid_t d = H5Dopen2(g, which ? "epoch" : "cursor", H5P_DEFAULT);
+            hid_t space = d >= 0 ? H5Dget_space(d) : -1;
+            if (space < 0 || H5Sget_simple_extent_npoints(space) != nfile ||
+                H5Dread(d, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, which ? epoch : cursor) < 0)
+                bad_file(&r, NULL, "damaged sampler state", which ? "/data/epoch" : "/data/cursor");
+            H5Sclose(space);
+            H5Dclose(d);
+        }
+        for (int i = 0; i < s->streams->nstreams; i++)
+            for (int j = 0; j < nfile; j++)
+                if (strcmp(s->streams->streams[i].source->name, file_names[j]) == 0)
+                    st->cursor[i] = cursor[j], st->epoch[i] = epoch[j];
+        free(names);
+        H5Gclose(g);
+    }
+    free(ckpt_config);
+    H5Fclose(r.file);
+    loom_error_set_collective(1);
+    MPI_CHECK(MPI_Barrier(s->topo->world_comm.mpi));
+}
