@@ -103,7 +103,7 @@ static char *attr_read_str(const struct reader *r, hid_t obj, const char *name) 
         size_t n = H5Tget_size(t);
         out = calloc_check(n + 1, 1);
         hid_t mt = H5Tcopy(H5T_C_S1);
-        H5Tset_size(mt, n);
+        H5Tset_size(mt, n + 1); /* room for the terminator of a null-padded string */
         if (H5Aread(a, mt, out) < 0) bad_file(r, NULL, "cannot read attribute", name);
         H5Tclose(mt);
     }
@@ -252,15 +252,7 @@ static void kill_point(int rank, const char *point) {
     }
 }
 
-static char *config_text(const struct loom_config *cfg) {
-    char *text = NULL;
-    size_t n = 0;
-    FILE *f = open_memstream(&text, &n);
-    CHECK(f != NULL, "open_memstream");
-    loom_config_write(f, cfg);
-    fclose(f);
-    return text;
-}
+static char *config_text(const struct loom_config *cfg) { return loom_config_to_string(cfg); }
 
 static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
@@ -488,40 +480,57 @@ int loom_ckpt_resume_path(const struct loom_config *cfg, char *path, size_t size
 }
 
 /* the [model] and [moe] keys whose values differ between this run and the checkpoint's config text */
+struct kv {
+    char section[64], key[64];
+    const char *value; /* into the text, to the end of the line */
+    int vlen;
+};
+
+static int parse_kv(char *text, struct kv *out, int max) {
+    int n = 0;
+    char section[64] = "";
+    for (char *line = text; line && *line && n < max;) {
+        char *end = strchr(line, '\n');
+        int len = end ? (int)(end - line) : (int)strlen(line);
+        if (line[0] == '[') {
+            snprintf(section, sizeof section, "%.*s", (int)strcspn(line + 1, "]\n"), line + 1);
+        } else if (line[0] != '#' && line[0] != ';' && memchr(line, '=', (size_t)len)) {
+            struct kv *e = &out[n++];
+            snprintf(e->section, sizeof e->section, "%s", section);
+            int klen = (int)strcspn(line, " =");
+            snprintf(e->key, sizeof e->key, "%.*s", klen, line);
+            const char *v = (const char *)memchr(line, '=', (size_t)len) + 1;
+            while (*v == ' ') v++;
+            e->value = v;
+            e->vlen = (int)(line + len - v);
+        }
+        line = end ? end + 1 : NULL;
+    }
+    return n;
+}
+
 static void model_key_diff(const struct loom_config *cfg, const char *there, char *out, size_t size) {
     struct loom_config other;
+    loom_config_init(&other);
     loom_config_load_string(&other, there, "the checkpoint's config");
     char *a = config_text(cfg), *b = config_text(&other);
+    enum { MAX_KV = 1024 };
+    struct kv *ka = malloc_check(sizeof *ka * MAX_KV), *kb = malloc_check(sizeof *kb * MAX_KV);
+    int na = parse_kv(a, ka, MAX_KV), nb = parse_kv(b, kb, MAX_KV);
     out[0] = 0;
-    /* compare "key = value" lines section by section */
-    char section[64] = "";
-    for (char *line = strtok(a, "\n"); line; line = strtok(NULL, "\n")) {
-        if (line[0] == '[') {
-            snprintf(section, sizeof section, "%.*s", (int)strcspn(line + 1, "]"), line + 1);
-            continue;
-        }
-        if (line[0] == '#' || !strchr(line, '=') || (strcmp(section, "model") && strcmp(section, "moe"))) continue;
-        /* find the same key in the same section of b */
-        char head[80];
-        snprintf(head, sizeof head, "\n[%s]\n", section);
-        const char *sec = strstr(b, head);
-        size_t klen = strcspn(line, " =");
-        const char *hit = NULL;
-        for (const char *q = sec; q && *q; q = strchr(q + 1, '\n')) {
-            if (q != sec && q[1] == '[') break;
-            if (strncmp(q + 1, line, klen) == 0 && (q[1 + klen] == ' ' || q[1 + klen] == '=')) {
-                hit = q + 1;
-                break;
-            }
-        }
-        size_t llen = strlen(line), hlen = hit ? strcspn(hit, "\n") : 0;
-        if (hit && hlen == llen && strncmp(hit, line, llen) == 0) continue;
-        const char *v_here = strchr(line, '=') + 1, *v_there = hit ? strchr(hit, '=') : NULL;
+    for (int i = 0; i < na; i++) {
+        if (strcmp(ka[i].section, "model") && strcmp(ka[i].section, "moe")) continue;
+        const struct kv *hit = NULL;
+        for (int j = 0; j < nb && !hit; j++)
+            if (!strcmp(kb[j].section, ka[i].section) && !strcmp(kb[j].key, ka[i].key)) hit = &kb[j];
+        if (hit && hit->vlen == ka[i].vlen && !strncmp(hit->value, ka[i].value, (size_t)ka[i].vlen)) continue;
         char item[256];
-        snprintf(item, sizeof item, "%s%s.%.*s is%.*s there,%s here", out[0] ? "; " : "", section, (int)klen, line,
-                 v_there ? (int)(hlen - (size_t)(v_there + 1 - hit)) : 6, v_there ? v_there + 1 : " unset", v_here);
+        snprintf(item, sizeof item, "%s%s.%s is %.*s there, %.*s here", out[0] ? "; " : "", ka[i].section, ka[i].key,
+                 hit ? hit->vlen : 5, hit ? hit->value : "unset", ka[i].vlen, ka[i].value);
         if (strlen(out) + strlen(item) + 1 < size) strcat(out, item);
     }
+    free(ka);
+    free(kb);
     free(a);
     free(b);
     loom_config_free(&other);
@@ -540,8 +549,8 @@ static hid_t open_tensor(const struct reader *r, const struct loom_config *cfg, 
     if (H5Lexists(r->file, full, H5P_DEFAULT) <= 0) {
         char diff[1024];
         model_key_diff(cfg, ckpt_config, diff, sizeof diff);
-        loom_input_error(r->path, diff[0] ? diff : "is it a checkpoint of another model?", "tensor %s is missing%s",
-                         full, diff[0] ? " (the model differs)" : "");
+        loom_input_error(r->path, "resume with the model config the checkpoint was written with",
+                         "tensor %s is missing (%s)", full, diff[0] ? diff : "the model configs agree: damaged file?");
     }
     hid_t d = H5Dopen2(r->file, full, H5P_DEFAULT);
     if (d < 0) bad_file(r, "the file may be truncated", "cannot open", full);
@@ -556,8 +565,9 @@ static hid_t open_tensor(const struct reader *r, const struct loom_config *cfg, 
         shape_text(got, sizeof got, ndim, dims);
         shape_text(exp, sizeof exp, wnd, want);
         model_key_diff(cfg, ckpt_config, diff, sizeof diff);
-        loom_input_error(r->path, diff[0] ? diff : NULL, "tensor %s is %s in the checkpoint, %s in this model", full,
-                         got, exp);
+        loom_input_error(r->path, "resume with the model config the checkpoint was written with",
+                         "tensor %s is %s in the checkpoint, %s in this model (%s)", full, got, exp,
+                         diff[0] ? diff : "the model configs agree: damaged file?");
     }
     if (H5Tget_class(type) != H5T_FLOAT) bad_file(r, NULL, "not floating-point data:", full);
     H5Tclose(type);

@@ -213,12 +213,6 @@ int loom_train_main(int argc, char **argv) {
                          "--checkpoint.resume=auto",
                          "%s already holds a run (%s exists)", tc->run_dir, existing);
     FILE *metrics = NULL;
-    if (rank == 0) {
-        FILE *f = open_in_run(tc->run_dir, "config.ini", "w");
-        loom_config_write(f, &cfg);
-        CHECK(fclose(f) == 0, "writing %s/config.ini failed", tc->run_dir);
-        if (!resuming) metrics = open_in_run(tc->run_dir, "metrics.jsonl", "w");
-    }
 
     const struct loom_ops *ops = loom_ops_cpu((int)(tc->threads ? tc->threads : default_threads()));
     struct loom_model model;
@@ -282,7 +276,13 @@ int loom_train_main(int argc, char **argv) {
             printf("loom train: note: the checkpoint was written with train.seed = %lld, this run has %lld\n",
                    (long long)meta.seed, (long long)tc->seed);
     }
-    if (rank == 0 && resuming) metrics = metrics_resume(tc->run_dir, start_step);
+    /* the run folder's files only once the checkpoint has been read: a bad one leaves them as they were */
+    if (rank == 0) {
+        FILE *f = open_in_run(tc->run_dir, "config.ini", "w");
+        loom_config_write(f, &cfg);
+        CHECK(fclose(f) == 0, "writing %s/config.ini failed", tc->run_dir);
+        metrics = resuming ? metrics_resume(tc->run_dir, start_step) : open_in_run(tc->run_dir, "metrics.jsonl", "w");
+    }
     int64_t ckpt_every = cfg.checkpoint.every, ckpt_tokens = cfg.checkpoint.every_tokens, last_ckpt_tokens = tokens;
     struct loom_schedule sched;
     loom_schedule_init(&sched, &cfg.schedule, total_tokens);
