@@ -11,7 +11,9 @@
 # Reshard: the dense debug model written after step 4 under dp2 x tp2 x pp2 with ZeRO-1 (8 ranks) and resumed
 # under 1 rank, dp4 and tp2 x pp2; the MoE model written under dp2 x tp2 x ep2 with ZeRO-1 and resumed under 1
 # rank, dp4 x ep4 and dp2 x pp2 x ep2: steps 5..8 within 1e-5 relative of the uninterrupted single-process run
-# (and the router biases within 1e-6).
+# (and the router biases within 1e-6). Each multi-rank write stays collective I/O (H5Pget_mpio_no_collective_cause
+# after every tensor write); the control writes from double memory (LOOM_CKPT_TEST_MEMTYPE=double), a type
+# conversion HDF5 must report as a fallback to independent I/O.
 #
 # init_from: a new run from the dense checkpoint's weights with lr 0 and one step writes a checkpoint whose
 # /model equals the source's exactly (h5dump at 9 digits) while its optimizer step, step and tokens are those
@@ -197,6 +199,21 @@ reshard() {
         return
     fi
     ok "ckpt/reshard/$name/write"
+    # collective I/O: every tensor write stayed collective (HDF5's no-collective cause); the control forces a
+    # type conversion, which HDF5 must report
+    if grep -q "tensor writes, all collective)" "$tmp/out" && ! grep -q "independent I/O" "$tmp/out"; then
+        ok "ckpt/reshard/$name/collective_io"
+    else
+        fail "ckpt/reshard/$name/collective_io" "$(grep "checkpoint" "$tmp/out")"
+    fi
+    # shellcheck disable=SC2086
+    LOOM_CKPT_TEST_MEMTYPE=double launch "$wnp" "${base[@]}" $wargs --train.run_dir="$d/convert" --checkpoint.every=100 \
+        --train.stop_after=1
+    if [ "$rc" -eq 0 ] && grep -q "fell back to independent I/O" "$tmp/out"; then
+        ok "ckpt/reshard/$name/collective_io_control"
+    else
+        fail "ckpt/reshard/$name/collective_io_control" "a write from double memory was not reported: $(show)"
+    fi
     for layout in "$@"; do
         read -r dp tp pp ep <<<"$layout"
         local np=$((dp * tp * pp)) label="ckpt/reshard/$name/dp${dp}_tp${tp}_pp${pp}_ep${ep}"
