@@ -14,5 +14,7 @@ void loom_cli_load_config(struct loom_config *cfg, int argc, char **argv, const 
 
 int loom_info_main(int argc, char **argv);
 int loom_train_main(int argc, char **argv);
+/* `loom ckpt info|verify|export` (train/ckpt_cli.c) */
+int loom_ckpt_main(int argc, char **argv);
 
 #endif

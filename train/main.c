@@ -21,6 +21,9 @@ static const char *USAGE =
     "  data prep --tokenizer T --source NAME --in FILE... --out DIR\n"
     "                                              text or JSONL into shards (T: bytes or a tokenizer.json)\n"
     "  data plan -c CONFIG [--tokens 11T]          the curriculum over a whole run, per phase and source\n"
+    "  ckpt info|verify PATH                       a checkpoint's contents; check it against its config, all finite\n"
+    "  ckpt export PATH --format safetensors|hdf5 --out DIR|FILE.h5 [--dtype bf16|fp32] [--force]\n"
+    "                                              Hugging Face safetensors + config.json, or zstd-compressed HDF5\n"
     "\n"
     "Exit status: 0 success, 1 runtime failure, 2 bad input.\n";
 
@@ -43,5 +46,6 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "train") == 0) return loom_train_main(argc - 1, argv + 1);
     if (strcmp(cmd, "info") == 0) return loom_info_main(argc - 1, argv + 1);
     if (strcmp(cmd, "data") == 0) return data_main(argc - 1, argv + 1);
-    loom_input_error(cmd, "commands: train, info, data prep (loom --help)", "unknown command");
+    if (strcmp(cmd, "ckpt") == 0) return loom_ckpt_main(argc - 1, argv + 1);
+    loom_input_error(cmd, "commands: train, info, data, ckpt (loom --help)", "unknown command");
 }
