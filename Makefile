@@ -68,6 +68,7 @@ bench: loom $(BUILD)/bench/bench_loader
 	@scripts/bench_tokenizer.sh
 	@scripts/bench_parallel.sh
 	@scripts/bench_moe.sh
+	@scripts/bench_ckpt.sh
 
 clean:
 	rm -rf $(BUILD) loom

@@ -10,10 +10,10 @@
  * Memory type equals file type (native float, little-endian float32), so collective I/O is not turned
  * into independent I/O by a type conversion.
  *
- * Who writes what: of the ranks holding the same weights (the dp replicas of a tp rank and stage, or of
- * an expert, the ranks with the same experts), the first; replicated tensors only from tp rank 0; a tied
- * embedding only from the first stage. Optimizer moments: under ZeRO-1 each rank its own share, else like
- * the weights. Reading is simpler: each rank reads everything it holds (hyperslab reads), whatever layout
+ * Who writes what: the ranks holding the same weights (the dp replicas of a tp rank and stage, or for
+ * routed experts the ranks with the same experts) divide each tensor's buffer between them in even shares
+ * — under ZeRO-1 exactly the shares of the optimizer state they own — so they write in parallel;
+ * replicated tensors only from tp rank 0; a tied embedding only from the first stage. Reading is simpler: each rank reads everything it holds (hyperslab reads), whatever layout
  * wrote the file.
  */
 #include "checkpoints/ckpt.h"
@@ -212,19 +212,18 @@ static int canonical(const struct loom_ckpt_state *s, const struct loom_param *p
     return 1;
 }
 
-/* the run [*a, *b) of p's local part this rank writes: weights (moments = 0) or optimizer moments */
-static void write_span(const struct loom_ckpt_state *s, const struct loom_param *p, int moments, size_t *a,
-                       size_t *b) {
+/* the run [*a, *b) of p's local part this rank writes. The ranks of a part's group (dp, or edp for routed
+ * experts) hold the same weights, and the same moments unless ZeRO-1 gave each its share: either way
+ * rank r of the group writes the r-th even share of the part (its ZeRO-1 share), so the group's ranks
+ * write in parallel and each element once. */
+static void write_span(const struct loom_ckpt_state *s, const struct loom_param *p, size_t *a, size_t *b) {
     *a = *b = 0;
     if (!canonical(s, p)) return;
     const struct loom_shard_part *part = part_of(s, p);
-    size_t lo = p->offset, hi = p->offset + p->numel;
-    if (moments && part->sharded) {
-        lo = lo > part->lo ? lo : part->lo;
-        hi = hi < part->hi ? hi : part->hi;
-    } else if (part->comm->rank != 0) {
-        return;
-    }
+    size_t len = part->end - part->begin, n = (size_t)part->comm->size, r = (size_t)part->comm->rank;
+    size_t share_lo = part->begin + len * r / n, share_hi = part->begin + len * (r + 1) / n;
+    size_t lo = p->offset > share_lo ? p->offset : share_lo;
+    size_t hi = p->offset + p->numel < share_hi ? p->offset + p->numel : share_hi;
     if (lo < hi) *a = lo, *b = hi;
 }
 
@@ -375,7 +374,7 @@ double loom_ckpt_save(const struct loom_ckpt_state *s, const struct loom_ckpt_me
             hid_t d = H5Dcreate2(groups[g], w->name, H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
             CHECK(d >= 0, "creating dataset %s in %s", w->name, tmp);
             size_t a = 0, b = 0;
-            if (p) write_span(s, p, g > 0, &a, &b);
+            if (p) write_span(s, p, &a, &b);
             const struct loom_adamw *o = p ? &s->adamw[is_routed_expert(s, p) ? 1 : 0] : NULL;
             const float *src = g == 0 ? m->params : g == 1 ? (o ? o->m : NULL) : (o ? o->v : NULL);
             size_t base = g == 0 || !o ? 0 : o->lo;
