@@ -339,6 +339,9 @@ double loom_ckpt_save(const struct loom_ckpt_state *s, const struct loom_ckpt_me
     attr_i64(f, "samples", meta->samples);
     attr_i64(f, "seed", meta->seed);
     attr_write(f, "loss_scale", H5T_NATIVE_DOUBLE, &meta->loss_scale);
+    attr_i64(f, "loss_scale_good_steps", meta->scale_good_steps);
+    attr_i64(f, "schedule_tokens", meta->schedule_tokens);
+    attr_i64(f, "skipped_steps", meta->skipped_steps);
     char *text = config_text(cfg), layout[256];
     attr_str(f, "config", text);
     free(text);
@@ -376,7 +379,7 @@ double loom_ckpt_save(const struct loom_ckpt_state *s, const struct loom_ckpt_me
             size_t a = 0, b = 0;
             if (p) write_span(s, p, &a, &b);
             const struct loom_adamw *o = p ? &s->adamw[is_routed_expert(s, p) ? 1 : 0] : NULL;
-            const float *src = g == 0 ? m->params : g == 1 ? (o ? o->m : NULL) : (o ? o->v : NULL);
+            const float *src = g == 0 ? m->master : g == 1 ? (o ? o->m : NULL) : (o ? o->v : NULL);
             size_t base = g == 0 || !o ? 0 : o->lo;
             write_run(m->ops, d, dxpl, p, a, b, src, base);
             H5Dclose(d);
@@ -656,6 +659,9 @@ void loom_ckpt_load(const struct loom_ckpt_state *s, const char *path, int weigh
     meta->samples = attr_read_i64(&r, r.file, "samples");
     meta->seed = attr_read_i64(&r, r.file, "seed");
     attr_read(&r, r.file, "loss_scale", H5T_NATIVE_DOUBLE, &meta->loss_scale);
+    meta->scale_good_steps = attr_read_i64(&r, r.file, "loss_scale_good_steps");
+    meta->schedule_tokens = attr_read_i64(&r, r.file, "schedule_tokens");
+    meta->skipped_steps = attr_read_i64(&r, r.file, "skipped_steps");
 
     /* every tensor of the whole model must be there at its shape (checked on every rank alike) */
     struct loom_param_table whole;
@@ -665,7 +671,7 @@ void loom_ckpt_load(const struct loom_ckpt_state *s, const char *path, int weigh
         int li = loom_params_find(&m->table, w->name);
         const struct loom_param *p = li >= 0 ? &m->table.params[li] : NULL;
         hid_t d = open_tensor(&r, cfg, ckpt_config, "model", w);
-        if (p) read_run(&r, m->ops, d, p, p->offset, p->offset + p->numel, m->params, 0);
+        if (p) read_run(&r, m->ops, d, p, p->offset, p->offset + p->numel, m->master, 0);
         H5Dclose(d);
         if (weights_only) continue;
         for (int g = 0; g < 2; g++) {
@@ -730,6 +736,7 @@ void loom_ckpt_load(const struct loom_ckpt_state *s, const char *path, int weigh
     }
     free(ckpt_config);
     H5Fclose(r.file);
+    loom_model_sync_weights(m);
     loom_error_set_collective(1);
     MPI_CHECK(MPI_Barrier(s->topo->world_comm.mpi));
 }

@@ -5,8 +5,10 @@
  * File format "loom-checkpoint", version 1:
  *
  *   /                   attributes: format (string "loom-checkpoint"), version (int32 1), step, tokens,
- *                       samples, seed (int64), loss_scale (float64), config (string: the resolved INI
- *                       text of the run), layout (string "dp=2 tp=2 pp=2 ep=1 zero=1 world=8")
+ *                       samples, seed (int64), loss_scale (float64), loss_scale_good_steps,
+ *                       schedule_tokens, skipped_steps (int64: the loss scaler and the schedule's position),
+ *                       config (string: the resolved INI text of the run), layout (string
+ *                       "dp=2 tp=2 pp=2 ep=1 zero=1 world=8")
  *   /model/NAME         float32, the fp32 master weight NAME of the parameter table at its whole shape
  *                       ([rows, cols] matrices, [n] vectors): embed_tokens.weight, layers.L.*, norm.weight,
  *                       lm_head.weight (untied only)
@@ -43,6 +45,9 @@ enum { LOOM_CKPT_VERSION = 1 };
 struct loom_ckpt_meta {
     int64_t step, tokens, samples, seed;
     double loss_scale;
+    int64_t scale_good_steps;      /* steps since the dynamic loss scale last changed */
+    int64_t schedule_tokens;       /* tokens of the steps taken (skipped steps do not move the schedule) */
+    int64_t skipped_steps;
 };
 
 /* Everything a rank contributes to or takes from a checkpoint. */

@@ -113,6 +113,7 @@ struct loom_train_config {
     int64_t threads;               /* OpenMP threads; 0 = all cores */
     char *batch_schedule;          /* "TOKENS:SEQUENCES, ...": global batch from that token count on */
     int64_t stop_after;            /* stop after this step as a pre-empted job would (0 = run to steps) */
+    int64_t max_nonfinite_steps;   /* stop after this many consecutive steps with non-finite gradients */
 };
 
 struct loom_optim_config {
@@ -157,6 +158,13 @@ struct loom_log_config {
     char *dump_grads;              /* debugging: reduced gradients after step 1 to PREFIX.rankR.bin */
 };
 
+struct loom_precision_config {
+    int compute;                   /* enum loom_dtype: fp32, bf16, fp16 (emulated on the CPU backend) */
+    double loss_scale;             /* > 0: a static scale; 0: dynamic with fp16, 1 otherwise */
+    double initial_scale, growth_factor, backoff_factor, min_scale;
+    int64_t growth_interval;       /* clean steps before the dynamic scale grows */
+};
+
 struct loom_checkpoint_config {
     int64_t every;                 /* write a checkpoint every N steps; 0 = only at the end (see final) */
     int64_t every_tokens;          /* and every N tokens; 0 = off */
@@ -180,6 +188,7 @@ struct loom_config {
     struct loom_curriculum_config curriculum;
     struct loom_eval_config eval;
     struct loom_checkpoint_config checkpoint;
+    struct loom_precision_config precision;
     int nsources;
     struct loom_source_config sources[LOOM_MAX_SOURCES];
     int nphases;

@@ -61,6 +61,8 @@ const struct loom_key loom_config_keys[] = {
     K(train, threads, INT, "0", NULL, "CPU threads; 0 = every core"),
     K(train, batch_schedule, STRING, "", NULL,
       "global batch ramp \"TOKENS:SEQUENCES, ...\": from TOKENS consumed on, SEQUENCES per step"),
+    K(train, max_nonfinite_steps, INT, "8", NULL,
+      "stop (exit 1) after this many consecutive steps whose gradients are not finite (each is skipped); 0 = never"),
     K(train, stop_after, INT, "0", NULL,
       "stop after this step, writing a checkpoint when checkpointing is on (a planned pre-emption); the "
       "schedule still spans train.steps; 0 = run to train.steps"),
@@ -126,6 +128,17 @@ const struct loom_key loom_config_keys[] = {
       "pipeline schedule: one-forward-one-backward (Megatron), or all forwards then all backwards"),
     K(pipeline, overlap_moe_a2a, BOOL, "false", NULL,
       "in 1F1B's steady phase interleave a forward and a backward so MoE all-to-alls hide behind compute"),
+
+    /* [precision] */
+    K(precision, compute, ENUM, "fp32", "fp32|bf16|fp16",
+      "dtype of activations, gradients and matmul weights; masters, moments, router, softmax and loss stay fp32"),
+    K(precision, loss_scale, FLOAT, "0", NULL,
+      "a static loss scale; 0 = dynamic with fp16, none (1) with bf16 and fp32"),
+    K(precision, initial_scale, FLOAT, "65536", NULL, "dynamic loss scaling: the first scale"),
+    K(precision, growth_factor, FLOAT, "2", NULL, "dynamic loss scaling: the scale grows by this factor"),
+    K(precision, growth_interval, INT, "1000", NULL, "dynamic loss scaling: after this many steps without overflow"),
+    K(precision, backoff_factor, FLOAT, "0.5", NULL, "dynamic loss scaling: the scale shrinks by this on an overflow"),
+    K(precision, min_scale, FLOAT, "1", NULL, "dynamic loss scaling: the scale never goes below this"),
 
     /* [checkpoint] */
     K(checkpoint, every, INT, "0", NULL, "write a checkpoint every N steps; 0 = never on a step count"),

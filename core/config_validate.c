@@ -256,6 +256,19 @@ void loom_config_validate(const struct loom_config *cfg, int world) {
                          "make shards with `loom data prep`, then set data.train = FOLDER or add [source.NAME] sections "
                          "(or data.kind = random)",
                          "no training shards given");
+    const struct loom_precision_config *pr = &cfg->precision;
+    require_range("precision.loss_scale", pr->loss_scale, 0, INFINITY, 0, 1);
+    require_range("precision.initial_scale", pr->initial_scale, 0, INFINITY, 1, 1);
+    require_range("precision.growth_factor", pr->growth_factor, 1, INFINITY, 0, 1);
+    require_range("precision.backoff_factor", pr->backoff_factor, 0, 1, 1, 1);
+    require_range("precision.min_scale", pr->min_scale, 0, INFINITY, 1, 1);
+    require_positive("precision.growth_interval", pr->growth_interval);
+    require_nonneg("train.max_nonfinite_steps", cfg->train.max_nonfinite_steps);
+    require_nonneg("checkpoint.every", cfg->checkpoint.every);
+    require_nonneg("checkpoint.every_tokens", cfg->checkpoint.every_tokens);
+    require_nonneg("checkpoint.keep", cfg->checkpoint.keep);
+    require_nonneg("checkpoint.release_every", cfg->checkpoint.release_every);
+    require_nonneg("train.stop_after", cfg->train.stop_after);
     require_positive("log.every", cfg->log.every);
     require_nonneg("eval.every", cfg->eval.every);
     require_positive("eval.sequences", cfg->eval.sequences);

@@ -245,6 +245,8 @@ void loom_model_create_stage(struct loom_model *m, const struct loom_ops *ops, c
     m->cfg.vocab_size = cfg->vocab_size / tp;
     m->params = ops->alloc(sizeof(float) * m->table.total);
     m->grads = ops->alloc(sizeof(float) * m->table.total);
+    /* mixed precision: fp32 masters apart, params holds the compute copy (loom_model_sync_weights) */
+    m->master = ops->compute == LOOM_F32 ? m->params : ops->alloc(sizeof(float) * m->table.total);
 
     int L = stage->layer_hi - stage->layer_lo;
     int E = (int)cfg->moe.experts;
@@ -323,6 +325,7 @@ void loom_model_destroy(struct loom_model *m) {
     free(m->router_bias);
     free(m->expert_load);
     ops->free(m->scratch);
+    if (m->master != m->params) ops->free(m->master);
     ops->free(m->params);
     ops->free(m->grads);
     loom_params_free(&m->table);
@@ -343,16 +346,34 @@ static void tp_sum(const struct loom_model *m, float *buf, size_t n) {
 void loom_model_init_params(struct loom_model *m, uint64_t seed) {
     float *host = calloc_check(m->table.total, sizeof(float));
     loom_params_init(&m->table, host, seed);
-    m->ops->from_host(m->params, host, sizeof(float) * m->table.total);
+    m->ops->from_host(m->master, host, sizeof(float) * m->table.total);
     free(host);
+    loom_model_sync_weights(m);
 }
 
 void loom_model_set_params(struct loom_model *m, const float *host) {
-    m->ops->from_host(m->params, host, sizeof(float) * m->table.total);
+    m->ops->from_host(m->master, host, sizeof(float) * m->table.total);
+    loom_model_sync_weights(m);
 }
 
 void loom_model_get_params(const struct loom_model *m, float *host) {
-    m->ops->to_host(host, m->params, sizeof(float) * m->table.total);
+    m->ops->to_host(host, m->master, sizeof(float) * m->table.total);
+}
+
+/* The compute copy: matrices rounded to the compute dtype (the MoE router's stays fp32, as the router
+ * runs in fp32), vectors (norm weights) as they are. */
+void loom_model_sync_weights(struct loom_model *m) {
+    if (m->master == m->params) return;
+    size_t total = m->table.total;
+    float *host = malloc_check(sizeof(float) * total);
+    m->ops->to_host(host, m->master, sizeof(float) * total);
+    for (int i = 0; i < m->table.count; i++) {
+        const struct loom_param *p = &m->table.params[i];
+        if (p->shape.ndim == 2 && !strstr(p->name, ".mlp.gate.weight"))
+            loom_round_array(m->ops->compute, host + p->offset, p->numel);
+    }
+    m->ops->from_host(m->params, host, sizeof(float) * total);
+    free(host);
 }
 
 void loom_model_get_grads(const struct loom_model *m, float *host) {

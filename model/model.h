@@ -66,7 +66,9 @@ struct loom_model {
     struct loom_stage stage;
     struct loom_model_comm comm;   /* tp > 1 only */
     struct loom_param_table table; /* this stage's parameters */
-    float *params;                 /* backend memory, table.total floats */
+    float *params;                 /* backend memory, table.total floats: the weights the model computes with */
+    float *master;                 /* the fp32 master weights the optimizer updates: params itself in fp32,
+                                    * else apart, params then holding their compute-dtype copy */
     float *grads;                  /* same layout */
     int B, T;                      /* current micro-batch shape */
     int T_max;                     /* the activations are sized for B x T_max */
@@ -109,6 +111,8 @@ void loom_model_init_params(struct loom_model *m, uint64_t seed);
 /* Copy all parameters from / to host memory laid out as the table says. */
 void loom_model_set_params(struct loom_model *m, const float *host);
 void loom_model_get_params(const struct loom_model *m, float *host);
+/* After the masters changed (optimizer step, checkpoint load): refresh the compute copy. */
+void loom_model_sync_weights(struct loom_model *m);
 void loom_model_get_grads(const struct loom_model *m, float *host);
 void loom_model_zero_grads(struct loom_model *m);
 

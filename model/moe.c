@@ -364,8 +364,8 @@ void loom_moe_forward_phase(const struct loom_model *m, struct loom_moe_layer *L
     L->n1 = L->sliced ? (int)((int64_t)N * (m->stage.tp_rank + 1) / L->tp) : N;
     int nk = L->nk = (L->n1 - L->n0) * K, a0 = L->n0 * K;
 
-    /* router, in fp32 */
-    ops->matmul_forward(L->logits, x, L->w_gate, N, C, E);
+    /* router, in fp32 (`exact`: no rounding to the compute dtype) */
+    ops->exact->matmul_forward(L->logits, x, L->w_gate, N, C, E);
     ops->to_host(L->scores, L->logits, sizeof(float) * (size_t)N * E);
     for (int n = 0; n < N; n++) {
         float *s = L->scores + (size_t)n * E;
@@ -546,7 +546,7 @@ static void router_backward(const struct loom_model *m, struct loom_moe_layer *L
         }
     }
     ops->from_host(L->dlogits, ds, sizeof(float) * (size_t)ns * E);
-    ops->matmul_backward_weight(L->g_gate, L->dlogits, x + (size_t)n0 * C, ns, C, E);
+    ops->exact->matmul_backward_weight(L->g_gate, L->dlogits, x + (size_t)n0 * C, ns, C, E);
     ops->matmul_backward_input(dx + (size_t)n0 * C, L->dlogits, L->w_gate, ns, C, E, 1);
     free(dwp);
     free(dwa);

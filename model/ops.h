@@ -18,12 +18,18 @@
 
 #include <stddef.h>
 
+#include "core/dtype.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 struct loom_ops {
     const char *name;
+    /* the dtype activations, their gradients and weight-gradient contributions are stored in; `exact` is
+     * the same backend without that rounding (fp32), for the parts that stay fp32 (the MoE router) */
+    enum loom_dtype compute;
+    const struct loom_ops *exact;
 
     /* memory ------------------------------------------------------------------------------------ */
     void *(*alloc)(size_t bytes);                               /* zero-filled */
@@ -134,6 +140,9 @@ struct loom_ops {
 
 /* The CPU backend. `threads` = 0 uses every core. */
 const struct loom_ops *loom_ops_cpu(int threads);
+/* The CPU backend emulating `compute` (bf16, fp16) by rounding where a GPU stores that dtype
+ * (model/ops_cpu_mixed.c); fp32 gives `cpu` itself. */
+const struct loom_ops *loom_ops_cpu_mixed(const struct loom_ops *cpu, enum loom_dtype compute);
 
 #ifdef __cplusplus
 }

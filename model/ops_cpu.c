@@ -457,6 +457,8 @@ static void cpu_adamw_update(float *param, const float *grad, float *m, float *v
 
 static const struct loom_ops cpu_ops = {
     .name = "cpu",
+    .compute = LOOM_F32,
+    .exact = &cpu_ops,
     .alloc = cpu_alloc,
     .free = cpu_free,
     .zero = cpu_zero,

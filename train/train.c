@@ -68,6 +68,18 @@ static FILE *open_in_run(const char *run_dir, const char *name, const char *mode
     return fopen_check(path, mode);
 }
 
+/* A test hook: LOOM_TEST_INJECT_NONFINITE=STEP:RANK[:nan] puts an inf (or a nan) into one gradient
+ * element of world rank RANK after the backward of step STEP (1-based), so tests can force an overflow. */
+static void inject_nonfinite(struct loom_model *m, int64_t step, int rank) {
+    const char *spec = getenv("LOOM_TEST_INJECT_NONFINITE");
+    long long at = 0;
+    int who = -1;
+    char kind[8] = "inf";
+    if (!spec || sscanf(spec, "%lld:%d:%7s", &at, &who, kind) < 2 || at != step + 1 || who != rank) return;
+    float bad = strcmp(kind, "nan") == 0 ? NAN : INFINITY;
+    m->ops->from_host(m->grads + m->table.total / 2, &bad, sizeof bad);
+}
+
 /* A resumed run continues metrics.jsonl from the checkpoint's step: lines of later steps (written
  * after that checkpoint by the run that stopped) are dropped, through a rename. */
 static FILE *metrics_resume(const char *run_dir, int64_t step) {
@@ -214,7 +226,8 @@ int loom_train_main(int argc, char **argv) {
                          "%s already holds a run (%s exists)", tc->run_dir, existing);
     FILE *metrics = NULL;
 
-    const struct loom_ops *ops = loom_ops_cpu((int)(tc->threads ? tc->threads : default_threads()));
+    const struct loom_ops *ops = loom_ops_cpu_mixed(loom_ops_cpu((int)(tc->threads ? tc->threads : default_threads())),
+                                                    (enum loom_dtype)cfg.precision.compute);
     struct loom_model model;
     struct loom_stage stage;
     loom_pipeline_stage(&stage, (int)cfg.model.num_layers, topo.pp, topo.pp_rank, pc->stage_layers);
@@ -257,12 +270,21 @@ int loom_train_main(int argc, char **argv) {
                                    .sampler = &ckpt_sampler, .streams = &sampler};
     struct loom_ckpt_meta meta = {0};
     int64_t start_step = 0, tokens = 0;
+    /* loss scaling: dynamic with fp16 unless a static scale is set; the schedule advances by the tokens of
+     * the steps actually taken (a skipped step leaves it, the weights and the moments as they were) */
+    const struct loom_precision_config *prec = &cfg.precision;
+    int dynamic_scale = prec->compute == LOOM_F16 && prec->loss_scale == 0;
+    double scale = prec->loss_scale > 0 ? prec->loss_scale : dynamic_scale ? prec->initial_scale : 1.0;
+    int64_t scale_good = 0, sched_tokens = 0, skipped_steps = 0, nonfinite_streak = 0;
     if (resuming || init_from) {
         double tl = now_s();
         loom_ckpt_load(&ckpt, resuming ? resume_path : init_from, !resuming, &meta);
         if (resuming) {
             start_step = meta.step;
             tokens = meta.tokens;
+            sched_tokens = meta.schedule_tokens;
+            skipped_steps = meta.skipped_steps;
+            if (dynamic_scale) scale = meta.loss_scale, scale_good = meta.scale_good_steps;
             sampler.state = ckpt_sampler;
             if (start_step > tc->steps)
                 loom_input_error("train.steps", "raise train.steps to train further",
@@ -336,11 +358,12 @@ int loom_train_main(int argc, char **argv) {
         model.bal_scale = (float)(cfg.model.moe.balance_alpha / (double)batch->batch);
         double src_sum[LOOM_MAX_SOURCES] = {0}, src_loss[LOOM_MAX_SOURCES];
         int src_count[LOOM_MAX_SOURCES] = {0};
-        float dloss = counted ? 1.0f / (float)counted : 0.0f;
+        float dloss = counted ? (float)(scale / (double)counted) : 0.0f;
         struct source_tally tally = {.batch = batch, .B = B, .T = T, .sum = src_sum, .count = src_count};
         struct loom_pipeline_stats ps;
         loom_pipeline_train(&model, &topo, pipe, accum, batch->inputs, batch->targets, dloss, token_losses,
                             source_tally_add, &tally, cfg.pipeline.overlap_moe_a2a, &ps);
+        inject_nonfinite(&model, step, rank);
         double loss_sum = ps.loss_sum;
         tm.compute = ps.compute;
         tm.bubble = ps.blocked;
@@ -371,9 +394,11 @@ int loom_train_main(int argc, char **argv) {
         for (int s = 0; s < sampler.nstreams; s++) src_loss[s] = src_n[s] ? src_sum[s] / src_n[s] : 0.0;
 
         double t2 = now_s();
-        double gnorm = sqrt(gsq);
-        double lr = loom_schedule_lr(&sched, tokens + step_tokens);
-        int skipped = !isfinite(gnorm) || counted == 0;
+        /* the gradients carry the loss scale; an inf or nan anywhere made the global sum of squares so */
+        int nonfinite = !isfinite(gsq);
+        double gnorm = sqrt(gsq) / scale, step_scale = scale;
+        double lr = loom_schedule_lr(&sched, sched_tokens + step_tokens);
+        int skipped = nonfinite || counted == 0;
         double balance = model.balance;
         loom_allreduce_double(&topo.dp_comm, &balance, 1);
         loom_allreduce_double(&topo.pp_comm, &balance, 1);
@@ -384,11 +409,26 @@ int loom_train_main(int argc, char **argv) {
         }
         if (!skipped) {
             for (int k = 0; k < LOOM_SHARD_PARTS; k++)
-                loom_adamw_step(&adamw[k], &model.table, model.params, model.grads, lr,
-                                loom_clip_factor(gnorm, cfg.optim.grad_clip));
-            loom_shards_gather(&shards, model.params);
+                loom_adamw_step(&adamw[k], &model.table, model.master, model.grads, lr,
+                                loom_clip_factor(gnorm, cfg.optim.grad_clip) / scale);
+            loom_shards_gather(&shards, model.master);
+            loom_model_sync_weights(&model);
+            if (model.moe_layers) loom_model_update_router_bias(&model);
+            sched_tokens += step_tokens;
+        } else {
+            skipped_steps++;
+            if (model.moe_layers) memset(model.expert_load, 0, sizeof(int64_t) * (size_t)model.moe_layers * E_moe);
         }
-        if (model.moe_layers) loom_model_update_router_bias(&model);
+        nonfinite_streak = nonfinite ? nonfinite_streak + 1 : 0;
+        if (dynamic_scale) {
+            if (nonfinite) {
+                scale = fmax(scale * prec->backoff_factor, prec->min_scale);
+                scale_good = 0;
+            } else if (++scale_good >= prec->growth_interval) {
+                scale *= prec->growth_factor;
+                scale_good = 0;
+            }
+        }
         if (moe_total) {
             loom_moe_rows_fill(&model, NULL, moe_bias, stage.layer_lo, (int)cfg.model.moe.first_dense);
             loom_allreduce_double(&topo.pp_comm, moe_loads, moe_total * E_moe);
@@ -404,7 +444,8 @@ int loom_train_main(int argc, char **argv) {
             (ckpt_tokens > 0 && tokens / ckpt_tokens > (tokens - step_tokens) / ckpt_tokens) ||
             (ckpt_on && cfg.checkpoint.final && step + 1 == tc->steps) || (ckpt_on && step + 1 == tc->stop_after)) {
             struct loom_ckpt_meta now = {.step = step + 1, .tokens = tokens, .samples = batch->after.sample,
-                                         .seed = tc->seed, .loss_scale = 1.0};
+                                         .seed = tc->seed, .loss_scale = scale, .scale_good_steps = scale_good,
+                                         .schedule_tokens = sched_tokens, .skipped_steps = skipped_steps};
             ckpt_sampler = batch->after;
             tm.checkpoint = loom_ckpt_save(&ckpt, &now, last_ckpt_tokens);
             last_ckpt_tokens = tokens;
@@ -426,9 +467,11 @@ int loom_train_main(int argc, char **argv) {
         if (rank == 0) {
             fprintf(metrics,
                     "{\"step\": %lld, \"tokens\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, "
-                    "\"tok_per_s\": %.6g, \"mfu\": %.6g, \"loss_scale\": 1, \"skipped\": %s, \"phase\": \"%s\", "
+                    "\"tok_per_s\": %.6g, \"mfu\": %.6g, \"loss_scale\": %.9g, \"skipped\": %s, \"skipped_steps\": %lld, "
+                    "\"phase\": \"%s\", "
                     "\"seq_len\": %d, \"batch\": %lld",
-                    (long long)(step + 1), (long long)tokens, loss, lr, gnorm, tok_s, mfu, skipped ? "true" : "false",
+                    (long long)(step + 1), (long long)tokens, loss, lr, gnorm, tok_s, mfu, step_scale,
+                    skipped ? "true" : "false", (long long)skipped_steps,
                     cur.phases[batch->phase].name, T, (long long)batch->batch);
             if (moe_total) loom_moe_metrics(metrics, balance, moe_loads, moe_bias, moe_total, E_moe);
             if (sampler.nstreams) {
@@ -467,10 +510,12 @@ int loom_train_main(int argc, char **argv) {
                 if (topo.pp > 1)
                     snprintf(bubble, sizeof bubble, " | bubble %.1f%% (ideal %.1f%%)", 100 * bubble_frac,
                              100.0 * (topo.pp - 1) / (accum + topo.pp - 1));
-                printf("step %6lld/%lld | loss %.4f | lr %.3e | gnorm %.3f | %s tok/s | mfu %.1f%% | scale 1 | "
+                char skip[64] = "";
+                if (skipped_steps) snprintf(skip, sizeof skip, " (%lld skipped)", (long long)skipped_steps);
+                printf("step %6lld/%lld | loss %.4f | lr %.3e | gnorm %.3f | %s tok/s | mfu %.1f%% | scale %g%s | "
                        "phase %s%s%s | eta %s\n",
-                       (long long)(step + 1), (long long)tc->steps, loss, lr, gnorm, rate, 100 * mfu, phase, experts,
-                       bubble, eta);
+                       (long long)(step + 1), (long long)tc->steps, loss, lr, gnorm, rate, 100 * mfu, step_scale, skip,
+                       phase, experts, bubble, eta);
             }
             if (ev.n) {
                 printf("eval %6lld/%lld", (long long)(step + 1), (long long)tc->steps);
@@ -479,6 +524,21 @@ int loom_train_main(int argc, char **argv) {
                 printf("\n");
             }
             fflush(stdout);
+        }
+        if (tc->max_nonfinite_steps > 0 && nonfinite_streak >= tc->max_nonfinite_steps) {
+            /* every rank saw the same global sum of squares, so every rank stops here */
+            if (rank == 0) {
+                fprintf(stderr, "loom: error: training stopped at step %lld: %lld consecutive steps with non-finite "
+                                "gradients (train.max_nonfinite_steps = %lld); no checkpoint was written for them\n",
+                        (long long)(step + 1), (long long)nonfinite_streak, (long long)tc->max_nonfinite_steps);
+                fprintf(stderr, "hint: lower the learning rate, or resume from the last good checkpoint "
+                                "(checkpoint.resume = auto)\n");
+            }
+            if (metrics) fclose(metrics);
+            loom_prefetch_stop(prefetch);
+            MPI_Barrier(MPI_COMM_WORLD);
+            MPI_Finalize();
+            exit(1);
         }
         if (step + 1 == tc->stop_after && step + 1 < tc->steps) {
             if (rank == 0) printf("loom train: stopping after step %lld (train.stop_after)\n", (long long)(step + 1));
