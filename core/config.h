@@ -156,6 +156,7 @@ struct loom_log_config {
     int64_t every;                 /* progress line every N steps */
     double peak_tflops;            /* for MFU; 0 = measure a GEMM at start */
     char *dump_grads;              /* debugging: reduced gradients after step 1 to PREFIX.rankR.bin */
+    char *dump_logits;             /* studies: after every step, the logits of a fixed probe batch to a file */
 };
 
 struct loom_precision_config {

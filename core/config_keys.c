@@ -158,6 +158,8 @@ const struct loom_key loom_config_keys[] = {
     K(log, peak_tflops, FLOAT, "0", NULL, "peak TFLOP/s for MFU; 0 = measure an fp32 GEMM at start"),
     K(log, dump_grads, STRING, "", NULL,
       "debugging: after step 1 write each rank's reduced gradients to PREFIX.rankR.bin (parity tests)"),
+    K(log, dump_logits, STRING, "", NULL,
+      "studies (one process): after every step append the logits of step 1's first micro-batch to FILE (float32)"),
 };
 
 const size_t loom_config_nkeys = sizeof loom_config_keys / sizeof loom_config_keys[0];

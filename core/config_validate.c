@@ -269,6 +269,8 @@ void loom_config_validate(const struct loom_config *cfg, int world) {
     require_nonneg("checkpoint.keep", cfg->checkpoint.keep);
     require_nonneg("checkpoint.release_every", cfg->checkpoint.release_every);
     require_nonneg("train.stop_after", cfg->train.stop_after);
+    if (cfg->log.dump_logits[0] && p->dp * p->tp * p->pp != 1)
+        loom_input_error("log.dump_logits", "run the study on one process", "needs dp = tp = pp = 1");
     require_positive("log.every", cfg->log.every);
     require_nonneg("eval.every", cfg->eval.every);
     require_positive("eval.sequences", cfg->eval.sequences);

@@ -80,6 +80,29 @@ static void inject_nonfinite(struct loom_model *m, int64_t step, int rank) {
     m->ops->from_host(m->grads + m->table.total / 2, &bad, sizeof bad);
 }
 
+/* log.dump_logits: the logits of a fixed probe batch (step 1's first micro-batch) after every step,
+ * appended to a float32 file [steps][B*T][V], for precision studies. The probe forward must not move the
+ * MoE loads or balance loss of training, so they are kept aside around it. */
+static void dump_probe_logits(struct loom_model *m, const char *path, const int *ids, const int *targets, int T,
+                              int append) {
+    size_t N = (size_t)m->B * T, V = (size_t)m->cfg.vocab_size, E = (size_t)m->cfg.moe.experts;
+    size_t nload = (size_t)m->moe_layers * E;
+    int64_t *loads = malloc_check(sizeof(int64_t) * (nload + 1));
+    memcpy(loads, m->expert_load, sizeof(int64_t) * nload);
+    double balance = m->balance;
+    loom_model_use_slot(m, 0);
+    loom_model_set_shape(m, T, m->cfg.rope_theta);
+    loom_model_forward(m, ids, targets, 0.0f, NULL, NULL);
+    float *host = malloc_check(sizeof(float) * N * V);
+    m->ops->to_host(host, m->slots[0].logits, sizeof(float) * N * V);
+    FILE *f = fopen_check(path, append ? "ab" : "wb");
+    CHECK(fwrite(host, sizeof(float), N * V, f) == N * V && fclose(f) == 0, "writing %s", path);
+    memcpy(m->expert_load, loads, sizeof(int64_t) * nload);
+    m->balance = balance;
+    free(loads);
+    free(host);
+}
+
 /* A resumed run continues metrics.jsonl from the checkpoint's step: lines of later steps (written
  * after that checkpoint by the run that stopped) are dropped, through a rename. */
 static FILE *metrics_resume(const char *run_dir, int64_t step) {
@@ -335,6 +358,8 @@ int loom_train_main(int argc, char **argv) {
     for (int l = 0; l < cfg.model.num_layers; l++) moe_total += loom_model_layer_is_moe(&cfg.model, l);
     double *moe_loads = calloc_check((size_t)(moe_total * E_moe + 1), sizeof(double));
     double *moe_bias = calloc_check((size_t)(moe_total * E_moe + 1), sizeof(double));
+    int *probe_ids = malloc_check(sizeof(int) * (size_t)B * T_max), *probe_targets = malloc_check(sizeof(int) * (size_t)B * T_max);
+    int probe_T = 0;
     struct loom_prefetch *prefetch = loom_prefetch_start(&sampler, &cur, start_step, tc->steps, topo.dp_rank, dp);
     double run_start = now_s();
 
@@ -437,6 +462,14 @@ int loom_train_main(int argc, char **argv) {
         tokens += step_tokens;
         double t3 = now_s();
         tm.optimizer = t3 - t2;
+        if (cfg.log.dump_logits[0]) {
+            if (step == start_step) {
+                probe_T = T;
+                memcpy(probe_ids, batch->inputs, sizeof(int) * (size_t)B * T);
+                memcpy(probe_targets, batch->targets, sizeof(int) * (size_t)B * T);
+            }
+            dump_probe_logits(&model, cfg.log.dump_logits, probe_ids, probe_targets, probe_T, step > start_step);
+        }
 
         /* a checkpoint every N steps, every N tokens, and at the end when either is set */
         int ckpt_on = ckpt_every > 0 || ckpt_tokens > 0;
@@ -551,6 +584,8 @@ int loom_train_main(int argc, char **argv) {
     if (metrics) CHECK(fclose(metrics) == 0, "writing metrics failed");
     loom_prefetch_stop(prefetch);
     free(token_losses);
+    free(probe_ids);
+    free(probe_targets);
     free(moe_loads);
     free(moe_bias);
     free(eval_inputs);
