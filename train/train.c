@@ -103,6 +103,13 @@ static void dump_probe_logits(struct loom_model *m, const char *path, const int 
     free(host);
 }
 
+/* a number for JSON: null when it is not finite (a diverged step) */
+static const char *json_number(char buf[32], double x) {
+    if (isfinite(x)) snprintf(buf, 32, "%.9g", x);
+    else snprintf(buf, 32, "null");
+    return buf;
+}
+
 /* A resumed run continues metrics.jsonl from the checkpoint's step: lines of later steps (written
  * after that checkpoint by the run that stopped) are dropped, through a rename. */
 static FILE *metrics_resume(const char *run_dir, int64_t step) {
@@ -471,11 +478,13 @@ int loom_train_main(int argc, char **argv) {
             dump_probe_logits(&model, cfg.log.dump_logits, probe_ids, probe_targets, probe_T, step > start_step);
         }
 
-        /* a checkpoint every N steps, every N tokens, and at the end when either is set */
+        /* a checkpoint every N steps, every N tokens, and at the end when either is set; none after a step
+         * whose gradients were not finite (the last good checkpoint stays latest) */
         int ckpt_on = ckpt_every > 0 || ckpt_tokens > 0;
-        if ((ckpt_every > 0 && (step + 1) % ckpt_every == 0) ||
-            (ckpt_tokens > 0 && tokens / ckpt_tokens > (tokens - step_tokens) / ckpt_tokens) ||
-            (ckpt_on && cfg.checkpoint.final && step + 1 == tc->steps) || (ckpt_on && step + 1 == tc->stop_after)) {
+        if (!nonfinite && ((ckpt_every > 0 && (step + 1) % ckpt_every == 0) ||
+                           (ckpt_tokens > 0 && tokens / ckpt_tokens > (tokens - step_tokens) / ckpt_tokens) ||
+                           (ckpt_on && cfg.checkpoint.final && step + 1 == tc->steps) ||
+                           (ckpt_on && step + 1 == tc->stop_after))) {
             struct loom_ckpt_meta now = {.step = step + 1, .tokens = tokens, .samples = batch->after.sample,
                                          .seed = tc->seed, .loss_scale = scale, .scale_good_steps = scale_good,
                                          .schedule_tokens = sched_tokens, .skipped_steps = skipped_steps};
@@ -498,12 +507,14 @@ int loom_train_main(int argc, char **argv) {
         bubble_frac /= topo.pp;
         double mfu = counts.flops_per_token * tok_s / (peak * world);
         if (rank == 0) {
+            char jloss[32], jnorm[32];
             fprintf(metrics,
-                    "{\"step\": %lld, \"tokens\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, "
+                    "{\"step\": %lld, \"tokens\": %lld, \"loss\": %s, \"lr\": %.9g, \"grad_norm\": %s, "
                     "\"tok_per_s\": %.6g, \"mfu\": %.6g, \"loss_scale\": %.9g, \"skipped\": %s, \"skipped_steps\": %lld, "
                     "\"phase\": \"%s\", "
                     "\"seq_len\": %d, \"batch\": %lld",
-                    (long long)(step + 1), (long long)tokens, loss, lr, gnorm, tok_s, mfu, step_scale,
+                    (long long)(step + 1), (long long)tokens, json_number(jloss, loss), lr, json_number(jnorm, gnorm), tok_s,
+                    mfu, step_scale,
                     skipped ? "true" : "false", (long long)skipped_steps,
                     cur.phases[batch->phase].name, T, (long long)batch->batch);
             if (moe_total) loom_moe_metrics(metrics, balance, moe_loads, moe_bias, moe_total, E_moe);
