@@ -69,6 +69,7 @@ bench: loom $(BUILD)/bench/bench_loader
 	@scripts/bench_parallel.sh
 	@scripts/bench_moe.sh
 	@scripts/bench_ckpt.sh
+	@scripts/bench_precision.sh
 
 clean:
 	rm -rf $(BUILD) loom
