@@ -337,7 +337,10 @@ void loom_model_destroy(struct loom_model *m) {
  * column-parallel layer, are partial sums over the tp group                                        */
 
 static void tp_sum(const struct loom_model *m, float *buf, size_t n) {
-    if (m->stage.tp > 1) m->comm.sum(m->comm.ctx, buf, n);
+    if (m->stage.tp > 1) {
+        m->comm.sum(m->comm.ctx, buf, n);
+        m->ops->round_compute(buf, n);
+    }
 }
 
 /* ---------------------------------------------------------------------------------------------- */

@@ -323,6 +323,12 @@ static void unpermute(const struct loom_model *m, struct loom_moe_layer *L, cons
 /* forward                                                                                          */
 
 static void balance_forward(const struct loom_model *m, struct loom_moe_layer *L, double *balance);
+
+/* a tensor-parallel sum of activations or their gradients, left in the compute dtype */
+static void tp_sum_rounded(const struct loom_model *m, float *buf, size_t n) {
+    m->comm.sum(m->comm.ctx, buf, n);
+    m->ops->round_compute(buf, n);
+}
 static void router_backward(const struct loom_model *m, struct loom_moe_layer *L, const float *x, float *dx);
 
 void loom_moe_forward(const struct loom_model *m, struct loom_moe_layer *L, const float *x, float *out,
@@ -353,7 +359,7 @@ void loom_moe_forward_phase(const struct loom_model *m, struct loom_moe_layer *L
         exchange_wait(m, L);
         ops->scatter_add_rows(out, L->yp, L->rows, L->wperm, L->nk, C);
         /* ep x tp: this rank holds its slice's routed output and its part of the shared output */
-        if (L->sliced) m->comm.sum(m->comm.ctx, out, (size_t)N * C);
+        if (L->sliced) tp_sum_rounded(m, out, (size_t)N * C);
         balance_forward(m, L, balance);
         return;
     }
@@ -415,7 +421,7 @@ void loom_moe_forward_phase(const struct loom_model *m, struct loom_moe_layer *L
         ops->matmul_forward(L->su, x, L->w_su, N, C, SI);
         ops->swiglu_forward(L->sh, L->sg, L->su, N, SI);
         ops->matmul_forward(out, L->sh, L->w_sd, N, SI, C);
-        if (m->stage.tp > 1 && !L->sliced) m->comm.sum(m->comm.ctx, out, (size_t)N * C);
+        if (m->stage.tp > 1 && !L->sliced) tp_sum_rounded(m, out, (size_t)N * C);
     } else {
         ops->zero(out, sizeof(float) * (size_t)N * C);
     }
@@ -474,7 +480,7 @@ void loom_moe_backward_phase(const struct loom_model *m, struct loom_moe_layer *
         ops->scatter_add_rows(dx, L->dxp, L->rows, NULL, nk, C);
         router_backward(m, L, x, dx);
         /* ep x tp: every part of dx (shared, routed, router) was this rank's share */
-        if (L->sliced) m->comm.sum(m->comm.ctx, dx, (size_t)N * C);
+        if (L->sliced) tp_sum_rounded(m, dx, (size_t)N * C);
         return;
     }
 
@@ -487,7 +493,7 @@ void loom_moe_backward_phase(const struct loom_model *m, struct loom_moe_layer *
         ops->matmul_backward_weight(L->g_su, L->dsu, x, N, C, SI);
         ops->matmul_backward_input(dx, L->dsg, L->w_sg, N, C, SI, 0);
         ops->matmul_backward_input(dx, L->dsu, L->w_su, N, C, SI, 1);
-        if (m->stage.tp > 1 && !L->sliced) m->comm.sum(m->comm.ctx, dx, (size_t)N * C);
+        if (m->stage.tp > 1 && !L->sliced) tp_sum_rounded(m, dx, (size_t)N * C);
     } else {
         ops->zero(dx, sizeof(float) * (size_t)N * C);
     }

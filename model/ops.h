@@ -94,6 +94,9 @@ struct loom_ops {
     void (*add)(float *out, const float *a, const float *b, size_t n);        /* out = a + b */
     void (*accumulate)(float *dst, const float *src, size_t n);               /* dst += src  */
     void (*scale)(float *x, float s, size_t n);                               /* x *= s      */
+    /* x rounded in place to the compute dtype (nothing in fp32): for sums formed outside the ops, such as a
+     * tensor-parallel all-reduce of activations or their gradients, which a GPU stores in that dtype */
+    void (*round_compute)(float *x, size_t n);
     /* dst[r, 0:cols] (row stride ld_dst) = (or += when accumulate) src[r, 0:cols] (row stride ld_src) */
     void (*copy_2d)(float *dst, int ld_dst, const float *src, int ld_src, int rows, int cols,
                     int accumulate);

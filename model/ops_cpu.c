@@ -455,10 +455,13 @@ static void cpu_adamw_update(float *param, const float *grad, float *m, float *v
 
 /* ---------------------------------------------------------------------------------------------- */
 
+static void cpu_round_compute(float *x, size_t n) { (void)x, (void)n; }
+
 static const struct loom_ops cpu_ops = {
     .name = "cpu",
     .compute = LOOM_F32,
     .exact = &cpu_ops,
+    .round_compute = cpu_round_compute,
     .alloc = cpu_alloc,
     .free = cpu_free,
     .zero = cpu_zero,

@@ -12,6 +12,10 @@
  *   - kept in fp32: RMSNorm statistics (rstd), attention probabilities (softmax), the cross-entropy,
  *     norm-weight and embedding gradient accumulation, and everything the router does (the MoE layer
  *     calls `exact`, the unwrapped table, for the router's GEMMs).
+ * Sums formed outside the ops (tensor-parallel all-reduces of activations and their gradients) are
+ * rounded by the model through round_compute, as a bf16 all-reduce would leave them. The MLA rope key's
+ * gradient is summed over the heads in fp32 (copy_2d) and rounded once by RoPE's backward, as a kernel
+ * that keeps that sum in registers would.
  * The weights come in already rounded (the model keeps fp32 masters, see loom_model_sync_weights).
  */
 #include <stdlib.h>
@@ -173,5 +177,6 @@ const struct loom_ops *loom_ops_cpu_mixed(const struct loom_ops *cpu, enum loom_
     mixed.scatter_add_rows = scatter_add_rows;
     mixed.cross_entropy = cross_entropy;
     mixed.xent_finish = xent_finish;
+    mixed.round_compute = rnd;
     return &mixed;
 }

@@ -387,7 +387,8 @@ int loom_train_main(int argc, char **argv) {
 
         loom_model_zero_grads(&model);
         model.balance = 0;
-        model.bal_scale = (float)(cfg.model.moe.balance_alpha / (double)batch->batch);
+        /* the balance loss's gradient carries the loss scale like the cross-entropy's (dloss) */
+        model.bal_scale = (float)(cfg.model.moe.balance_alpha / (double)batch->batch * scale);
         double src_sum[LOOM_MAX_SOURCES] = {0}, src_loss[LOOM_MAX_SOURCES];
         int src_count[LOOM_MAX_SOURCES] = {0};
         float dloss = counted ? (float)(scale / (double)counted) : 0.0f;
@@ -431,7 +432,7 @@ int loom_train_main(int argc, char **argv) {
         double gnorm = sqrt(gsq) / scale, step_scale = scale;
         double lr = loom_schedule_lr(&sched, sched_tokens + step_tokens);
         int skipped = nonfinite || counted == 0;
-        double balance = model.balance;
+        double balance = model.balance / scale;
         loom_allreduce_double(&topo.dp_comm, &balance, 1);
         loom_allreduce_double(&topo.pp_comm, &balance, 1);
         /* expert loads over the global batch; each stage reports its MoE blocks into the whole model's rows */

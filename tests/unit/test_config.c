@@ -437,7 +437,7 @@ static void test_errors(void) {
                        "did you mean [schedule]?");
     p = tmp_write("e_section_far.ini", "[parallelism_settings]\n");
     expect_input_error("config.unknown_section.far", call_load, p, "unknown section [parallelism_settings]",
-                       "model, moe, train, optim, schedule, data, source.NAME, curriculum, phase.NAME, eval, parallel, pipeline, checkpoint, log");
+                       "model, moe, train, optim, schedule, data, source.NAME, curriculum, phase.NAME, eval, parallel, pipeline, precision, checkpoint, log");
     p = tmp_write("e_int.ini", "[train]\n\nsteps = abc\n");
     expect_input_error("config.bad_int", call_load, p,
                        "e_int.ini:3: [train] steps = abc: expected an integer (suffixes K M B T allowed)",
