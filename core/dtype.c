@@ -96,8 +96,5 @@ float loom_round_to(enum loom_dtype dt, float x) {
 
 void loom_round_array(enum loom_dtype dt, float *x, size_t n) {
     if (dt == LOOM_F32) return;
-    /* the CPU backend rounds every stored activation: spread large arrays over the cores */
-    long long count = (long long)n;
-#pragma omp parallel for schedule(static) if (count > 32768)
-    for (long long i = 0; i < count; i++) x[i] = loom_round_to(dt, x[i]);
+    for (size_t i = 0; i < n; i++) x[i] = loom_round_to(dt, x[i]);
 }
