@@ -19,6 +19,27 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+/* float <-> its bit pattern, and splitmix64 (Steele et al. 2014) for fixed pseudo-random test inputs that
+ * do not depend on core/rng (each test keeps its own state, so its inputs are the same every run) */
+static inline uint32_t f32_bits(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return u;
+}
+
+static inline float bits_f32(uint32_t u) {
+    float x;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+static inline uint64_t test_splitmix64(uint64_t *state) {
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
 static int test_failures = 0;
 
 __attribute__((unused)) static void test_result(int ok, const char *name, const char *fmt, ...) {

@@ -25,26 +25,8 @@
 /* ---------------------------------------------------------------------------------------------- */
 /* helpers                                                                                          */
 
-static uint32_t f32_bits(float x) {
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    return u;
-}
-
-static float bits_f32(uint32_t u) {
-    float x;
-    memcpy(&x, &u, 4);
-    return x;
-}
-
-/* splitmix64 (Steele et al. 2014), fixed seed: the same inputs every run, independent of core/rng */
 static uint64_t mix_state = 0x1234567887654321ull;
-static uint64_t mix64(void) {
-    uint64_t z = (mix_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+static uint64_t mix64(void) { return test_splitmix64(&mix_state); }
 
 /* |a| (finite, >= 0) rounded to nearest, ties to even, in a binary format with `sig` significand
  * bits (implicit bit included) and smallest normal exponent emin; values that round to 2^emax_p1

@@ -30,26 +30,8 @@
 
 static char dir[64];
 
-static uint32_t f32_bits(float x) {
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    return u;
-}
-
-static float bits_f32(uint32_t u) {
-    float x;
-    memcpy(&x, &u, 4);
-    return x;
-}
-
-/* splitmix64, fixed seed */
 static uint64_t mix_state = 0x0123456789abcdefull;
-static uint64_t mix64(void) {
-    uint64_t z = (mix_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+static uint64_t mix64(void) { return test_splitmix64(&mix_state); }
 
 /* Writes n values of memtype from buf to a new dataset of filetype in FILE (chunk elements per chunk and the
  * zstd filter when chunk > 0), closes the file, opens it again and reads the dataset back as memtype out. */
