@@ -27,6 +27,7 @@ enum loom_schedule_kind {                                                      /
     LOOM_SCHEDULE_CONSTANT, LOOM_SCHEDULE_COSINE, LOOM_SCHEDULE_LINEAR, LOOM_SCHEDULE_WSD
 };
 enum loom_data_kind { LOOM_DATA_SHARDS, LOOM_DATA_RANDOM };                    /* "shards|random" */
+enum loom_device { LOOM_DEVICE_AUTO, LOOM_DEVICE_CPU, LOOM_DEVICE_CUDA };       /* "auto|cpu|cuda" */
 enum loom_loss_mask { LOOM_LOSS_MASK_ALL, LOOM_LOSS_MASK_ASSISTANT };          /* "all|assistant" */
 enum loom_pipeline { LOOM_PIPELINE_SCHEDULE_1F1B, LOOM_PIPELINE_SCHEDULE_GPIPE }; /* "1f1b|gpipe" */
 enum loom_moe_score { LOOM_MOE_SIGMOID, LOOM_MOE_SOFTMAX };                    /* "sigmoid|softmax" */
@@ -111,6 +112,7 @@ struct loom_train_config {
     int64_t global_batch;          /* sequences per optimizer step */
     char *run_dir;
     int64_t threads;               /* OpenMP threads; 0 = all cores */
+    int device;                    /* enum loom_device: auto, cpu, cuda */
     char *batch_schedule;          /* "TOKENS:SEQUENCES, ...": global batch from that token count on */
     int64_t stop_after;            /* stop after this step as a pre-empted job would (0 = run to steps) */
     int64_t max_nonfinite_steps;   /* stop after this many consecutive steps with non-finite gradients */

@@ -35,6 +35,9 @@
 #include "parallel/topology.h"
 #include "train/cli.h"
 #include "train/report.h"
+#ifdef LOOM_CUDA
+#include "model/cuda/ops_cuda.h"
+#endif
 
 static const char *USAGE = "[mpirun -np N] loom train -c CONFIG [--section.key=value ...]";
 
@@ -101,6 +104,35 @@ static void dump_probe_logits(struct loom_model *m, const char *path, const int 
     m->balance = balance;
     free(loads);
     free(host);
+}
+
+/* The backend train.device asks for: the CUDA one when this build has it and a GPU is visible (auto), else
+ * the CPU one; the compute dtype emulated on the CPU, native on the GPU. */
+static int default_threads(void);
+
+static const struct loom_ops *select_backend(const struct loom_config *cfg, int world) {
+    enum loom_dtype dt = (enum loom_dtype)cfg->precision.compute;
+    int want = cfg->train.device;
+#ifdef LOOM_CUDA
+    int gpus = loom_cuda_devices();
+    if (want == LOOM_DEVICE_CUDA && gpus == 0)
+        loom_input_error("train.device", "use train.device = cpu (or auto)", "cuda, but no CUDA device is visible");
+    if (want == LOOM_DEVICE_CUDA || (want == LOOM_DEVICE_AUTO && gpus > 0)) {
+        if (world > 1)
+            loom_input_error("train.device", "run multi-rank layouts with train.device = cpu for now",
+                             "cuda with %d ranks: this build's CUDA backend trains on one process only "
+                             "(the NCCL layer is not built yet)", world);
+        const struct loom_ops *ops = loom_ops_cuda(0, dt);
+        CHECK(ops != NULL, "the CUDA backend could not start on device 0");
+        return ops;
+    }
+#else
+    (void)world;
+    if (want == LOOM_DEVICE_CUDA)
+        loom_input_error("train.device", "rebuild with the CUDA toolkit on the PATH (make finds nvcc), or use cpu",
+                         "cuda, but this build has no CUDA backend");
+#endif
+    return loom_ops_cpu_mixed(loom_ops_cpu((int)(cfg->train.threads ? cfg->train.threads : default_threads())), dt);
 }
 
 /* a number for JSON: null when it is not finite (a diverged step) */
@@ -216,6 +248,7 @@ int loom_train_main(int argc, char **argv) {
     loom_topology_init(&topo, MPI_COMM_WORLD, (int)pc->dp, (int)pc->tp, (int)pc->pp, (int)pc->ep);
     if (rank == 0) loom_topology_print(&topo, stdout);
     const struct loom_train_config *tc = &cfg.train;
+    const struct loom_ops *ops = select_backend(&cfg, world);
 
     /* data first: a bad shard should fail before anything big is allocated */
     loom_error_set_collective(0);
@@ -256,8 +289,6 @@ int loom_train_main(int argc, char **argv) {
                          "%s already holds a run (%s exists)", tc->run_dir, existing);
     FILE *metrics = NULL;
 
-    const struct loom_ops *ops = loom_ops_cpu_mixed(loom_ops_cpu((int)(tc->threads ? tc->threads : default_threads())),
-                                                    (enum loom_dtype)cfg.precision.compute);
     struct loom_model model;
     struct loom_stage stage;
     loom_pipeline_stage(&stage, (int)cfg.model.num_layers, topo.pp, topo.pp_rank, pc->stage_layers);

@@ -123,6 +123,11 @@ printf 'include = cycle-b.ini\n' >"$tmp/cycle-a.ini"
 printf 'include = cycle-a.ini\n' >"$tmp/cycle-b.ini"
 both include_cycle "$tmp/cycle-" 'cycle' -- -c "$tmp/cycle-a.ini"
 expect_error config_errors/unknown_command "frobnicate" '' -- frobnicate -c "$DEBUG"
+# train.device = cuda where it cannot be had (no CUDA backend in this build, or no GPU visible)
+if ! nvidia-smi -L >/dev/null 2>&1; then
+    expect_error config_errors/device_cuda_unavailable "train.device" 'cuda, but (this build has no CUDA backend|no CUDA device is visible)' \
+        -- train -c "$DEBUG" --train.device=cuda
+fi
 
 # ---------------------------------------------------------------------------------------------------
 # training data: missing, empty, corrupt, too large a vocabulary
