@@ -4,6 +4,8 @@
 #   make test     build and run every CPU test; ends with "N passed, N failed"
 #   make demo     prepare public-domain English text, train the tiny MLA model for a minute
 #   make bench    CPU training throughput against the JAX reference (figures for bench/RESULTS.md)
+#   make test-gpu on a GPU machine: the CUDA backend against the CPU backend
+#   make bench-gpu on a GPU machine: loom against PyTorch on the same GPU
 #
 # `make`, `make test` and `make demo` first run scripts/install-deps.sh, a no-op when every Debian
 # package the project needs is present.
@@ -22,21 +24,43 @@ BUILD     := build
 LIB_SRCS  := $(wildcard core/*.c model/*.c optim/*.c data/*.c parallel/*.c checkpoints/*.c) \
              $(filter-out train/main.c, $(wildcard train/*.c))
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o)
+
+# The CUDA backend (model/cuda) is built whenever nvcc is found, on the PATH or in /usr/local/cuda, so CI
+# compiles and links it on every run (for sm_90: H100 / H200); train.device picks the backend at run time.
+NVCC      := $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
+CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_SRCS := $(if $(NVCC),$(wildcard model/cuda/*.cu))
+CUDA_OBJS := $(CUDA_SRCS:%.cu=$(BUILD)/%.o)
+NVFLAGS   := -O2 -std=c++17 -arch=sm_90 -Xcompiler -fPIC -I. -I$(HDF5_INC) $(shell mpicc --showme:compile 2>/dev/null)
+ifneq ($(CUDA_SRCS),)
+CFLAGS    += -DLOOM_CUDA
+LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
+LIB_OBJS  += $(CUDA_OBJS)
+endif
 TEST_SRCS := $(wildcard tests/unit/test_*.c)
 TEST_BINS := $(TEST_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 TEST_EXTRA_OBJS := $(BUILD)/tests/ref/refdump.o
 CLI_TESTS := $(sort $(wildcard tests/cli/test_*.sh))
 
-.PHONY: all deps test demo bench clean
+.PHONY: all deps test test-gpu demo bench bench-gpu clean FORCE
 .SECONDARY: $(TEST_EXTRA_OBJS)
 all: loom
 
 deps:
 	@scripts/install-deps.sh
 
-$(BUILD)/%.o: %.c | deps
+# every object depends on the flags it was built with (turning the CUDA backend on rebuilds them all)
+$(BUILD)/flags: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(CFLAGS) $(LDLIBS) $(NVFLAGS)' | cmp -s - $@ || echo '$(CFLAGS) $(LDLIBS) $(NVFLAGS)' >$@
+
+$(BUILD)/%.o: %.c $(BUILD)/flags | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/%.o: %.cu $(BUILD)/flags | deps
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -MMD -MP -c $< -o $@
 
 loom: $(LIB_OBJS) $(BUILD)/train/main.o $(BUILD)/plugins/libh5zstd.so
 	$(CC) $(CFLAGS) $(LIB_OBJS) $(BUILD)/train/main.o $(LDLIBS) -o $@
@@ -54,6 +78,20 @@ $(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJS) $(TEST_EXTRA_OBJS) | deps
 
 test: loom $(TEST_BINS)
 	@OMP_NUM_THREADS=2 tests/run.sh $(TEST_BINS) $(CLI_TESTS)
+
+# On a GPU machine: every CUDA op against the CPU backend, whole training steps, the staging fallback
+GPU_TEST_SRCS := $(wildcard tests/gpu/test_*.c)
+GPU_TEST_BINS := $(GPU_TEST_SRCS:tests/gpu/%.c=$(BUILD)/tests/gpu/%)
+$(BUILD)/tests/gpu/%: tests/gpu/%.c $(LIB_OBJS) $(TEST_EXTRA_OBJS) | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< $(LIB_OBJS) $(TEST_EXTRA_OBJS) $(LDLIBS) -o $@
+
+test-gpu: loom $(GPU_TEST_BINS)
+	@test -n "$(CUDA_OBJS)" || { echo "make test-gpu: this build has no CUDA backend (nvcc not found)"; exit 2; }
+	@tests/run.sh $(GPU_TEST_BINS) $(sort $(wildcard tests/gpu/test_*.sh))
+
+bench-gpu: loom
+	@scripts/bench_gpu.sh
 
 demo: loom
 	@scripts/demo.sh
