@@ -87,7 +87,7 @@ $(BUILD)/tests/gpu/%: tests/gpu/%.c $(LIB_OBJS) $(TEST_EXTRA_OBJS) | deps
 	$(CC) $(CFLAGS) $< $(LIB_OBJS) $(TEST_EXTRA_OBJS) $(LDLIBS) -o $@
 
 test-gpu: loom $(GPU_TEST_BINS)
-	@test -n "$(CUDA_OBJS)" || { echo "make test-gpu: this build has no CUDA backend (nvcc not found)"; exit 2; }
+	@test -n "$(CUDA_OBJS)" || { echo "make test-gpu: this build has no CUDA backend (nvcc not found, or no model/cuda sources)"; exit 2; }
 	@tests/run.sh $(GPU_TEST_BINS) $(sort $(wildcard tests/gpu/test_*.sh))
 
 bench-gpu: loom
