@@ -4,9 +4,11 @@
 #include "parallel/comm.h"
 
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/error.h"
+#include "model/ops.h"
 
 enum { CHUNK = 1 << 28 }; /* floats per MPI call: below INT_MAX, and big enough to be rare */
 
@@ -21,13 +23,45 @@ void loom_comm_free(struct loom_comm *c) {
     c->mpi = MPI_COMM_NULL;
 }
 
+/* staging through host memory (see comm.h) */
+static const struct loom_ops *staging;
+
+static long staged_buffers;
+
+void loom_comm_stage_through_host(const struct loom_ops *ops) { staging = ops; }
+long loom_comm_staged_buffers(void) { return staged_buffers; }
+
+static void handle_reset(struct loom_comm_handle *h) { h->count = 0, h->nstage = 0; }
+
+/* The buffer MPI works on for backend buffer `buf` of `bytes`: buf itself, or a host copy (copied in when
+ * copy_in; copied back to buf at the wait when copy_back) */
+static void *staged(struct loom_comm_handle *h, const void *buf, size_t bytes, int copy_in, int copy_back) {
+    if (!staging) return (void *)buf;
+    CHECK(h->nstage < 2, "more than two staged buffers in one handle");
+    struct loom_comm_stage *s = &h->stage[h->nstage++];
+    staged_buffers++;
+    s->host = malloc_check(bytes ? bytes : 1);
+    s->back = copy_back ? (void *)buf : NULL;
+    s->bytes = bytes;
+    if (copy_in && bytes) staging->to_host(s->host, buf, bytes);
+    return s->host;
+}
+
+static size_t extent(const int *counts, const int *displs, int n) {
+    size_t end = 0;
+    for (int r = 0; r < n; r++)
+        if (counts[r] && (size_t)displs[r] + (size_t)counts[r] > end) end = (size_t)displs[r] + (size_t)counts[r];
+    return end;
+}
+
 static MPI_Request *next_request(struct loom_comm_handle *h) {
     CHECK(h->count < LOOM_COMM_MAX_REQUESTS, "more than %d requests in one handle", LOOM_COMM_MAX_REQUESTS);
     return &h->requests[h->count++];
 }
 
 void loom_allreduce_start(const struct loom_comm *c, float *buf, size_t n, struct loom_comm_handle *h) {
-    h->count = 0;
+    handle_reset(h);
+    buf = staged(h, buf, sizeof(float) * n, 1, 1);
     for (size_t off = 0; off < n; off += CHUNK) {
         int k = (int)(n - off < CHUNK ? n - off : CHUNK);
         MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf + off, k, MPI_FLOAT, MPI_SUM, c->mpi, next_request(h)));
@@ -36,34 +70,45 @@ void loom_allreduce_start(const struct loom_comm *c, float *buf, size_t n, struc
 
 void loom_reduce_scatter_start(const struct loom_comm *c, const float *send, float *recv, size_t n,
                                struct loom_comm_handle *h) {
-    h->count = 0;
+    handle_reset(h);
     CHECK(n <= INT_MAX, "reduce-scatter of %zu floats per rank", n);
+    send = staged(h, send, sizeof(float) * n * (size_t)c->size, 1, 0);
+    recv = staged(h, recv, sizeof(float) * n, 0, 1);
     MPI_CHECK(MPI_Ireduce_scatter_block(send, recv, (int)n, MPI_FLOAT, MPI_SUM, c->mpi, next_request(h)));
 }
 
 void loom_reduce_scatterv_start(const struct loom_comm *c, const float *send, float *recv, const int *counts,
                                 struct loom_comm_handle *h) {
-    h->count = 0;
+    handle_reset(h);
+    size_t total = 0;
+    for (int r = 0; r < c->size; r++) total += (size_t)counts[r];
+    send = staged(h, send, sizeof(float) * total, 1, 0);
+    recv = staged(h, recv, sizeof(float) * (size_t)counts[c->rank], 0, 1);
     MPI_CHECK(MPI_Ireduce_scatter(send, recv, counts, MPI_FLOAT, MPI_SUM, c->mpi, next_request(h)));
 }
 
 void loom_allgatherv_inplace_start(const struct loom_comm *c, float *buf, const int *counts, const int *displs,
                                    struct loom_comm_handle *h) {
-    h->count = 0;
+    handle_reset(h);
+    buf = staged(h, buf, sizeof(float) * extent(counts, displs, c->size), 1, 1);
     MPI_CHECK(MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, counts, displs, MPI_FLOAT, c->mpi,
                               next_request(h)));
 }
 
 void loom_allgather_start(const struct loom_comm *c, const float *send, float *recv, size_t n,
                           struct loom_comm_handle *h) {
-    h->count = 0;
+    handle_reset(h);
     CHECK(n <= INT_MAX, "all-gather of %zu floats per rank", n);
+    send = staged(h, send, sizeof(float) * n, 1, 0);
+    recv = staged(h, recv, sizeof(float) * n * (size_t)c->size, 0, 1);
     MPI_CHECK(MPI_Iallgather(send, (int)n, MPI_FLOAT, recv, (int)n, MPI_FLOAT, c->mpi, next_request(h)));
 }
 
 void loom_alltoallv_start(const struct loom_comm *c, const float *send, const int *scounts, const int *sdispls,
                           float *recv, const int *rcounts, const int *rdispls, struct loom_comm_handle *h) {
-    h->count = 0;
+    handle_reset(h);
+    send = staged(h, send, sizeof(float) * extent(scounts, sdispls, c->size), 1, 0);
+    recv = staged(h, recv, sizeof(float) * extent(rcounts, rdispls, c->size), 1, 1);
     MPI_CHECK(MPI_Ialltoallv(send, scounts, sdispls, MPI_FLOAT, recv, rcounts, rdispls, MPI_FLOAT, c->mpi,
                              next_request(h)));
 }
@@ -74,7 +119,8 @@ void loom_alltoall_int(const struct loom_comm *c, const int *send, int *recv, in
 
 void loom_send_start(const struct loom_comm *c, const float *buf, size_t n, int peer, int tag,
                      struct loom_comm_handle *h) {
-    h->count = 0;
+    handle_reset(h);
+    buf = staged(h, buf, sizeof(float) * n, 1, 0);
     for (size_t off = 0; off < n; off += CHUNK) {
         int k = (int)(n - off < CHUNK ? n - off : CHUNK);
         MPI_CHECK(MPI_Isend(buf + off, k, MPI_FLOAT, peer, tag, c->mpi, next_request(h)));
@@ -83,7 +129,8 @@ void loom_send_start(const struct loom_comm *c, const float *buf, size_t n, int 
 
 void loom_recv_start(const struct loom_comm *c, float *buf, size_t n, int peer, int tag,
                      struct loom_comm_handle *h) {
-    h->count = 0;
+    handle_reset(h);
+    buf = staged(h, buf, sizeof(float) * n, 0, 1);
     for (size_t off = 0; off < n; off += CHUNK) {
         int k = (int)(n - off < CHUNK ? n - off : CHUNK);
         MPI_CHECK(MPI_Irecv(buf + off, k, MPI_FLOAT, peer, tag, c->mpi, next_request(h)));
@@ -92,7 +139,12 @@ void loom_recv_start(const struct loom_comm *c, float *buf, size_t n, int peer, 
 
 void loom_comm_wait(struct loom_comm_handle *h) {
     if (h->count) MPI_CHECK(MPI_Waitall(h->count, h->requests, MPI_STATUSES_IGNORE));
-    h->count = 0;
+    for (int i = 0; i < h->nstage; i++) {
+        struct loom_comm_stage *s = &h->stage[i];
+        if (s->back && s->bytes) staging->from_host(s->back, s->host, s->bytes);
+        free(s->host);
+    }
+    h->count = 0, h->nstage = 0;
 }
 
 void loom_allreduce_double(const struct loom_comm *c, double *v, int n) {
@@ -105,7 +157,12 @@ void loom_allreduce_long(const struct loom_comm *c, long *v, int n) {
 
 void loom_allreduce_max_float(const struct loom_comm *c, float *v, size_t n) {
     CHECK(n <= INT_MAX, "max-reduce of %zu floats", n);
-    if (c->size > 1) MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v, (int)n, MPI_FLOAT, MPI_MAX, c->mpi));
+    if (c->size < 2) return;
+    struct loom_comm_handle h;
+    handle_reset(&h);
+    float *buf = staged(&h, v, sizeof(float) * n, 1, 1);
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_MAX, c->mpi));
+    loom_comm_wait(&h);
 }
 
 void loom_allreduce_max_double(const struct loom_comm *c, double *v, int n) {

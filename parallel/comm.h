@@ -23,10 +23,27 @@ struct loom_comm {
 
 enum { LOOM_COMM_MAX_REQUESTS = 64 };
 
+/* a host copy of a backend buffer while a staged operation is in flight */
+struct loom_comm_stage {
+    void *host;                    /* malloc'd; freed at the wait */
+    void *back;                    /* backend memory the host copy goes back to at the wait, or NULL */
+    size_t bytes;
+};
+
 struct loom_comm_handle {
     int count;
     MPI_Request requests[LOOM_COMM_MAX_REQUESTS];
+    int nstage;
+    struct loom_comm_stage stage[2];
 };
+
+struct loom_ops;
+/* Backend memory that MPI cannot read (a GPU's, when ranks share one GPU and NCCL cannot be used): from
+ * now on every float operation below copies its buffers to host memory through ops, runs MPI there and
+ * copies the results back at the wait. Process-wide; NULL turns it off. */
+void loom_comm_stage_through_host(const struct loom_ops *ops);
+/* Buffers this process has staged through host memory so far. */
+long loom_comm_staged_buffers(void);
 
 void loom_comm_from_mpi(struct loom_comm *c, MPI_Comm mpi);
 void loom_comm_free(struct loom_comm *c);

@@ -71,7 +71,7 @@ double loom_grads_reduce(struct loom_model *m, const struct loom_ops *ops, const
         const struct loom_shard_part *p = &s->part[k];
         if (p->comm->size < 2 || p->end == p->begin) continue;
         if (p->sharded) {
-            share[k] = malloc_check(sizeof(float) * (p->hi - p->lo + 1));
+            share[k] = ops->alloc(sizeof(float) * (p->hi - p->lo + 1));
             loom_reduce_scatterv_start(p->comm, m->grads + p->begin, share[k], p->counts, &h[nb++]);
             continue;
         }
@@ -86,8 +86,10 @@ double loom_grads_reduce(struct loom_model *m, const struct loom_ops *ops, const
     for (int k = 0; k < LOOM_SHARD_PARTS; k++) {
         const struct loom_shard_part *p = &s->part[k];
         if (share[k]) {
-            memcpy(m->grads + p->lo, share[k], sizeof(float) * (p->hi - p->lo));
-            free(share[k]);
+            size_t n = p->hi - p->lo;
+            CHECK(n <= INT32_MAX, "a ZeRO-1 share of %zu floats", n);
+            if (n) ops->copy_2d(m->grads + p->lo, (int)n, share[k], (int)n, 1, (int)n, 0);
+            ops->free(share[k]);
         }
         ss[k] = loom_grad_sum_squares_range(ops, &m->table, m->grads, p->lo, p->hi, counted);
         if (p->sharded) loom_allreduce_double(p->comm, &ss[k], 1);

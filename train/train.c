@@ -249,6 +249,10 @@ int loom_train_main(int argc, char **argv) {
     if (rank == 0) loom_topology_print(&topo, stdout);
     const struct loom_train_config *tc = &cfg.train;
     const struct loom_ops *ops = select_backend(&cfg, world);
+    /* a test hook: LOOM_COMM_STAGE=1 runs every collective through host copies, the fallback for ranks that
+     * share a GPU, on the CPU backend, so its paths are checked where no GPU is */
+    const char *stage_hook = getenv("LOOM_COMM_STAGE");
+    if (stage_hook && strcmp(stage_hook, "1") == 0) loom_comm_stage_through_host(ops);
 
     /* data first: a bad shard should fail before anything big is allocated */
     loom_error_set_collective(0);
@@ -620,6 +624,11 @@ int loom_train_main(int argc, char **argv) {
             if (rank == 0) printf("loom train: stopping after step %lld (train.stop_after)\n", (long long)(step + 1));
             break;
         }
+    }
+    if (stage_hook && strcmp(stage_hook, "1") == 0) {
+        long staged = loom_comm_staged_buffers();
+        loom_allreduce_long(&topo.world_comm, &staged, 1);
+        if (rank == 0) printf("loom train: %ld buffers staged through host memory (LOOM_COMM_STAGE)\n", staged);
     }
     if (rank == 0) printf("loom train: done, %lld tokens in %.1f s; metrics in %s/metrics.jsonl\n",
                           (long long)tokens, now_s() - run_start, tc->run_dir);
