@@ -118,12 +118,16 @@ static const struct loom_ops *select_backend(const struct loom_config *cfg, int 
     if (want == LOOM_DEVICE_CUDA && gpus == 0)
         loom_input_error("train.device", "use train.device = cpu (or auto)", "cuda, but no CUDA device is visible");
     if (want == LOOM_DEVICE_CUDA || (want == LOOM_DEVICE_AUTO && gpus > 0)) {
-        if (world > 1)
-            loom_input_error("train.device", "run multi-rank layouts with train.device = cpu for now",
-                             "cuda with %d ranks: this build's CUDA backend trains on one process only "
-                             "(the NCCL layer is not built yet)", world);
-        const struct loom_ops *ops = loom_ops_cuda(0, dt);
-        CHECK(ops != NULL, "the CUDA backend could not start on device 0");
+        /* the ranks of a node take its GPUs in turn (several ranks may share one) */
+        MPI_Comm node;
+        int local = 0;
+        MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+        MPI_CHECK(MPI_Comm_rank(node, &local));
+        MPI_Comm_free(&node);
+        const struct loom_ops *ops = loom_ops_cuda(local % gpus, dt);
+        CHECK(ops != NULL, "the CUDA backend could not start on device %d", local % gpus);
+        /* collectives on device memory go through host copies (the NCCL layer is not built yet) */
+        if (world > 1) loom_comm_stage_through_host(ops);
         return ops;
     }
 #else
