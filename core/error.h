@@ -21,13 +21,19 @@ extern "C" {
 #define LOOM_EXIT_INPUT 2
 
 /* Fatal runtime failure: prints and aborts all ranks. Never returns. */
-_Noreturn void loom_fatal(const char *file, int line, const char *stmt, const char *fmt, ...)
+#ifdef __cplusplus
+#define LOOM_NORETURN [[noreturn]] /* the CUDA backend includes this header as C++ */
+#else
+#define LOOM_NORETURN _Noreturn
+#endif
+
+LOOM_NORETURN void loom_fatal(const char *file, int line, const char *stmt, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
 /* Bad input: one line "loom: error: WHERE: MESSAGE", then "hint: HINT" when hint is not NULL.
  * Printed by rank 0 only when `collective` input errors are in force (every rank sees the same
  * input and fails the same way); otherwise printed by the failing rank, which aborts the rest. */
-_Noreturn void loom_input_error(const char *where, const char *hint, const char *fmt, ...)
+LOOM_NORETURN void loom_input_error(const char *where, const char *hint, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 /* Rank used in messages; set by the MPI layer (0 before MPI starts). */

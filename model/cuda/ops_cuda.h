@@ -1,0 +1,30 @@
+/*
+ * model/cuda/ops_cuda.h — the CUDA backend: `struct loom_ops` on one GPU (model/cuda/ops_cuda.cu).
+ *
+ * Plain C: no CUDA header leaks out of the backend. Pointers the table hands out (alloc) are device memory;
+ * index arrays (ids, targets, idx) passed to its ops must be device memory too (upload them with from_host).
+ */
+#ifndef LOOM_MODEL_CUDA_OPS_CUDA_H
+#define LOOM_MODEL_CUDA_OPS_CUDA_H
+
+#include "model/ops.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Number of CUDA devices visible (0 when none or no driver). */
+int loom_cuda_devices(void);
+
+/* The CUDA backend on device `device`, storing activations in fp32 device memory and rounding at the compute
+ * dtype's cast points like model/ops_cpu_mixed.c; GEMMs: fp32 (cublas, TF32 off) when compute is fp32, else on
+ * tensor cores with the operands in the compute dtype (exact: they are already rounded to it) and fp32
+ * accumulation. NULL (with a message to stderr) when the device cannot be used.
+ * One device per process: later calls must name the same device (any compute dtype). The ops must be called
+ * from the thread that made the first call (CUDA's current device is per thread). */
+const struct loom_ops *loom_ops_cuda(int device, enum loom_dtype compute);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
