@@ -37,6 +37,8 @@ struct loom_ops {
     void (*zero)(void *p, size_t bytes);
     void (*to_host)(void *host, const void *dev, size_t bytes);
     void (*from_host)(void *dev, const void *host, size_t bytes);
+    /* the most memory this process has held through alloc so far, in bytes (for reports) */
+    size_t (*peak_bytes)(void);
 
     /* linear ------------------------------------------------------------------------------------ */
     /* out[N,OC] = inp[N,C] @ weight[OC,C]^T */

@@ -7,6 +7,7 @@
  */
 #include "model/ops.h"
 
+#include <malloc.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,16 +20,29 @@
 /* ---------------------------------------------------------------------------------------------- */
 /* memory                                                                                           */
 
+/* bytes held through cpu_alloc now and at most (glibc knows each block's size) */
+static size_t held, held_peak;
+
 static void *cpu_alloc(size_t bytes) {
     /* 64-byte aligned for vector loads */
     size_t rounded = (bytes + 63) / 64 * 64;
     void *p = aligned_alloc(64, rounded ? rounded : 64);
     CHECK(p != NULL, "out of memory allocating %zu bytes", bytes);
     memset(p, 0, rounded ? rounded : 64);
+#pragma omp atomic
+    held += malloc_usable_size(p);
+    if (held > held_peak) held_peak = held;
     return p;
 }
 
-static void cpu_free(void *p) { free(p); }
+static void cpu_free(void *p) {
+    if (!p) return;
+#pragma omp atomic
+    held -= malloc_usable_size(p);
+    free(p);
+}
+
+static size_t cpu_peak_bytes(void) { return held_peak; }
 static void cpu_zero(void *p, size_t bytes) { memset(p, 0, bytes); }
 static void cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
 
@@ -462,6 +476,7 @@ static const struct loom_ops cpu_ops = {
     .compute = LOOM_F32,
     .exact = &cpu_ops,
     .round_compute = cpu_round_compute,
+    .peak_bytes = cpu_peak_bytes,
     .alloc = cpu_alloc,
     .free = cpu_free,
     .zero = cpu_zero,

@@ -546,6 +546,10 @@ int loom_train_main(int argc, char **argv) {
         loom_allreduce_double(&topo.pp_comm, &bubble_frac, 1);
         bubble_frac /= topo.pp;
         double mfu = counts.flops_per_token * tok_s / (peak * world);
+        /* the memory each rank has held at most (backend memory: the GPU's on the CUDA backend) */
+        long *mem_peak = calloc_check((size_t)world, sizeof(long));
+        mem_peak[rank] = (long)ops->peak_bytes();
+        loom_allreduce_long(&topo.world_comm, mem_peak, world);
         if (rank == 0) {
             char jloss[32], jnorm[32];
             fprintf(metrics,
@@ -574,10 +578,12 @@ int loom_train_main(int argc, char **argv) {
                     ", \"time\": {\"compute\": %.6g, \"comm_exposed\": %.6g, \"bubble\": %.6g, "
                     "\"optimizer\": %.6g, \"data\": %.6g, \"checkpoint\": %.6g, \"step\": %.6g, \"a2a_exposed\": %.6g, "
                     "\"a2a_hidden\": %.6g}, "
-                    "\"bubble_fraction\": %.6g, \"bubble_ideal\": %.6g}\n",
+                    "\"bubble_fraction\": %.6g, \"bubble_ideal\": %.6g, \"mem_peak_mb\": [",
                     tm.compute, tm.comm, tm.bubble, tm.optimizer, tm.data, tm.checkpoint, tm.total, a2a, a2a_hidden,
                     bubble_frac,
                     (double)(topo.pp - 1) / (accum + topo.pp - 1));
+            for (int r = 0; r < world; r++) fprintf(metrics, "%s%.1f", r ? ", " : "", mem_peak[r] / 1e6);
+            fprintf(metrics, "]}\n");
             fflush(metrics);
             if ((step + 1) % cfg.log.every == 0 || step == start_step || step + 1 == tc->steps) {
                 char eta[32], rate[32], phase[512];
@@ -609,6 +615,7 @@ int loom_train_main(int argc, char **argv) {
             }
             fflush(stdout);
         }
+        free(mem_peak);
         if (tc->max_nonfinite_steps > 0 && nonfinite_streak >= tc->max_nonfinite_steps) {
             /* every rank saw the same global sum of squares, so every rank stops here */
             if (rank == 0) {

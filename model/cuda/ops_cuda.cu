@@ -152,6 +152,8 @@ static void round_array(enum loom_dtype dt, float *x, size_t n) {
 /* ---------------------------------------------------------------------------------------------- */
 /* memory                                                                                           */
 
+static void note_usage(void);
+
 static void *cuda_alloc(size_t bytes) {
     /* cudaMalloc aligns to 256 bytes; whole 256-byte units are zeroed */
     size_t rounded = (bytes + 255) / 256 * 256;
@@ -160,7 +162,22 @@ static void *cuda_alloc(size_t bytes) {
     cudaError_t rc = cudaMalloc(&p, rounded);
     CHECK(rc == cudaSuccess, "cannot allocate %zu bytes on the GPU: %s", bytes, cudaGetErrorString(rc));
     CUDA_CHECK(cudaMemsetAsync(p, 0, rounded, be.stream));
+    note_usage();
     return p;
+}
+
+/* the most device memory in use at any allocation (cudaMemGetInfo: the whole device, this process and
+ * others alike; the reports call it this rank's peak) */
+static size_t device_peak;
+
+static void note_usage(void) {
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess && total_b - free_b > device_peak) device_peak = total_b - free_b;
+}
+
+static size_t cuda_peak_bytes(void) {
+    note_usage();
+    return device_peak;
 }
 
 static void cuda_free(void *p) {
@@ -857,6 +874,7 @@ template <enum loom_dtype DT> static void table_fill(struct loom_ops *t) {
     t->zero = cuda_zero;
     t->to_host = cuda_to_host;
     t->from_host = cuda_from_host;
+    t->peak_bytes = cuda_peak_bytes;
     t->matmul_forward = cuda_matmul_forward<DT>;
     t->matmul_backward_input = cuda_matmul_backward_input<DT>;
     t->matmul_backward_weight = cuda_matmul_backward_weight<DT>;
