@@ -16,8 +16,8 @@
  * an op takes an `accumulate` flag.
  *
  * Determinism: every reduction has a fixed shape (fixed block size, fixed tree, fixed chunking), so results
- * repeat bit for bit run to run, EXCEPT embedding_backward and scatter_add_rows, which add rows with
- * atomicAdd (the order of additions into a repeated row varies). The summation order differs from the CPU
+ * repeat bit for bit run to run (embedding_backward and scatter_add_rows add rows in index order, one thread
+ * per column, rather than with atomics). The summation order differs from the CPU
  * (and nvcc contracts a*b+c into FMAs), so results match the CPU backend to rounding, not bit for bit.
  *
  * Streams: one stream and one cuBLAS handle per process; every op is queued on that stream, and to_host,
@@ -293,19 +293,19 @@ static void cuda_embedding_forward(float *out, const int *ids, const float *wte,
     if (n) LAUNCH(embedding_forward_kernel, grid_for(n), out, ids, wte, N, C, (int)DT);
 }
 
-/* dwte[ids[n], c] += dout[n, c] where ids[n] >= 0. atomicAdd: a token repeated in the batch adds into the same
- * row in an order that varies from run to run (the one non-deterministic op besides scatter_add_rows) */
+/* dwte[ids[n], c] += dout[n, c] where ids[n] >= 0, tokens added in n order like the CPU backend: one thread
+ * per column walks the tokens (deterministic; the parallelism is over columns only, correctness first) */
 static __global__ void embedding_backward_kernel(float *dwte, const float *dout, const int *ids, int N, int C) {
-    FOR_EACH(i, (size_t)N * C) {
-        size_t n = i / C, c = i % C;
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    for (int n = 0; n < N; n++) {
         int id = ids[n];
-        if (id >= 0) atomicAdd(dwte + (size_t)id * C + c, dout[i]);
+        if (id >= 0) dwte[(size_t)id * C + c] += dout[(size_t)n * C + c];
     }
 }
 
 static void cuda_embedding_backward(float *dwte, const float *dout, const int *ids, int N, int C) {
-    size_t n = (size_t)N * C;
-    if (n) LAUNCH(embedding_backward_kernel, grid_for(n), dwte, dout, ids, N, C);
+    if ((size_t)N * C) LAUNCH(embedding_backward_kernel, (C + 255) / 256, dwte, dout, ids, N, C);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -649,15 +649,13 @@ static __global__ void gather_rows_kernel(float *dst, const float *src, const in
     }
 }
 
-/* dst[idx[i], c] += scale[i] * src[i, c] (scale NULL: 1). atomicAdd: rows that several i share are summed
- * in an order that varies from run to run (the one non-deterministic op besides embedding_backward) */
+/* dst[idx[i], c] += scale[i] * src[i, c] (scale NULL: 1), rows added in i order as model/ops.h asks (the MoE
+ * combine must not depend on timing): one thread per column walks the rows */
 static __global__ void scatter_add_rows_kernel(float *dst, const float *src, const int *idx, const float *scale, int n,
                                                int C) {
-    FOR_EACH(e, (size_t)n * C) {
-        size_t i = e / C, c = e % C;
-        float s = scale ? scale[i] : 1.0f;
-        atomicAdd(dst + (size_t)idx[i] * C + c, s * src[e]);
-    }
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    for (int i = 0; i < n; i++) dst[(size_t)idx[i] * C + c] += (scale ? scale[i] : 1.0f) * src[(size_t)i * C + c];
 }
 
 /* dst[idx[i], c] rounded to dt in place. A row several i share is rounded by several threads: rounding is
@@ -690,7 +688,7 @@ template <enum loom_dtype DT>
 static void cuda_scatter_add_rows(float *dst, const float *src, const int *idx, const float *scale, int n, int C) {
     size_t e = (size_t)n * C;
     if (e == 0) return;
-    LAUNCH(scatter_add_rows_kernel, grid_for(e), dst, src, idx, scale, n, C);
+    LAUNCH(scatter_add_rows_kernel, (C + 255) / 256, dst, src, idx, scale, n, C);
     if (DT != LOOM_F32) LAUNCH(round_rows_kernel, grid_for(e), dst, idx, n, C, (int)DT);
 }
 
