@@ -32,9 +32,9 @@
 # GPU: the `#` lines print every difference. (For scale: bf16 against fp32 on the CPU differs by 5e-3 in the
 # whole dense gradient, so these runs cannot tell a backend that skips bf16 rounding; test_ops_gpu.c can.)
 #
-# Layouts on one GPU (dp2, tp2 through staging) are tried: while loom refuses cuda with more than one rank
-# (exit 2, "one process only") they print `skip` lines; once it runs them, their losses must match the
-# one-process cuda run within 2e-3 (tests/cli/test_precision.sh's bound for bf16 layouts).
+# Layouts on one GPU (dp2, tp2: both ranks share the GPU, collectives staged through host memory): their
+# losses must match the one-process cuda run within 2e-3 (tests/cli/test_precision.sh's bound for bf16
+# layouts). (A build that refuses multi-rank cuda runs, exit 2 "one process only", prints `skip` lines.)
 #
 # Run from the repository root with ./loom built with the CUDA backend, on a machine with a GPU:
 #   bash tests/gpu/test_train_gpu.sh
@@ -257,7 +257,7 @@ done
 echo "# cuda against cpu: $((SECONDS - t0)) s"
 
 # ---------------------------------------------------------------------------------------------------
-# layouts on one GPU (staging): skipped while loom runs cuda on one process only
+# layouts on one GPU (both ranks on device 0, collectives staged through host memory)
 
 t0=$SECONDS
 for layout in dp2 tp2; do
