@@ -113,6 +113,7 @@ struct loom_train_config {
     char *run_dir;
     int64_t threads;               /* OpenMP threads; 0 = all cores */
     int device;                    /* enum loom_device: auto, cpu, cuda */
+    int recompute;                 /* enum loom_recompute (model/model.h): none, selective, full */
     char *batch_schedule;          /* "TOKENS:SEQUENCES, ...": global batch from that token count on */
     int64_t stop_after;            /* stop after this step as a pre-empted job would (0 = run to steps) */
     int64_t max_nonfinite_steps;   /* stop after this many consecutive steps with non-finite gradients */

@@ -59,6 +59,8 @@ const struct loom_key loom_config_keys[] = {
     K(train, global_batch, INT, "8", NULL, "sequences per optimizer step (gradient accumulation fills it)"),
     K(train, run_dir, STRING, "runs/default", NULL, "run folder: resolved config, metrics.jsonl"),
     K(train, threads, INT, "0", NULL, "CPU threads; 0 = every core"),
+    K(train, recompute, ENUM, "none", "none|selective|full",
+      "activation recomputation: selective = attention probabilities, full = whole dense blocks (MoE blocks keep theirs)"),
     K(train, device, ENUM, "auto", "auto|cpu|cuda",
       "backend: the CUDA backend (model/cuda) or the CPU one; auto = cuda when built with it and a GPU is visible"),
     K(train, batch_schedule, STRING, "", NULL,

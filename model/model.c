@@ -99,6 +99,14 @@ static float *act_alloc(struct loom_model *m, size_t n) {
     return m->ops ? m->ops->alloc(sizeof(float) * n) : NULL;
 }
 
+/* a buffer of a layer's activations: its own, or (shared != NULL) the one all layers and slots share,
+ * allocated the first time */
+static float *act_take(struct loom_model *m, float **shared, size_t n) {
+    if (!shared) return act_alloc(m, n);
+    if (!*shared) *shared = act_alloc(m, n);
+    return *shared;
+}
+
 /* The saved activations of one micro-batch in slot s (s->acts NULL: only counting). Counts the whole
  * model when m->stage covers it. */
 static void alloc_activations(struct loom_model *m, struct loom_slot *s) {
@@ -112,35 +120,40 @@ static void alloc_activations(struct loom_model *m, struct loom_slot *s) {
     int L = m->stage.layer_hi - m->stage.layer_lo;
 
     s->res = act_alloc(m, (size_t)(L + 1) * N * C);
+    /* under full recomputation a dense block's buffers are shared (its forward runs again before its
+     * backward); under selective recomputation only the attention probabilities are */
+    struct loom_layer_acts counting = {0}, *shared = m->shared_acts ? m->shared_acts : &counting;
     for (int l = 0; l < L; l++) {
         struct loom_layer_acts dry, *a = s->acts ? &s->acts[l] : &dry;
-        a->ln1 = act_alloc(m, N * C);
-        a->rstd1 = act_alloc(m, N);
+        int layer = m->stage.layer_lo + l, dense = !loom_model_layer_is_moe(cfg, layer);
+        struct loom_layer_acts *sh = m->stage.recompute == LOOM_RECOMPUTE_FULL && dense ? shared : NULL;
+#define TAKE(field, n) (a->field = act_take(m, sh ? &sh->field : NULL, (n)))
+        TAKE(ln1, N * C);
+        TAKE(rstd1, N);
         if (mla) {
             if (rq > 0) {
-                a->qa = act_alloc(m, N * rq);
-                a->qa_n = act_alloc(m, N * rq);
-                a->rstd_qa = act_alloc(m, N);
+                TAKE(qa, N * rq);
+                TAKE(qa_n, N * rq);
+                TAKE(rstd_qa, N);
             }
-            a->kva = act_alloc(m, N * (rkv + dr));
-            a->c_n = act_alloc(m, N * rkv);
-            a->rstd_kv = act_alloc(m, N);
-            a->kvb = act_alloc(m, N * H * (dn + Dv));
+            TAKE(kva, N * (rkv + dr));
+            TAKE(c_n, N * rkv);
+            TAKE(rstd_kv, N);
+            TAKE(kvb, N * H * (dn + Dv));
         } else if (cfg->qk_norm) {
-            a->q_raw = act_alloc(m, N * H * Dqk);
-            a->k_raw = act_alloc(m, N * Hkv * Dqk);
-            a->rstd_q = act_alloc(m, N * H);
-            a->rstd_k = act_alloc(m, N * Hkv);
+            TAKE(q_raw, N * H * Dqk);
+            TAKE(k_raw, N * Hkv * Dqk);
+            TAKE(rstd_q, N * H);
+            TAKE(rstd_k, N * Hkv);
         }
-        a->q = act_alloc(m, N * H * Dqk);
-        a->k = act_alloc(m, N * Hkv * Dqk);
-        a->v = act_alloc(m, N * Hkv * Dv);
-        a->probs = act_alloc(m, (size_t)B * H * T * T);
-        a->att = act_alloc(m, N * H * Dv);
-        a->mid = act_alloc(m, N * C);
-        a->ln2 = act_alloc(m, N * C);
-        a->rstd2 = act_alloc(m, N);
-        int layer = m->stage.layer_lo + l;
+        TAKE(q, N * H * Dqk);
+        TAKE(k, N * Hkv * Dqk);
+        TAKE(v, N * Hkv * Dv);
+        a->probs = act_take(m, m->stage.recompute != LOOM_RECOMPUTE_NONE ? &shared->probs : NULL, (size_t)B * H * T * T);
+        TAKE(att, N * H * Dv);
+        TAKE(mid, N * C);
+        TAKE(ln2, N * C);
+        TAKE(rstd2, N);
         if (loom_model_layer_is_moe(cfg, layer)) {
             if (s->acts) {
                 a->moe = loom_moe_layer_create(m, layer, B, T);
@@ -150,9 +163,10 @@ static void alloc_activations(struct loom_model *m, struct loom_slot *s) {
             }
             continue;
         }
-        a->gate = act_alloc(m, N * F);
-        a->up = act_alloc(m, N * F);
-        a->hmlp = act_alloc(m, N * F);
+        TAKE(gate, N * F);
+        TAKE(up, N * F);
+        TAKE(hmlp, N * F);
+#undef TAKE
     }
     if (m->stage.last) {
         s->lnf = act_alloc(m, N * C);
@@ -255,6 +269,7 @@ void loom_model_create_stage(struct loom_model *m, const struct loom_ops *ops, c
     m->expert_load = calloc_check((size_t)(m->moe_layers * E + 1), sizeof(int64_t));
     m->nslots = slots;
     m->slots = calloc_check((size_t)slots, sizeof(struct loom_slot));
+    if (stage->recompute != LOOM_RECOMPUTE_NONE) m->shared_acts = calloc_check(1, sizeof(struct loom_layer_acts));
     for (int k = 0; k < slots; k++) {
         struct loom_slot *s = &m->slots[k];
         s->inputs = ops->alloc(sizeof(int) * (size_t)B * T);
@@ -300,6 +315,17 @@ float *loom_model_stage_output_grad(struct loom_model *m) { return m->cur->dout;
 
 float *loom_model_stage_input_grad(struct loom_model *m) { return m->scratch; /* dres comes first */ }
 
+/* frees a layer's buffers, except those it shares (the same buffer in `shared`) */
+static void layer_acts_free(struct loom_model *m, struct loom_layer_acts *a, const struct loom_layer_acts *shared) {
+#define ACT_FIELDS(X)                                                                                              \
+    X(ln1) X(rstd1) X(qa) X(qa_n) X(rstd_qa) X(q_raw) X(k_raw) X(rstd_q) X(rstd_k) X(kva) X(c_n) X(rstd_kv) X(kvb) \
+    X(q) X(k) X(v) X(probs) X(att) X(mid) X(ln2) X(rstd2) X(gate) X(up) X(hmlp)
+#define FREE_FIELD(f) if (a->f && !(shared && shared->f == a->f)) m->ops->free(a->f);
+    ACT_FIELDS(FREE_FIELD)
+#undef FREE_FIELD
+#undef ACT_FIELDS
+}
+
 void loom_model_destroy(struct loom_model *m) {
     const struct loom_ops *ops = m->ops;
     int L = m->stage.layer_hi - m->stage.layer_lo;
@@ -308,11 +334,7 @@ void loom_model_destroy(struct loom_model *m) {
         for (int l = 0; l < L; l++) {
             struct loom_layer_acts *a = &s->acts[l];
             if (a->moe) loom_moe_layer_free(m, a->moe);
-            float *bufs[] = {a->ln1, a->rstd1, a->qa, a->qa_n, a->rstd_qa, a->q_raw, a->k_raw, a->rstd_q,
-                             a->rstd_k, a->kva, a->c_n, a->rstd_kv, a->kvb, a->q, a->k, a->v, a->probs,
-                             a->att, a->mid, a->ln2, a->rstd2, a->gate, a->up, a->hmlp};
-            for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-                if (bufs[i]) ops->free(bufs[i]);
+            layer_acts_free(m, a, m->shared_acts);
         }
         free(s->acts);
         float *bufs[] = {s->res, s->lnf, s->rstdf, s->logits, s->losses, s->dout, s->rowmax, s->sumexp, s->tlogit};
@@ -322,6 +344,8 @@ void loom_model_destroy(struct loom_model *m) {
         ops->free(s->targets);
     }
     free(m->slots);
+    if (m->shared_acts) layer_acts_free(m, m->shared_acts, NULL);
+    free(m->shared_acts);
     free(m->router_bias);
     free(m->expert_load);
     ops->free(m->scratch);
@@ -574,6 +598,16 @@ static void block_mlp_backward(const struct loom_model *m, struct loom_layer_act
     }
 }
 
+/* selective recomputation: the attention probabilities (shared by all layers) again from the layer's q, k, v;
+ * the output, recomputed too, is the layer's own `att`, unchanged */
+static void attention_probs_again(const struct loom_model *m, struct loom_layer_acts *a) {
+    const struct loom_model_config *cfg = &m->cfg;
+    int B = m->B, T = m->T, H = (int)cfg->num_heads, Dqk = (int)loom_model_qk_head_dim(cfg);
+    int Dv = (int)loom_model_v_head_dim(cfg);
+    int Hkv = cfg->attention == LOOM_ATTENTION_MLA ? H : (int)loom_model_kv_heads(cfg);
+    m->ops->attention_forward(a->att, a->probs, a->q, a->k, a->v, B, T, H, Hkv, Dqk, Dv, 1.0f / sqrtf((float)Dqk));
+}
+
 /* the rest of a block's backward, from s->dln = d(ln2): on return s->dres holds d(x) */
 static void block_attention_backward(const struct loom_model *m, struct loom_layer_acts *a, const float *x,
                                      struct scratch *s) {
@@ -750,6 +784,13 @@ static int backward_step(struct loom_model *m, struct loom_model_task *t) {
     for (; t->layer >= 0; t->layer--, t->phase = 0) {
         struct loom_layer_acts *a = &sl->acts[t->layer];
         const float *x = sl->res + t->layer * NC;
+        if (!a->moe && m->stage.recompute == LOOM_RECOMPUTE_FULL) {
+            /* the block's forward again (bit-identical: the same ops on the same input); its output lands
+             * where it was, in the residual stream, unchanged */
+            float *out = sl->res + (t->layer + 1) * NC;
+            block_attention_forward(m, a, x, out);
+            block_mlp_forward(m, a, out);
+        }
         if (!a->moe) {
             block_mlp_backward(m, a, &s);
         } else {
@@ -761,6 +802,8 @@ static int backward_step(struct loom_model *m, struct loom_model_task *t) {
                 }
             }
         }
+        if (m->stage.recompute == LOOM_RECOMPUTE_SELECTIVE || (a->moe && m->stage.recompute == LOOM_RECOMPUTE_FULL))
+            attention_probs_again(m, a);
         block_attention_backward(m, a, x, &s);
     }
     if (m->stage.first)

@@ -30,7 +30,14 @@ struct loom_stage {
     int first, last;
     int tp, tp_rank;               /* tensor parallelism: this rank's share of heads, FFN and vocabulary (0 = 1) */
     int ep, ep_rank;               /* expert parallelism: this rank runs experts / ep of each MoE block (0 = 1) */
+    int recompute;                 /* enum loom_recompute: activations recomputed in the backward */
 };
+
+/* Activation recomputation: none; selective (the attention probabilities, the largest activation, are
+ * kept for no layer and recomputed from q, k, v before each attention backward: Megatron's selective
+ * recompute); full (a dense block keeps only its input, the residual stream, and runs its forward again
+ * before its backward; MoE blocks keep their activations). Gradients are bit-identical either way. */
+enum loom_recompute { LOOM_RECOMPUTE_NONE, LOOM_RECOMPUTE_SELECTIVE, LOOM_RECOMPUTE_FULL };
 
 /* The collectives a tensor-parallel model needs, over its tp group (set by the parallel layer, so the
  * model itself stays free of any communication library). */
@@ -74,6 +81,7 @@ struct loom_model {
     int T_max;                     /* the activations are sized for B x T_max */
     int nslots;
     struct loom_slot *slots;
+    struct loom_layer_acts *shared_acts; /* buffers every layer and slot shares under recomputation */
     struct loom_slot *cur;         /* the slot forward and backward work on */
     float *scratch;                /* backward work space; after a backward of a stage that is not the
                                     * first, it begins with d(loss)/d(stage input) [N,C] */

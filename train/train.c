@@ -304,6 +304,7 @@ int loom_train_main(int argc, char **argv) {
     stage.tp_rank = topo.tp_rank;
     stage.ep = topo.ep;
     stage.ep_rank = topo.ep_rank;
+    stage.recompute = tc->recompute;
     enum loom_pipeline_kind pipe = cfg.pipeline.schedule == LOOM_PIPELINE_SCHEDULE_GPIPE ? LOOM_PIPELINE_GPIPE
                                                                                  : LOOM_PIPELINE_1F1B;
     int m_max = (int)(loom_curriculum_max_batch(&cur) / dp / B);
