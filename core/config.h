@@ -172,6 +172,7 @@ struct loom_precision_config {
 struct loom_checkpoint_config {
     int64_t every;                 /* write a checkpoint every N steps; 0 = only at the end (see final) */
     int64_t every_tokens;          /* and every N tokens; 0 = off */
+    double every_minutes;          /* and every M minutes of wall time; 0 = off */
     char *dir;                     /* where; empty = RUN_DIR/checkpoints */
     int64_t keep;                  /* keep the last K; older ones are deleted (releases stay) */
     int64_t release_every;         /* tokens: the first checkpoint past each multiple is kept for good */

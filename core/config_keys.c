@@ -147,6 +147,7 @@ const struct loom_key loom_config_keys[] = {
     /* [checkpoint] */
     K(checkpoint, every, INT, "0", NULL, "write a checkpoint every N steps; 0 = never on a step count"),
     K(checkpoint, every_tokens, INT, "0", NULL, "write a checkpoint every N tokens; 0 = never on a token count"),
+    K(checkpoint, every_minutes, FLOAT, "0", NULL, "write a checkpoint every M minutes of wall time; 0 = never on time"),
     K(checkpoint, dir, STRING, "", NULL, "checkpoint folder; empty = RUN_DIR/checkpoints"),
     K(checkpoint, keep, INT, "3", NULL, "keep the last K checkpoints, delete older ones (releases are kept)"),
     K(checkpoint, release_every, INT, "0", NULL,

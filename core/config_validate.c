@@ -266,6 +266,7 @@ void loom_config_validate(const struct loom_config *cfg, int world) {
     require_nonneg("train.max_nonfinite_steps", cfg->train.max_nonfinite_steps);
     require_nonneg("checkpoint.every", cfg->checkpoint.every);
     require_nonneg("checkpoint.every_tokens", cfg->checkpoint.every_tokens);
+    require_range("checkpoint.every_minutes", cfg->checkpoint.every_minutes, 0, INFINITY, 0, 1);
     require_nonneg("checkpoint.keep", cfg->checkpoint.keep);
     require_nonneg("checkpoint.release_every", cfg->checkpoint.release_every);
     require_nonneg("train.stop_after", cfg->train.stop_after);

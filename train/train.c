@@ -8,6 +8,7 @@
  * is saved as RUN/config.ini. Same seed and config give bit-identical losses.
  */
 #include <errno.h>
+#include <signal.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -137,6 +138,20 @@ static const struct loom_ops *select_backend(const struct loom_config *cfg, int 
                          "cuda, but this build has no CUDA backend");
 #endif
     return loom_ops_cpu_mixed(loom_ops_cpu((int)(cfg->train.threads ? cfg->train.threads : default_threads())), dt);
+}
+
+/* SIGTERM / SIGINT (a Slurm pre-emption, Ctrl-C): noted here, acted on at the next step boundary */
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig) { stop_signal = sig; }
+
+static void catch_stop_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
 }
 
 /* a number for JSON: null when it is not finite (a diverged step) */
@@ -376,6 +391,8 @@ int loom_train_main(int argc, char **argv) {
         metrics = resuming ? metrics_resume(tc->run_dir, start_step) : open_in_run(tc->run_dir, "metrics.jsonl", "w");
     }
     int64_t ckpt_every = cfg.checkpoint.every, ckpt_tokens = cfg.checkpoint.every_tokens, last_ckpt_tokens = tokens;
+    double ckpt_minutes = cfg.checkpoint.every_minutes, last_ckpt_time = now_s();
+    catch_stop_signals();
     struct loom_schedule sched;
     loom_schedule_init(&sched, &cfg.schedule, total_tokens);
 
@@ -521,8 +538,11 @@ int loom_train_main(int argc, char **argv) {
 
         /* a checkpoint every N steps, every N tokens, and at the end when either is set; none after a step
          * whose gradients were not finite (the last good checkpoint stays latest) */
-        int ckpt_on = ckpt_every > 0 || ckpt_tokens > 0;
-        if (!nonfinite && ((ckpt_every > 0 && (step + 1) % ckpt_every == 0) ||
+        /* a stop signal on any rank, and the wall-clock interval, decided alike on every rank */
+        int due[2] = {stop_signal != 0, ckpt_minutes > 0 && now_s() - last_ckpt_time >= 60 * ckpt_minutes};
+        MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, due, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD));
+        int ckpt_on = ckpt_every > 0 || ckpt_tokens > 0 || ckpt_minutes > 0;
+        if (!nonfinite && (due[0] || due[1] || (ckpt_every > 0 && (step + 1) % ckpt_every == 0) ||
                            (ckpt_tokens > 0 && tokens / ckpt_tokens > (tokens - step_tokens) / ckpt_tokens) ||
                            (ckpt_on && cfg.checkpoint.final && step + 1 == tc->steps) ||
                            (ckpt_on && step + 1 == tc->stop_after))) {
@@ -532,6 +552,7 @@ int loom_train_main(int argc, char **argv) {
             ckpt_sampler = batch->after;
             tm.checkpoint = loom_ckpt_save(&ckpt, &now, last_ckpt_tokens);
             last_ckpt_tokens = tokens;
+            last_ckpt_time = now_s();
         }
         tm.total = now_s() - t0;
 
@@ -631,6 +652,12 @@ int loom_train_main(int argc, char **argv) {
             MPI_Barrier(MPI_COMM_WORLD);
             MPI_Finalize();
             exit(1);
+        }
+        if (due[0] && step + 1 < tc->steps) {
+            if (rank == 0)
+                printf("loom train: stopped by a signal after step %lld%s; resume with --checkpoint.resume=auto\n",
+                       (long long)(step + 1), nonfinite ? " (no checkpoint: the step was not finite)" : ", checkpoint written");
+            break;
         }
         if (step + 1 == tc->stop_after && step + 1 < tc->steps) {
             if (rank == 0) printf("loom train: stopping after step %lld (train.stop_after)\n", (long long)(step + 1));
