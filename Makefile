@@ -11,6 +11,7 @@
 # package the project needs is present.
 
 CC        := mpicc
+comma     := ,
 BLAS_DIR  := /usr/lib/x86_64-linux-gnu/openblas-openmp
 BLAS_INC  := /usr/include/x86_64-linux-gnu/openblas-openmp
 CFLAGS    ?= -O2 -g
@@ -20,6 +21,13 @@ CFLAGS    += -std=c11 -D_GNU_SOURCE -fopenmp -Wall -Wextra -MMD -MP -I. -I$(BLAS
 LDLIBS    := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -L$(HDF5_DIR) -Wl,-rpath,$(HDF5_DIR) -lhdf5 \
              -linih -lzstd -lxxhash -lpcre2-8 -lcjson -lpthread -lm
 BUILD     := build
+# `make test SANITIZE=address,undefined`: everything built with those sanitizers, in its own build folder
+ifneq ($(SANITIZE),)
+CFLAGS    += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+BUILD     := build-$(subst $(comma),-,$(SANITIZE))
+export ASAN_OPTIONS := detect_leaks=0:abort_on_error=0
+export UBSAN_OPTIONS := print_stacktrace=1:halt_on_error=1
+endif
 
 LIB_SRCS  := $(wildcard core/*.c model/*.c optim/*.c data/*.c parallel/*.c checkpoints/*.c) \
              $(filter-out train/main.c, $(wildcard train/*.c))
@@ -62,8 +70,16 @@ $(BUILD)/%.o: %.cu $(BUILD)/flags | deps
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -MMD -MP -c $< -o $@
 
+# (with SANITIZE the binary stays in its build folder, and `make test` runs the unit tests only: the CLI
+# tests keep running the plain ./loom)
+ifeq ($(SANITIZE),)
 loom: $(LIB_OBJS) $(BUILD)/train/main.o $(BUILD)/plugins/libh5zstd.so
 	$(CC) $(CFLAGS) $(LIB_OBJS) $(BUILD)/train/main.o $(LDLIBS) -o $@
+else
+loom: $(BUILD)/loom
+$(BUILD)/loom: $(LIB_OBJS) $(BUILD)/train/main.o $(BUILD)/plugins/libh5zstd.so
+	$(CC) $(CFLAGS) $(LIB_OBJS) $(BUILD)/train/main.o $(LDLIBS) -o $@
+endif
 
 # the zstd filter (HDF5 filter id 32015) as a plugin HDF5 tools load through HDF5_PLUGIN_PATH=build/plugins;
 # it links zstd only, so it works in any HDF5 1.10+ library (serial h5dump, h5py's own)
@@ -77,7 +93,11 @@ $(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJS) $(TEST_EXTRA_OBJS) | deps
 	$(CC) $(CFLAGS) $< $(LIB_OBJS) $(TEST_EXTRA_OBJS) $(LDLIBS) -o $@
 
 test: loom $(TEST_BINS)
+ifeq ($(SANITIZE),)
 	@OMP_NUM_THREADS=2 tests/run.sh $(TEST_BINS) $(CLI_TESTS)
+else
+	@OMP_NUM_THREADS=2 tests/run.sh $(TEST_BINS)
+endif
 
 # On a GPU machine: every CUDA op against the CPU backend, whole training steps, the staging fallback
 GPU_TEST_SRCS := $(wildcard tests/gpu/test_*.c)
