@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -317,8 +318,33 @@ double loom_ckpt_save(const struct loom_ckpt_state *s, const struct loom_ckpt_me
     snprintf(name, sizeof name, "step_%08lld.h5", (long long)meta->step);
     snprintf(path, sizeof path, "%s/%s", dir, name);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    if (rank == 0) mkdir_p(dir);
-    MPI_CHECK(MPI_Barrier(topo->world_comm.mpi));
+    /* room for it first: a full disk skips this checkpoint, says so, and leaves the previous one as latest
+     * (three float32 copies of every parameter, and a few KiB of metadata per dataset) */
+    int room = 1;
+    if (rank == 0) {
+        mkdir_p(dir);
+        struct loom_param_table whole;
+        loom_params_build(&whole, &cfg->model, &cfg->optim);
+        double need = 12.0 * (double)whole.total + 3 * 4096.0 * whole.count + (1 << 20);
+        loom_params_free(&whole);
+        struct statvfs v;
+        if (statvfs(dir, &v) == 0 && (double)v.f_bavail * (double)v.f_frsize < need) {
+            char latest[4300], was[256] = "none";
+            snprintf(latest, sizeof latest, "%s/latest", dir);
+            FILE *lf = fopen(latest, "r");
+            if (lf) {
+                if (fgets(was, sizeof was, lf)) was[strcspn(was, "\n")] = 0;
+                fclose(lf);
+            }
+            printf("loom: warning: checkpoint %s skipped: it needs about %.1f MB and %s has %.1f MB free (no space left "
+                   "on the device); latest stays %s\n",
+                   name, need / 1e6, dir, (double)v.f_bavail * (double)v.f_frsize / 1e6, was);
+            fflush(stdout);
+            room = 0;
+        }
+    }
+    MPI_CHECK(MPI_Bcast(&room, 1, MPI_INT, 0, topo->world_comm.mpi));
+    if (!room) return 0.0;
 
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);

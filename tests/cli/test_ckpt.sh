@@ -23,7 +23,8 @@
 # LOOM_CKPT_KILL_AT) while writing the step-4 checkpoint: after the file is created, half-way through the
 # tensors, after it is closed, after the rename; each time the job exits non-zero within the time limit,
 # `latest` still names step_00000002.h5, and --checkpoint.resume=auto finishes the run with steps 3..4
-# bit-identical to the uninterrupted run. Retention: with keep = 2 only the last two step files remain, and a
+# bit-identical to the uninterrupted run. A full disk (an 8 MB tmpfs): the checkpoint that does not fit is
+# skipped with a warning and latest stays the previous one. Retention: with keep = 2 only the last two step files remain, and a
 # release (checkpoint.release_every) stays linked in releases/.
 #
 # Bad input, exit 2 with a `loom: error:` line naming the file: a truncated checkpoint (also on 2 ranks: no
@@ -306,6 +307,23 @@ if [ "$rc" -eq 0 ] && [ "$files" = "step_00000005.h5 step_00000006.h5 " ] &&
     ok ckpt/retention
 else
     fail ckpt/retention "want step 5 and 6 kept, releases at steps 2, 4, 6: got '$files', releases '$releases': $(show)"
+fi
+# a full disk: checkpoints into an 8 MB tmpfs (a checkpoint of the debug model is 5.3 MB): the first is
+# written, the next ones are skipped with a warning naming the space, latest stays the first, the run ends 0
+small="$tmp/small"
+mkdir -p "$small"
+if mount -t tmpfs -o size=8m tmpfs "$small" 2>/dev/null; then
+    run train -c configs/runs/debug.ini --train.steps=6 --train.threads=1 --checkpoint.every=2 \
+        --checkpoint.dir="$small/ck" --train.run_dir="$tmp/full-disk"
+    if [ "$rc" -eq 0 ] && grep -q "checkpoint step_00000004.h5 skipped: it needs about .* MB free (no space left on the device); latest stays step_00000002.h5" "$tmp/out" &&
+        [ "$(cat "$small/ck/latest")" = step_00000002.h5 ] && [ "$(ls "$small/ck" | tr '\n' ' ')" = "latest step_00000002.h5 " ]; then
+        ok ckpt/full_disk
+    else
+        fail ckpt/full_disk "exit $rc, $(ls "$small/ck" 2>&1 | tr '\n' ' '): $(tail -c 400 "$tmp/out")"
+    fi
+    umount "$small"
+else
+    echo "skip ckpt/full_disk: cannot mount a small tmpfs here (needs root)"
 fi
 echo "# crash and retention: $((SECONDS - t0)) s"
 
