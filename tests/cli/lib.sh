@@ -8,6 +8,9 @@
 #   run ARGS...     runs $LOOM ARGS: exit status in $rc, stdout in $tmp/out, stderr in $tmp/err (a script may
 #                   define its own run after sourcing this)
 #   require_loom P  fails check P/binary and exits when $LOOM has not been built
+#   verdicts SCRIPT ARGS...  runs `python3 SCRIPT ARGS...` (ARGS[1] is the check's name), echoes its `ok` / `FAIL`
+#                   lines (output without any is a FAIL of that name) and counts the FAILs in $failures
+#   make_prose FILE CHARS  writes about CHARS characters of deterministic English-like text to FILE
 # Not a test itself: its name does not match tests/cli/test_*.sh.
 
 LOOM=./loom
@@ -140,4 +143,25 @@ expect_launch_error() {
     else
         ok "$name"
     fi
+}
+
+verdicts() {
+    local script=$1 out
+    shift
+    out=$(python3 "$script" "$@" 2>&1)
+    grep -qE '^(ok|FAIL) ' <<<"$out" || out="FAIL $2: no verdict: $out"
+    echo "$out"
+    failures=$((failures + $(grep -c '^FAIL' <<<"$out")))
+}
+
+make_prose() {
+    python3 - "$1" "$2" <<'PY'
+import sys
+words = "the quick brown fox jumps over a lazy dog while seven small birds sing in old green trees".split()
+out, i = [], 1
+while sum(len(w) + 1 for w in out) < int(sys.argv[2]):
+    i = (i * 1103515245 + 12345) % 2**31
+    out.append(words[i % len(words)])
+open(sys.argv[1], "w").write(" ".join(out) + "\n")
+PY
 }

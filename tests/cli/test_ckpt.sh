@@ -89,29 +89,15 @@ try:
 except Exception as e:
     print(f"FAIL {name}: {e!r}")
 EOF
-compare() {
-    local out
-    out=$(python3 "$tmp/cmp.py" "$@" 2>&1)
-    grep -qE '^(ok|FAIL) ' <<<"$out" || out="FAIL $2: no verdict: $out"
-    echo "$out"
-    failures=$((failures + $(grep -c '^FAIL' <<<"$out")))
-}
+compare() { verdicts "$tmp/cmp.py" "$@"; }
 
 # ---------------------------------------------------------------------------------------------------
 # exact continuation over a phase boundary: dense on 1 rank, MoE on dp2 ep2
 
 t0=$SECONDS
-python3 - "$tmp" <<'EOF'
-import sys
-d = sys.argv[1]
-words = "the quick brown fox jumps over a lazy dog while seven small birds sing in old green trees".split()
-out, i = [], 1
-while sum(len(w) + 1 for w in out) < 8000:
-    i = (i * 1103515245 + 12345) % 2**31
-    out.append(words[i % len(words)])
-open(f"{d}/web.txt", "w").write(" ".join(out) + "\n")
-open(f"{d}/code.txt", "w").write("".join(f"def f{k}(x):\n    return x * {k} + {k % 7}\n\n" for k in range(300)))
-EOF
+make_prose "$tmp/web.txt" 8000
+python3 -c "import sys; open(sys.argv[1], 'w').write(''.join(f'def f{k}(x):\n    return x * {k} + {k % 7}\n\n' for k in range(300)))" \
+    "$tmp/code.txt"
 for s in web code; do
     run data prep --tokenizer bytes --source "$s" --in "$tmp/$s.txt" --out "$tmp/data/$s" --frame-tokens 512
     [ "$rc" -eq 0 ] || fail "ckpt/prep_$s" "$(tail -c 400 "$tmp/err")"

@@ -106,13 +106,7 @@ try:
 except Exception as e:
     print(f"FAIL {name}: {e!r}")
 EOF
-compare() {
-    local out
-    out=$(python3 "$tmp/cmp.py" "$@" 2>&1)
-    grep -qE '^(ok|FAIL) ' <<<"$out" || out="FAIL $2: no verdict: $out"
-    echo "$out"
-    failures=$((failures + $(grep -c '^FAIL' <<<"$out")))
-}
+compare() { verdicts "$tmp/cmp.py" "$@"; }
 metric() { # metric FILE STEP KEY
     python3 -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])][int(sys.argv[2])-1]; print(r[sys.argv[3]])" "$@"
 }
@@ -122,15 +116,7 @@ attr() { h5dump -a "$2" "$1" 2>/dev/null | grep -o '(0): [0-9.e+-]*' | head -1 |
 # drift from fp32 over 50 steps on text
 
 t0=$SECONDS
-python3 - "$tmp" <<'EOF'
-import sys
-words = "the quick brown fox jumps over a lazy dog while seven small birds sing in old green trees".split()
-out, i = [], 1
-while sum(len(w) + 1 for w in out) < 20000:
-    i = (i * 1103515245 + 12345) % 2**31
-    out.append(words[i % len(words)])
-open(f"{sys.argv[1]}/web.txt", "w").write(" ".join(out) + "\n")
-EOF
+make_prose "$tmp/web.txt" 20000
 run data prep --tokenizer bytes --source web --in "$tmp/web.txt" --out "$tmp/data" --frame-tokens 512
 [ "$rc" -eq 0 ] || fail precision/prep "$(tail -c 300 "$tmp/err")"
 for model in tiny-mla tiny-moe; do

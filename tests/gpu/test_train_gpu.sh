@@ -56,15 +56,7 @@ ok gpu/train/device
 # ---------------------------------------------------------------------------------------------------
 # data and configs
 
-python3 - "$tmp" <<'EOF'
-import sys
-words = "the quick brown fox jumps over a lazy dog while seven small birds sing in old green trees".split()
-out, i = [], 1
-while sum(len(w) + 1 for w in out) < 20000:
-    i = (i * 1103515245 + 12345) % 2**31
-    out.append(words[i % len(words)])
-open(f"{sys.argv[1]}/web.txt", "w").write(" ".join(out) + "\n")
-EOF
+make_prose "$tmp/web.txt" 20000
 run data prep --tokenizer bytes --source web --in "$tmp/web.txt" --out "$tmp/data" --frame-tokens 512
 if [ "$rc" -ne 0 ]; then
     fail gpu/train/prep "$(tail -c 400 "$tmp/err")"
@@ -218,13 +210,7 @@ try:
 except Exception as e:
     print(f"FAIL {sys.argv[2]}: the comparison could not run: {e!r}")
 EOF
-compare() {
-    local out
-    out=$(python3 "$tmp/cmp.py" "$@" 2>&1)
-    grep -qE '^(ok|FAIL) ' <<<"$out" || out="FAIL $2: no verdict: $out"
-    echo "$out"
-    failures=$((failures + $(grep -c '^FAIL' <<<"$out")))
-}
+compare() { verdicts "$tmp/cmp.py" "$@"; }
 
 # ---------------------------------------------------------------------------------------------------
 # cuda against cpu, one process
