@@ -137,6 +137,26 @@ const struct loom_ref_entry *loom_refdump_get(const struct loom_refdump *d, cons
     return NULL;
 }
 
+const struct loom_ref_entry *loom_refdump_need(const struct loom_refdump *d, const char *name) {
+    const struct loom_ref_entry *e = loom_refdump_get(d, name);
+    CHECK(e != NULL, "%s: reference dump has no entry %s", d->path, name);
+    return e;
+}
+
+void loom_refdump_batch(const struct loom_refdump *d, int *B, int *T, int **inputs, int **targets) {
+    const struct loom_ref_entry *ids = loom_refdump_need(d, "ids");
+    int b_ = (int)ids->dims[0], t_ = (int)ids->dims[1] - 1;
+    const int32_t *raw = ids->data;
+    *inputs = malloc_check(sizeof(int) * (size_t)b_ * t_);
+    *targets = malloc_check(sizeof(int) * (size_t)b_ * t_);
+    for (int b = 0; b < b_; b++)
+        for (int t = 0; t < t_; t++) {
+            (*inputs)[b * t_ + t] = raw[b * (t_ + 1) + t];
+            (*targets)[b * t_ + t] = raw[b * (t_ + 1) + t + 1];
+        }
+    *B = b_, *T = t_;
+}
+
 int loom_refdump_count(const struct loom_refdump *d) { return d->count; }
 
 const struct loom_ref_entry *loom_refdump_entry(const struct loom_refdump *d, int i) {

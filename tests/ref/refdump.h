@@ -38,6 +38,10 @@ struct loom_refdump;                 /* the whole file, loaded */
 struct loom_refdump *loom_refdump_load(const char *path);
 /* The entry called `name`, or NULL if the dump has none. */
 const struct loom_ref_entry *loom_refdump_get(const struct loom_refdump *d, const char *name);
+/* The same, exiting with a message naming the dump when it is missing. */
+const struct loom_ref_entry *loom_refdump_need(const struct loom_refdump *d, const char *name);
+/* The dump's batch: "ids" [B, T + 1] split into inputs and next-token targets [B * T] (malloc'd). */
+void loom_refdump_batch(const struct loom_refdump *d, int *B, int *T, int **inputs, int **targets);
 /* Entries in file order, for listing. */
 int loom_refdump_count(const struct loom_refdump *d);
 const struct loom_ref_entry *loom_refdump_entry(const struct loom_refdump *d, int i);

@@ -19,11 +19,6 @@
 #include "tests/ref/refdump.h"
 #include "tests/test.h"
 
-static const struct loom_ref_entry *need(const struct loom_refdump *d, const char *name) {
-    const struct loom_ref_entry *e = loom_refdump_get(d, name);
-    CHECK(e != NULL, "reference dump has no entry %s", name);
-    return e;
-}
 
 static double *to_double(const struct loom_ref_entry *e) {
     double *out = malloc_check(sizeof(double) * (size_t)e->count);
@@ -42,19 +37,13 @@ static void check_variant(const char *variant, const char *path) {
     struct loom_refdump *d = loom_refdump_load(path);
     struct loom_config cfg;
     loom_config_init(&cfg);
-    loom_config_load_string(&cfg, (const char *)need(d, "config")->data, path);
+    loom_config_load_string(&cfg, (const char *)loom_refdump_need(d, "config")->data, path);
     cfg.data.kind = LOOM_DATA_RANDOM;
     loom_config_validate(&cfg, 0);
 
-    const struct loom_ref_entry *ids = need(d, "ids");
-    int B = (int)ids->dims[0], T = (int)ids->dims[1] - 1, N = B * T, V = (int)cfg.model.vocab_size;
-    const int32_t *raw = ids->data;
-    int *inputs = malloc_check(sizeof(int) * N), *targets = malloc_check(sizeof(int) * N);
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            inputs[b * T + t] = raw[b * (T + 1) + t];
-            targets[b * T + t] = raw[b * (T + 1) + t + 1];
-        }
+    int B, T, *inputs, *targets;
+    loom_refdump_batch(d, &B, &T, &inputs, &targets);
+    int N = B * T, V = (int)cfg.model.vocab_size;
 
     const struct loom_ops *ops = loom_ops_cpu(2);
     struct loom_model m;
@@ -67,7 +56,7 @@ static void check_variant(const char *variant, const char *path) {
     for (int i = 0; i < m.table.count; i++) {
         const struct loom_param *p = &m.table.params[i];
         snprintf(name, sizeof name, "param/%s", p->name);
-        const struct loom_ref_entry *e = need(d, name);
+        const struct loom_ref_entry *e = loom_refdump_need(d, name);
         if (e->count != (int64_t)p->numel) {
             printf("FAIL %s.params: %s has %lld values in the dump, %zu in loom\n", variant, p->name,
                    (long long)e->count, p->numel);
@@ -86,7 +75,7 @@ static void check_variant(const char *variant, const char *path) {
     for (int l = 0, k = 0; l < cfg.model.num_layers; l++) {
         if (!loom_model_layer_is_moe(&cfg.model, l)) continue;
         snprintf(name, sizeof name, "buffer/layers.%d.mlp.gate.e_score_correction_bias", l);
-        memcpy(bias0 + (size_t)k * E, need(d, name)->data, sizeof(float) * E);
+        memcpy(bias0 + (size_t)k * E, loom_refdump_need(d, name)->data, sizeof(float) * E);
         k++;
     }
     memcpy(m.router_bias, bias0, sizeof(float) * (size_t)(m.moe_layers * E));
@@ -97,20 +86,20 @@ static void check_variant(const char *variant, const char *path) {
     double loss_sum = loom_model_forward(&m, inputs, targets, 0.0f, &counted, NULL);
     float *logits = malloc_check(sizeof(float) * (size_t)N * V);
     ops->to_host(logits, m.cur->logits, sizeof(float) * (size_t)N * V);
-    double *want = to_double(need(d, "logits"));
+    double *want = to_double(loom_refdump_need(d, "logits"));
     snprintf(test, sizeof test, "model_ref.%s.logits", variant);
     test_close(test, logits, want, (size_t)N * V, 1e-4, 1e-5);
     free(want);
     float loss = (float)(loss_sum / counted);
-    double want_loss = ((const float *)need(d, "loss")->data)[0];
+    double want_loss = ((const float *)loom_refdump_need(d, "loss")->data)[0];
     snprintf(test, sizeof test, "model_ref.%s.loss", variant);
     test_close(test, &loss, &want_loss, 1, 0, 1e-5);
     if (m.moe_layers) {
         float balance = (float)m.balance, loads[4096];
-        double want_balance = ((const float *)need(d, "balance_loss")->data)[0];
+        double want_balance = ((const float *)loom_refdump_need(d, "balance_loss")->data)[0];
         snprintf(test, sizeof test, "model_ref.%s.balance_loss", variant);
         test_close(test, &balance, &want_balance, 1, 0, 1e-5);
-        double *want_load = to_double(need(d, "expert_load_step1"));
+        double *want_load = to_double(loom_refdump_need(d, "expert_load_step1"));
         for (int e = 0; e < E; e++) loads[e] = (float)m.expert_load[e];
         snprintf(test, sizeof test, "model_ref.%s.expert_load", variant);
         test_close(test, loads, want_load, E, 0, 0);
@@ -127,7 +116,7 @@ static void check_variant(const char *variant, const char *path) {
     for (int i = 0; i < m.table.count; i++) {
         const struct loom_param *p = &m.table.params[i];
         snprintf(name, sizeof name, "grad/%s", p->name);
-        double *g = to_double(need(d, name));
+        double *g = to_double(loom_refdump_need(d, name));
         snprintf(test, sizeof test, "model_ref.%s.grad.%s", variant, p->name);
         test_close(test, grads + p->offset, g, p->numel, 2e-5 * max_abs(g, p->numel) + 1e-9, 1e-3);
         free(g);
@@ -142,7 +131,7 @@ static void check_variant(const char *variant, const char *path) {
     loom_adamw_init(&opt, ops, &cfg.optim, 0, m.table.total);
     struct loom_schedule sched;
     loom_schedule_init(&sched, &cfg.schedule, 10 * (int64_t)N);
-    const struct loom_ref_entry *ref_losses = need(d, "adamw_losses");
+    const struct loom_ref_entry *ref_losses = loom_refdump_need(d, "adamw_losses");
     int steps = (int)ref_losses->count;
     float *losses = malloc_check(sizeof(float) * steps);
     for (int s = 0; s < steps; s++) {
@@ -157,7 +146,7 @@ static void check_variant(const char *variant, const char *path) {
     for (int l = 0, k = 0; l < cfg.model.num_layers; l++) {
         if (!loom_model_layer_is_moe(&cfg.model, l)) continue;
         snprintf(name, sizeof name, "final_buffer/layers.%d.mlp.gate.e_score_correction_bias", l);
-        double *want_bias = to_double(need(d, name));
+        double *want_bias = to_double(loom_refdump_need(d, name));
         snprintf(test, sizeof test, "model_ref.%s.router_bias_after_10_steps.layer%d", variant, l);
         test_close(test, m.router_bias + (size_t)k * E, want_bias, E, 1e-6, 0);
         free(want_bias);

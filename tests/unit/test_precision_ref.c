@@ -114,25 +114,14 @@ struct run {
     float loss_scale;
 };
 
-static const struct loom_ref_entry *need(const struct loom_refdump *d, const char *name) {
-    const struct loom_ref_entry *e = loom_refdump_get(d, name);
-    CHECK(e != NULL, "reference dump has no entry %s", name);
-    return e;
-}
 
 /* Builds the dump's model over ops, runs it, and leaves the results in *out; the model is kept in *m (for
  * its parameter table) and must be destroyed by the caller. */
 static void run_dump(const struct loom_refdump *d, const struct loom_config *cfg, const struct loom_ops *ops,
                      struct loom_model *m, struct run *out) {
-    const struct loom_ref_entry *ids = need(d, "ids");
-    int B = (int)ids->dims[0], T = (int)ids->dims[1] - 1, N = B * T, V = (int)cfg->model.vocab_size;
-    const int32_t *raw = ids->data;
-    int *inputs = malloc_check(sizeof(int) * N), *targets = malloc_check(sizeof(int) * N);
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            inputs[b * T + t] = raw[b * (T + 1) + t];
-            targets[b * T + t] = raw[b * (T + 1) + t + 1];
-        }
+    int B, T, *inputs, *targets;
+    loom_refdump_batch(d, &B, &T, &inputs, &targets);
+    int N = B * T, V = (int)cfg->model.vocab_size;
 
     loom_model_create(m, ops, &cfg->model, &cfg->optim, B, T);
     float *host = calloc_check(m->table.total, sizeof(float));
@@ -140,7 +129,7 @@ static void run_dump(const struct loom_refdump *d, const struct loom_config *cfg
     for (int i = 0; i < m->table.count; i++) {
         const struct loom_param *p = &m->table.params[i];
         snprintf(name, sizeof name, "param/%s", p->name);
-        const struct loom_ref_entry *e = need(d, name);
+        const struct loom_ref_entry *e = loom_refdump_need(d, name);
         CHECK(e->count == (int64_t)p->numel, "%s: %lld values in the dump, %zu in loom", p->name,
               (long long)e->count, p->numel);
         memcpy(host + p->offset, e->data, sizeof(float) * p->numel);
@@ -152,7 +141,7 @@ static void run_dump(const struct loom_refdump *d, const struct loom_config *cfg
     for (int l = 0, k = 0; l < cfg->model.num_layers; l++) {
         if (!loom_model_layer_is_moe(&cfg->model, l)) continue;
         snprintf(name, sizeof name, "buffer/layers.%d.mlp.gate.e_score_correction_bias", l);
-        memcpy(m->router_bias + (size_t)k * E, need(d, name)->data, sizeof(float) * E);
+        memcpy(m->router_bias + (size_t)k * E, loom_refdump_need(d, name)->data, sizeof(float) * E);
         k++;
     }
     float bal_scale = (float)(cfg->model.moe.balance_alpha / B);
@@ -216,7 +205,7 @@ static struct diff compare_grads(const char *tag, const char *label, const struc
     for (int i = 0; i < m->table.count; i++) {
         const struct loom_param *p = &m->table.params[i];
         snprintf(name, sizeof name, "%s%s", prefix, p->name);
-        const float *want = need(d, name)->data;
+        const float *want = loom_refdump_need(d, name)->data;
         struct diff one = {0};
         diff_add(&one, dt, grads + p->offset, want, p->numel);
         diff_add(&all, dt, grads + p->offset, want, p->numel);
@@ -292,16 +281,16 @@ static void check_dump(const char *model, enum loom_dtype dt) {
     struct loom_refdump *d = loom_refdump_load(path);
     struct loom_config cfg;
     loom_config_init(&cfg);
-    loom_config_load_string(&cfg, (const char *)need(d, "config")->data, path);
+    loom_config_load_string(&cfg, (const char *)loom_refdump_need(d, "config")->data, path);
     cfg.data.kind = LOOM_DATA_RANDOM;
     loom_config_validate(&cfg, 0);
     CHECK(cfg.precision.compute == (int)dt, "%s is for precision.compute = %s", path,
           loom_dtype_name((enum loom_dtype)cfg.precision.compute));
     struct tolerance tol = tolerance_of(dt);
     const struct loom_ops *cpu = loom_ops_cpu(2);
-    const struct loom_ref_entry *want_logits = need(d, "logits");
+    const struct loom_ref_entry *want_logits = loom_refdump_need(d, "logits");
     size_t nl = (size_t)want_logits->count;
-    double want_loss = ((const float *)need(d, "loss")->data)[0];
+    double want_loss = ((const float *)loom_refdump_need(d, "loss")->data)[0];
 
     struct loom_model m;
     struct run r;
@@ -321,10 +310,10 @@ static void check_dump(const char *model, enum loom_dtype dt) {
                 "got %.9g want %.9g (relative %.3g, tolerance %.1g)", r.loss, want_loss, rel_err(r.loss, want_loss),
                 tol.loss_rel);
     if (m.moe_layers) {
-        const struct loom_ref_entry *load = need(d, "expert_load");
+        const struct loom_ref_entry *load = loom_refdump_need(d, "expert_load");
         int same = memcmp(r.loads, load->data, sizeof(float) * (size_t)load->count) == 0;
         test_result(same, test_name("precision_ref.%s.expert_load", tag), "the router chose other experts");
-        double want_bal = ((const float *)need(d, "balance_loss")->data)[0];
+        double want_bal = ((const float *)loom_refdump_need(d, "balance_loss")->data)[0];
         test_result(rel_err(r.balance, want_bal) <= tol.loss_rel, test_name("precision_ref.%s.balance_loss", tag),
                     "got %.9g want %.9g", r.balance, want_bal);
     }
