@@ -391,16 +391,17 @@ void loom_model_get_params(const struct loom_model *m, float *host) {
  * runs in fp32), vectors (norm weights) as they are. */
 void loom_model_sync_weights(struct loom_model *m) {
     if (m->master == m->params) return;
-    size_t total = m->table.total;
-    float *host = malloc_check(sizeof(float) * total);
-    m->ops->to_host(host, m->master, sizeof(float) * total);
+    /* in backend memory: a copy, then the matrices rounded in place (no trip through the host) */
+    enum { PIECE = 1 << 30 };
+    for (size_t off = 0; off < m->table.total; off += PIECE) {
+        int n = (int)(m->table.total - off < PIECE ? m->table.total - off : PIECE);
+        m->ops->copy_2d(m->params + off, n, m->master + off, n, 1, n, 0);
+    }
     for (int i = 0; i < m->table.count; i++) {
         const struct loom_param *p = &m->table.params[i];
         if (p->shape.ndim == 2 && !strstr(p->name, ".mlp.gate.weight"))
-            loom_round_array(m->ops->compute, host + p->offset, p->numel);
+            m->ops->round_compute(m->params + p->offset, p->numel);
     }
-    m->ops->from_host(m->params, host, sizeof(float) * total);
-    free(host);
 }
 
 void loom_model_get_grads(const struct loom_model *m, float *host) {
