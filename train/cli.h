@@ -13,6 +13,8 @@
 void loom_cli_load_config(struct loom_config *cfg, int argc, char **argv, const char *usage, int world);
 
 int loom_info_main(int argc, char **argv);
+/* `loom plan`: memory per GPU and estimated speed of a model and layout (train/plan.c) */
+int loom_plan_main(int argc, char **argv);
 int loom_train_main(int argc, char **argv);
 /* `loom ckpt info|verify|export` (train/ckpt_cli.c) */
 int loom_ckpt_main(int argc, char **argv);

@@ -15,6 +15,8 @@ static const char *USAGE =
     "\n"
     "  train -c CONFIG [--section.key=value ...]   train a model (under mpirun for several ranks)\n"
     "  info  -c CONFIG [--section.key=value ...]   resolved config, parameter table, counts, FLOPs, memory\n"
+    "  plan  -c CONFIG --nodes N --gpus-per-node G [--gpu h100|h800|h200|a100]\n"
+    "                                              memory per GPU, step time and MFU of a layout, before launch\n"
     "  data tokenizer-train --in FILE... --vocab-size N --out TOKENIZER.json\n"
     "                                              byte-level BPE with the Youtu-LLM pre-tokenizer\n"
     "  data encode|decode --tokenizer T           stdin to stdout, one line of ids per line of text\n"
@@ -45,7 +47,8 @@ int main(int argc, char **argv) {
     const char *cmd = argv[1];
     if (strcmp(cmd, "train") == 0) return loom_train_main(argc - 1, argv + 1);
     if (strcmp(cmd, "info") == 0) return loom_info_main(argc - 1, argv + 1);
+    if (strcmp(cmd, "plan") == 0) return loom_plan_main(argc - 1, argv + 1);
     if (strcmp(cmd, "data") == 0) return data_main(argc - 1, argv + 1);
     if (strcmp(cmd, "ckpt") == 0) return loom_ckpt_main(argc - 1, argv + 1);
-    loom_input_error(cmd, "commands: train, info, data, ckpt (loom --help)", "unknown command");
+    loom_input_error(cmd, "commands: train, info, plan, data, ckpt (loom --help)", "unknown command");
 }
