@@ -112,7 +112,7 @@ static float *act_take(struct loom_model *m, float **shared, size_t n) {
 static void alloc_activations(struct loom_model *m, struct loom_slot *s) {
     const struct loom_model_config *cfg = &m->cfg;
     int B = m->B, T = m->T;
-    size_t N = (size_t)B * T, C = cfg->hidden_size, F = cfg->intermediate_size, V = cfg->vocab_size;
+    size_t N = (size_t)B * T, C = cfg->hidden_size, F = cfg->intermediate_size;
     size_t H = cfg->num_heads, Hkv = loom_model_kv_heads(cfg);
     size_t Dqk = loom_model_qk_head_dim(cfg), Dv = loom_model_v_head_dim(cfg);
     size_t rq = cfg->q_lora_rank, rkv = cfg->kv_lora_rank, dn = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim;
@@ -171,7 +171,7 @@ static void alloc_activations(struct loom_model *m, struct loom_slot *s) {
     if (m->stage.last) {
         s->lnf = act_alloc(m, N * C);
         s->rstdf = act_alloc(m, N);
-        s->logits = act_alloc(m, N * V);
+        s->dlnf = act_alloc(m, N * C);
         s->losses = act_alloc(m, N);
         if (m->stage.tp > 1) {
             s->rowmax = act_alloc(m, N);
@@ -181,6 +181,17 @@ static void alloc_activations(struct loom_model *m, struct loom_slot *s) {
     } else {
         s->dout = act_alloc(m, N * C);
     }
+}
+
+/* Rows of the head's chunk: every row, unless the logits of every row would pass this many floats. A test
+ * hook, LOOM_TEST_HEAD_ROWS=R, takes R rows at a time, so small models run the chunked path. */
+enum { HEAD_CHUNK_FLOATS = 1 << 25 };
+
+static int head_rows(size_t N, size_t V) {
+    size_t rows = N * V <= HEAD_CHUNK_FLOATS ? N : HEAD_CHUNK_FLOATS / V;
+    const char *hook = getenv("LOOM_TEST_HEAD_ROWS");
+    if (hook && atoi(hook) > 0 && (size_t)atoi(hook) < N) rows = (size_t)atoi(hook);
+    return (int)(rows ? rows : 1);
 }
 
 size_t loom_model_activation_floats(const struct loom_model_config *cfg, int B, int T) {
@@ -193,7 +204,7 @@ size_t loom_model_activation_floats(const struct loom_model_config *cfg, int B, 
     struct loom_slot s;
     memset(&s, 0, sizeof s);
     alloc_activations(&m, &s);
-    return m.act_floats;
+    return m.act_floats + (size_t)head_rows((size_t)B * T, cfg->vocab_size) * cfg->vocab_size;
 }
 
 static float *resolve(const struct loom_model *m, float *base, int layer, const char *name) {
@@ -287,6 +298,11 @@ void loom_model_create_stage(struct loom_model *m, const struct loom_ops *ops, c
             k++;
         }
     }
+    if (stage->last) {
+        m->head_rows = head_rows((size_t)B * T, m->cfg.vocab_size);
+        m->logits = act_alloc(m, (size_t)m->head_rows * m->cfg.vocab_size);
+        for (int k = 0; k < slots; k++) m->slots[k].logits = m->logits;
+    }
     m->cur = &m->slots[0];
 
     /* one backward work space, carved from a single allocation */
@@ -337,13 +353,14 @@ void loom_model_destroy(struct loom_model *m) {
             layer_acts_free(m, a, m->shared_acts);
         }
         free(s->acts);
-        float *bufs[] = {s->res, s->lnf, s->rstdf, s->logits, s->losses, s->dout, s->rowmax, s->sumexp, s->tlogit};
+        float *bufs[] = {s->res, s->lnf, s->rstdf, s->dlnf, s->losses, s->dout, s->rowmax, s->sumexp, s->tlogit};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
             if (bufs[i]) ops->free(bufs[i]);
         ops->free(s->inputs);
         ops->free(s->targets);
     }
     free(m->slots);
+    if (m->logits) ops->free(m->logits);
     if (m->shared_acts) layer_acts_free(m, m->shared_acts, NULL);
     free(m->shared_acts);
     free(m->router_bias);
@@ -643,13 +660,22 @@ void loom_model_update_router_bias(struct loom_model *m) {
     memset(m->expert_load, 0, sizeof(int64_t) * (size_t)(m->moe_layers * E + 1));
 }
 
+void loom_model_whole_logits(struct loom_model *m) {
+    int N = m->B * m->T_max;
+    if (!m->stage.last || m->head_rows >= N) return;
+    m->ops->free(m->logits);
+    m->head_rows = N;
+    m->logits = act_alloc(m, (size_t)N * m->cfg.vocab_size);
+    for (int k = 0; k < m->nslots; k++) m->slots[k].logits = m->logits;
+}
+
 void loom_model_set_shape(struct loom_model *m, int T, double rope_theta) {
     CHECK(T > 0 && T <= m->T_max, "sequence length %d outside 1..%d", T, m->T_max);
     m->T = T;
     m->cfg.rope_theta = rope_theta;
 }
 
-/* the last stage's head and loss on the current slot (see loom_model_forward) */
+/* the last stage's head and loss on the current slot (see loom_model_forward), head_rows rows at a time */
 static double head_forward(struct loom_model *m, const int *targets, float dloss, long *count, float *token_losses) {
     const struct loom_ops *ops = m->ops;
     const struct loom_model_config *cfg = &m->cfg;
@@ -661,19 +687,31 @@ static double head_forward(struct loom_model *m, const int *targets, float dloss
     ops->from_host(s->targets, targets, sizeof(int) * N);
     ops->rmsnorm_forward(s->lnf, s->rstdf, s->res + L * NC, param_ptr(m, m->params, "norm.weight"), N, C, C, C,
                          (float)cfg->rms_norm_eps);
-    ops->matmul_forward(s->logits, s->lnf, head_weight(m, m->params), N, C, V);
-    if (m->stage.tp > 1) {
-        /* vocabulary-parallel cross-entropy: the full logits never meet on one rank */
-        int v0 = m->stage.tp_rank * V;
-        ops->xent_rowmax(s->rowmax, s->logits, N, V);
-        m->comm.max(m->comm.ctx, s->rowmax, N);
-        ops->xent_sumexp(s->sumexp, s->tlogit, s->logits, s->targets, s->rowmax, N, V, v0);
-        tp_sum(m, s->sumexp, N);
-        tp_sum(m, s->tlogit, N);
-        ops->xent_finish(s->losses, dloss > 0 ? s->logits : NULL, s->logits, s->targets, s->rowmax, s->sumexp,
-                         s->tlogit, N, V, v0, dloss);
-    } else {
-        ops->cross_entropy(s->losses, dloss > 0 ? s->logits : NULL, s->logits, s->targets, N, V, dloss);
+    const float *w = head_weight(m, m->params);
+    for (int r0 = 0; r0 < N; r0 += m->head_rows) {
+        int n = N - r0 < m->head_rows ? N - r0 : m->head_rows;
+        const float *x = s->lnf + (size_t)r0 * C;
+        const int *tg = s->targets + r0;
+        float *lg = m->logits, *dlg = dloss > 0 ? m->logits : NULL;
+        ops->matmul_forward(lg, x, w, n, C, V);
+        if (m->stage.tp > 1) {
+            /* vocabulary-parallel cross-entropy: the full logits never meet on one rank */
+            int v0 = m->stage.tp_rank * V;
+            ops->xent_rowmax(s->rowmax + r0, lg, n, V);
+            m->comm.max(m->comm.ctx, s->rowmax + r0, n);
+            ops->xent_sumexp(s->sumexp + r0, s->tlogit + r0, lg, tg, s->rowmax + r0, n, V, v0);
+            tp_sum(m, s->sumexp + r0, n);
+            tp_sum(m, s->tlogit + r0, n);
+            ops->xent_finish(s->losses + r0, dlg, lg, tg, s->rowmax + r0, s->sumexp + r0, s->tlogit + r0, n, V, v0,
+                             dloss);
+        } else {
+            ops->cross_entropy(s->losses + r0, dlg, lg, tg, n, V, dloss);
+        }
+        if (dlg) {
+            /* the head's backward while these rows' d(logits) are at hand (d(lnf) summed over tp later) */
+            ops->matmul_backward_weight(head_weight(m, m->grads), dlg, x, n, C, V);
+            ops->matmul_backward_input(s->dlnf + (size_t)r0 * C, dlg, w, n, C, V, 0);
+        }
     }
 
     float *losses = token_losses ? token_losses : malloc_check(sizeof(float) * N);
@@ -763,7 +801,7 @@ static int backward_step(struct loom_model *m, struct loom_model_task *t) {
     const struct loom_ops *ops = m->ops;
     const struct loom_model_config *cfg = &m->cfg;
     struct loom_slot *sl = m->cur;
-    int N = m->B * m->T, C = (int)cfg->hidden_size, V = (int)cfg->vocab_size;
+    int N = m->B * m->T, C = (int)cfg->hidden_size;
     int L = m->stage.layer_hi - m->stage.layer_lo;
     size_t NC = (size_t)N * C;
     struct scratch s;
@@ -772,11 +810,9 @@ static int backward_step(struct loom_model *m, struct loom_model_task *t) {
         t->started = 1;
         t->layer = L - 1;
         if (m->stage.last) {
-            /* head and final norm; the slot's logits hold d(loss)/d(logits) */
-            ops->matmul_backward_weight(head_weight(m, m->grads), sl->logits, sl->lnf, N, C, V);
-            ops->matmul_backward_input(s.dln, sl->logits, head_weight(m, m->params), N, C, V, 0);
-            tp_sum(m, s.dln, NC);
-            ops->rmsnorm_backward(s.dres, param_ptr(m, m->grads, "norm.weight"), s.dln, sl->res + L * NC,
+            /* the final norm; the forward did the head, leaving d(loss)/d(lnf) */
+            tp_sum(m, sl->dlnf, NC);
+            ops->rmsnorm_backward(s.dres, param_ptr(m, m->grads, "norm.weight"), sl->dlnf, sl->res + L * NC,
                                   param_ptr(m, m->params, "norm.weight"), sl->rstdf, N, C, C, C);
         } else {
             ops->copy_2d(s.dres, C, sl->dout, C, N, C, 0);

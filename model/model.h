@@ -61,7 +61,8 @@ struct loom_slot {
     struct loom_layer_acts *acts;  /* per block of the stage */
     float *res;                    /* residual stream at each block boundary, [(nl+1), N, C]; [0] = stage input */
     float *lnf, *rstdf;            /* last stage: final norm output [N,C], its rstd [N] */
-    float *logits;                 /* last stage: [N,V]; after a forward with grad, d(loss)/d(logits) */
+    float *logits;                 /* last stage: the model's logits buffer (shared by the slots, see head_rows) */
+    float *dlnf;                   /* last stage: d(loss)/d(lnf) [N,C], formed by a forward with grad */
     float *losses;                 /* last stage: [N] */
     float *dout;                   /* not last: d(loss)/d(stage output) [N,C], received from the next stage */
     float *rowmax, *sumexp, *tlogit; /* last stage with tp > 1: vocabulary-parallel loss statistics [N] */
@@ -87,6 +88,11 @@ struct loom_model {
                                     * first, it begins with d(loss)/d(stage input) [N,C] */
     size_t scratch_floats;
     size_t act_floats;             /* activation memory in floats, all slots (for reports) */
+    /* The head takes the final norm's rows head_rows at a time: their logits [head_rows, V] in one buffer
+     * all slots share, the loss, and with grad at once the head's weight gradient and d(lnf), so no slot
+     * keeps [N, V] logits. All N rows when N x V is small (or after loom_model_whole_logits). */
+    float *logits;
+    int head_rows;
     /* mixture of experts: per MoE block of the stage (in block order), E entries each */
     int moe_layers;
     float *router_bias;            /* host: the score-correction bias (a buffer: no gradient) */
@@ -128,13 +134,19 @@ void loom_model_zero_grads(struct loom_model *m);
  * even load (loads already summed over the data-parallel ranks), then the loads restart. */
 void loom_model_update_router_bias(struct loom_model *m);
 
+/* The head takes all rows at once from now on, so a forward without grad leaves every row's logits in
+ * m->logits (for studies of the logits; costs [B*T, V] floats). */
+void loom_model_whole_logits(struct loom_model *m);
+
 /* Sequences of T tokens from now on (T <= the T the model was created with); RoPE base theta. */
 void loom_model_set_shape(struct loom_model *m, int T, double rope_theta);
 
 /* Forward over host ids/targets [B*T] (target < 0: not in the loss). Returns the sum of the token
  * losses in double; *count (may be NULL) gets the number of counted tokens and token_losses (may be
- * NULL) each token's loss. When dloss > 0, the logits buffer is left holding d(loss)/d(logits) with
- * each token's loss weighted by dloss (1 / tokens in the global batch, for a mean over it).
+ * NULL) each token's loss. When dloss > 0 (training), each token's loss weighted by dloss (1 / tokens in
+ * the global batch, for a mean over it), the forward also adds the head's weight gradient and leaves
+ * d(loss)/d(lnf) in the slot for the backward. Without grad, the logits buffer holds the last rows' logits:
+ * every row's when the head took them in one chunk.
  * On a pipeline stage: ids are read on the first stage (others start from loom_model_stage_input),
  * and only the last stage has a loss (others return 0 with *count 0). */
 double loom_model_forward(struct loom_model *m, const int *ids, const int *targets, float dloss, long *count,

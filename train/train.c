@@ -94,6 +94,7 @@ static void dump_probe_logits(struct loom_model *m, const char *path, const int 
     int64_t *loads = malloc_check(sizeof(int64_t) * (nload + 1));
     memcpy(loads, m->expert_load, sizeof(int64_t) * nload);
     double balance = m->balance;
+    loom_model_whole_logits(m);
     loom_model_use_slot(m, 0);
     loom_model_set_shape(m, T, m->cfg.rope_theta);
     loom_model_forward(m, ids, targets, 0.0f, NULL, NULL);
