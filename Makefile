@@ -110,7 +110,7 @@ test-gpu: loom $(GPU_TEST_BINS)
 	@test -n "$(CUDA_OBJS)" || { echo "make test-gpu: this build has no CUDA backend (nvcc not found, or no model/cuda sources)"; exit 2; }
 	@tests/run.sh $(GPU_TEST_BINS) $(sort $(wildcard tests/gpu/test_*.sh))
 
-bench-gpu: loom
+bench-gpu: loom $(BUILD)/bench/moe_grouped
 	@scripts/bench_gpu.sh
 
 demo: loom

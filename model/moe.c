@@ -2,13 +2,16 @@
  * model/moe.c — the mixture-of-experts MLP (see moe.h), forward and backward.
  *
  * Legend: N tokens (B sequences of T), C width, E routed experts, K experts per token, I expert
- * width, SI shared width; an assignment a = n K + j is token n's j-th expert. Routing runs on the
- * host (scores are copied out once per micro-batch); the heavy work — gathers, expert GEMMs,
- * weighted scatters — goes through the backend.
+ * width, SI shared width; an assignment a = n K + j is token n's j-th expert; P rows of the buffers in
+ * expert order (each expert's block padded to the backend's moe_tile rows).
+ *
+ * Everything runs in the backend (model/ops.h): router GEMM, routing, the dispatch plan (a stable
+ * counting sort by expert), gathers, the experts as grouped GEMMs, the weighted combine, the balance
+ * statistics and the router's backward. The host receives only the per-expert counts of each
+ * micro-batch (the loads, the grouped GEMMs' row counts and the all-to-all-v sizes) and the balance loss.
  */
 #include "model/moe.h"
 
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,33 +25,42 @@ struct loom_moe_layer {
     int tp, sliced;                                      /* ep x tp: each tp rank dispatches 1/tp of the tokens */
     int n0, n1, nk;                                      /* the micro-batch's tokens [n0, n1) this rank dispatches,
                                                           * nk = (n1 - n0) K assignments */
-    /* parameters and their gradients */
+    int tile, P;                                         /* expert blocks start at multiples of tile rows; P rows
+                                                          * in expert order this micro-batch (capacity NK + E (tile - 1)) */
+    struct loom_moe_routing route;
+    /* parameters and their gradients; expert e's tensors are those of expert e0 moved by (e - e0) stride */
     float *w_gate, *g_gate;                              /* router [E, C] */
-    float **w_eg, **w_eu, **w_ed, **g_eg, **g_eu, **g_ed; /* expert e: [I, C], [I, C], [C, I] */
-    float *w_sg, *w_su, *w_sd, *g_sg, *g_su, *g_sd;       /* shared: [SI, C], [SI, C], [C, SI] */
+    float *w_eg, *w_eu, *w_ed, *g_eg, *g_eu, *g_ed;      /* expert e0: [I, C], [I, C], [C, I] */
+    size_t stride;                                       /* floats from one expert's tensor to the next's */
+    float *w_sg, *w_su, *w_sd, *g_sg, *g_su, *g_sd;      /* shared: [SI, C], [SI, C], [C, SI] */
+    /* device routing of the micro-batch in flight */
+    float *bias;                                         /* [E] the router bias the host last uploaded */
+    float *logits, *scores;                              /* [N, E] */
+    int *idx;                                            /* [N, K] */
+    float *w;                                            /* [N, K] routing weights */
+    int *counts;                                         /* [2E]: assignments per expert, all tokens then the slice */
+    int *offs_d;                                         /* [E + 1] moe_plan's block starts */
+    int *pos;                                            /* [NK] position of each of the slice's assignments */
+    float *f;                                            /* [B, E] balance statistics */
     /* device activations, assignments in expert order */
-    float *logits;                                       /* [N, E] */
-    float *xp, *gp, *up, *hp, *yp;                       /* [NK, C], [NK, I] x 3, [NK, C] */
-    int *rows;                                           /* [NK] token of each assignment */
-    float *wperm;                                        /* [NK] its routing weight */
+    float *xp, *gp, *up, *hp, *yp;                       /* [P, C], [P, I] x 3, [P, C] */
+    int *rows;                                           /* [P] token of each row (-1: padding) */
+    float *wperm;                                        /* [P] its routing weight */
     float *sg, *su, *sh;                                 /* shared [N, SI] */
     /* device backward work space */
     float *dyp, *dxp, *dhp, *dgp, *dup, *dsg, *dsu, *dsh, *dlogits, *dw;
-    /* host routing of the micro-batch in flight */
-    float *scores;                                       /* [N, E] */
-    int *idx;                                            /* [N, K] */
-    float *w;                                            /* [N, K] */
-    float *qsum;                                         /* [N] sum of the chosen unbiased scores */
-    int *perm, *offs;                                    /* [NK] assignments in expert order, [E + 1] */
-    int *rows_h;
-    float *wperm_h, *f;                                  /* [NK]; f [B, E] for the balance loss */
+    /* host copies */
+    float *bias_h;                                       /* [E] what `bias` holds (bias_set: uploaded once) */
+    int bias_set;
+    int *counts_h;                                       /* [2E] */
+    int *offs;                                           /* [E + 1] block starts, offs[E] = P */
     float bal_scale;                                     /* of the forward, for the backward */
     /* expert parallelism (ep > 1): the rows this rank's experts receive, capacity NK x ep */
     float *recv, *back;                                  /* in arrival order (by source rank) [R, C] */
     float *xl, *gl, *ul, *hl, *yl;                       /* grouped by local expert */
     float *dyl, *dhl, *dgl, *dul, *dxl;
     int *lperm, *lperm_h;                                /* expert-order position -> arrival row */
-    int *loffs;                                          /* [per + 1] */
+    int *loffs, *lcount;                                 /* [per + 1], [per] */
     int nrecv;
     int *srows, *sdispl, *rrows, *rdispl;                /* rows to and from each ep rank [ep] */
     int *cnt_send, *cnt_recv;                            /* assignments per (ep rank, local expert) */
@@ -89,20 +101,32 @@ struct loom_moe_layer *loom_moe_layer_create(const struct loom_model *m, int lay
     int E = L->E, K = L->K, C = L->C, I = L->I, SI = L->SI;
     size_t N = (size_t)B * T_max, NK = N * K;
 
+    L->route = (struct loom_moe_routing){.experts = E, .top_k = K, .groups = (int)mc->groups,
+                                         .topk_groups = (int)mc->topk_groups, .softmax = mc->score == LOOM_MOE_SOFTMAX,
+                                         .norm_topk = mc->norm_topk, .scaling = (float)mc->scaling};
+    /* the dispatch sends whole blocks to the experts' ranks, so expert parallelism keeps them unpadded */
+    L->tile = L->ep == 1 && m->ops->moe_tile > 1 ? m->ops->moe_tile : 1;
+    size_t P = NK + (size_t)E * (L->tile - 1);
+
     L->w_gate = weight(m, m->params, layer, "gate", 0);
     L->g_gate = weight(m, m->grads, layer, "gate", 0);
     CHECK(L->w_gate != NULL, "block %d has no router", layer);
-    float **tabs[6];
-    for (int t = 0; t < 6; t++) tabs[t] = calloc_check((size_t)E, sizeof(float *));
-    L->w_eg = tabs[0], L->w_eu = tabs[1], L->w_ed = tabs[2], L->g_eg = tabs[3], L->g_eu = tabs[4], L->g_ed = tabs[5];
-    for (int e = L->e0; e < L->e0 + L->per; e++) {
-        L->w_eg[e] = weight(m, m->params, layer, "experts.%d.gate_proj", e);
-        L->w_eu[e] = weight(m, m->params, layer, "experts.%d.up_proj", e);
-        L->w_ed[e] = weight(m, m->params, layer, "experts.%d.down_proj", e);
-        L->g_eg[e] = weight(m, m->grads, layer, "experts.%d.gate_proj", e);
-        L->g_eu[e] = weight(m, m->grads, layer, "experts.%d.up_proj", e);
-        L->g_ed[e] = weight(m, m->grads, layer, "experts.%d.down_proj", e);
-        CHECK(L->w_eg[e] && L->w_eu[e] && L->w_ed[e], "block %d lacks expert %d", layer, e);
+    /* the grouped GEMMs take one tensor and a stride: the parameter table lays each block's experts out one
+     * after another (gate, up, down of expert e, then of e + 1), which is checked here */
+    static const char *const kinds[3] = {"experts.%d.gate_proj", "experts.%d.up_proj", "experts.%d.down_proj"};
+    float **firsts[6] = {&L->w_eg, &L->w_eu, &L->w_ed, &L->g_eg, &L->g_eu, &L->g_ed};
+    for (int t = 0; t < 6; t++) {
+        float *base = t < 3 ? m->params : m->grads, *first = weight(m, base, layer, kinds[t % 3], L->e0);
+        CHECK(first != NULL, "block %d lacks expert %d", layer, L->e0);
+        if (t == 0 && L->per > 1) {
+            float *second = weight(m, base, layer, kinds[0], L->e0 + 1);
+            CHECK(second != NULL, "block %d lacks expert %d", layer, L->e0 + 1);
+            L->stride = (size_t)(second - first);
+        }
+        for (int le = 0; le < L->per; le++)
+            CHECK(weight(m, base, layer, kinds[t % 3], L->e0 + le) == first + le * L->stride,
+                  "block %d: expert %d's tensors are not where the experts' stride puts them", layer, L->e0 + le);
+        *firsts[t] = first;
     }
     if (SI) {
         L->w_sg = weight(m, m->params, layer, "shared_experts.gate_proj", 0);
@@ -113,26 +137,27 @@ struct loom_moe_layer *loom_moe_layer_create(const struct loom_model *m, int lay
         L->g_sd = weight(m, m->grads, layer, "shared_experts.down_proj", 0);
     }
 
-    L->logits = dev(m, L, N * E);
-    L->xp = dev(m, L, NK * C), L->gp = dev(m, L, NK * I), L->up = dev(m, L, NK * I);
-    L->hp = dev(m, L, NK * I), L->yp = dev(m, L, NK * C);
-    L->rows = m->ops->alloc(sizeof(int) * NK);
-    L->wperm = dev(m, L, NK);
+    L->bias = dev(m, L, E);
+    L->logits = dev(m, L, N * E), L->scores = dev(m, L, N * E);
+    L->idx = m->ops->alloc(sizeof(int) * NK);
+    L->w = dev(m, L, NK);
+    L->counts = m->ops->alloc(sizeof(int) * 2 * E);
+    L->offs_d = m->ops->alloc(sizeof(int) * (E + 1));
+    L->pos = m->ops->alloc(sizeof(int) * NK);
+    L->f = dev(m, L, (size_t)B * E);
+    L->xp = dev(m, L, P * C), L->gp = dev(m, L, P * I), L->up = dev(m, L, P * I);
+    L->hp = dev(m, L, P * I), L->yp = dev(m, L, P * C);
+    L->rows = m->ops->alloc(sizeof(int) * P);
+    L->wperm = dev(m, L, P);
     L->sg = dev(m, L, N * SI), L->su = dev(m, L, N * SI), L->sh = dev(m, L, N * SI);
-    L->dyp = dev(m, L, NK * C), L->dxp = dev(m, L, NK * C), L->dhp = dev(m, L, NK * I);
-    L->dgp = dev(m, L, NK * I), L->dup = dev(m, L, NK * I);
+    L->dyp = dev(m, L, P * C), L->dxp = dev(m, L, P * C), L->dhp = dev(m, L, P * I);
+    L->dgp = dev(m, L, P * I), L->dup = dev(m, L, P * I);
     L->dsg = dev(m, L, N * SI), L->dsu = dev(m, L, N * SI), L->dsh = dev(m, L, N * SI);
-    L->dlogits = dev(m, L, N * E), L->dw = dev(m, L, NK);
+    L->dlogits = dev(m, L, N * E), L->dw = dev(m, L, P);
 
-    L->scores = malloc_check(sizeof(float) * N * E);
-    L->idx = malloc_check(sizeof(int) * NK);
-    L->w = malloc_check(sizeof(float) * NK);
-    L->qsum = malloc_check(sizeof(float) * N);
-    L->perm = malloc_check(sizeof(int) * NK);
+    L->bias_h = malloc_check(sizeof(float) * E);
+    L->counts_h = malloc_check(sizeof(int) * 2 * E);
     L->offs = malloc_check(sizeof(int) * (E + 1));
-    L->rows_h = malloc_check(sizeof(int) * NK);
-    L->wperm_h = malloc_check(sizeof(float) * NK);
-    L->f = malloc_check(sizeof(float) * (size_t)B * E);
     if (L->ep > 1) {
         size_t R = NK * L->ep;
         L->recv = dev(m, L, R * C), L->back = dev(m, L, R * C);
@@ -143,6 +168,7 @@ struct loom_moe_layer *loom_moe_layer_create(const struct loom_model *m, int lay
         L->lperm = m->ops->alloc(sizeof(int) * R);
         L->lperm_h = malloc_check(sizeof(int) * R);
         L->loffs = malloc_check(sizeof(int) * (L->per + 1));
+        L->lcount = malloc_check(sizeof(int) * L->per);
         L->srows = malloc_check(sizeof(int) * L->ep), L->sdispl = malloc_check(sizeof(int) * L->ep);
         L->rrows = malloc_check(sizeof(int) * L->ep), L->rdispl = malloc_check(sizeof(int) * L->ep);
         L->cnt_send = malloc_check(sizeof(int) * E), L->cnt_recv = malloc_check(sizeof(int) * E);
@@ -151,20 +177,18 @@ struct loom_moe_layer *loom_moe_layer_create(const struct loom_model *m, int lay
 }
 
 void loom_moe_layer_free(const struct loom_model *m, struct loom_moe_layer *L) {
-    float *bufs[] = {L->logits, L->xp, L->gp, L->up, L->hp, L->yp, L->wperm, L->sg, L->su, L->sh, L->dyp, L->dxp,
-                     L->dhp, L->dgp, L->dup, L->dsg, L->dsu, L->dsh, L->dlogits, L->dw};
+    void *bufs[] = {L->bias, L->logits, L->scores, L->idx, L->w, L->counts, L->offs_d, L->pos, L->f, L->xp, L->gp,
+                    L->up, L->hp, L->yp, L->rows, L->wperm, L->sg, L->su, L->sh, L->dyp, L->dxp, L->dhp, L->dgp,
+                    L->dup, L->dsg, L->dsu, L->dsh, L->dlogits, L->dw};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) m->ops->free(bufs[i]);
-    m->ops->free(L->rows);
     if (L->ep > 1) {
         float *ep_bufs[] = {L->recv, L->back, L->xl, L->gl, L->ul, L->hl, L->yl, L->dyl, L->dhl, L->dgl, L->dul, L->dxl};
         for (size_t i = 0; i < sizeof ep_bufs / sizeof ep_bufs[0]; i++) m->ops->free(ep_bufs[i]);
         m->ops->free(L->lperm);
-        free(L->lperm_h), free(L->loffs), free(L->srows), free(L->sdispl), free(L->rrows), free(L->rdispl);
-        free(L->cnt_send), free(L->cnt_recv);
+        free(L->lperm_h), free(L->loffs), free(L->lcount), free(L->srows), free(L->sdispl), free(L->rrows);
+        free(L->rdispl), free(L->cnt_send), free(L->cnt_recv);
     }
-    free(L->w_eg), free(L->w_eu), free(L->w_ed), free(L->g_eg), free(L->g_eu), free(L->g_ed);
-    free(L->scores), free(L->idx), free(L->w), free(L->qsum), free(L->perm), free(L->offs);
-    free(L->rows_h), free(L->wperm_h), free(L->f);
+    free(L->bias_h), free(L->counts_h), free(L->offs);
     free(L);
 }
 
@@ -173,87 +197,39 @@ size_t loom_moe_layer_floats(const struct loom_moe_layer *L) { return L->floats;
 size_t loom_moe_activation_floats(const struct loom_model_config *cfg, int B, int T) {
     size_t N = (size_t)B * T, E = cfg->moe.experts, K = cfg->moe.top_k, C = cfg->hidden_size;
     size_t I = cfg->moe.intermediate, SI = cfg->moe.shared * I, NK = N * K;
-    /* forward: logits, x/y and three I-wide blocks per assignment, weights, shared; backward alike */
-    return 2 * (N * E + 2 * NK * C + 3 * NK * I + NK + 3 * N * SI);
+    /* forward: logits and scores, weights, x/y and three I-wide blocks per assignment, the permuted weights,
+     * shared; backward alike (without padding: the CPU backend's layout) */
+    return 2 * (N * E + 2 * NK * C + 3 * NK * I + NK + 3 * N * SI) + N * E + NK + (size_t)B * E + E;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
-/* routing (host)                                                                                   */
-
-/* Token n's experts: the K largest of score + bias (ties to the lower index), within the topk_groups
- * groups of highest group score (sum of each group's two largest biased scores) when grouping is on. */
-static void route_token(const struct loom_moe_config *mc, const float *s, const float *bias, int *idx) {
-    int E = (int)mc->experts, K = (int)mc->top_k, G = (int)mc->groups, per = E / G;
-    float sel[4096];
-    CHECK(E <= 4096, "%d experts", E);
-    for (int e = 0; e < E; e++) sel[e] = s[e] + bias[e];
-    if (G > 1) {
-        float gscore[4096];
-        int keep[4096] = {0};
-        for (int g = 0; g < G; g++) {
-            float a = -INFINITY, b = -INFINITY;
-            for (int e = g * per; e < (g + 1) * per; e++) {
-                if (sel[e] > a) b = a, a = sel[e];
-                else if (sel[e] > b) b = sel[e];
-            }
-            gscore[g] = a + (per > 1 ? b : 0);
-        }
-        for (int r = 0; r < mc->topk_groups; r++) {
-            int best = -1;
-            for (int g = 0; g < G; g++)
-                if (!keep[g] && (best < 0 || gscore[g] > gscore[best])) best = g;
-            keep[best] = 1;
-        }
-        for (int e = 0; e < E; e++)
-            if (!keep[e / per]) sel[e] = -INFINITY;
-    }
-    for (int j = 0; j < K; j++) {
-        int best = -1;
-        for (int e = 0; e < E; e++) {
-            int taken = 0;
-            for (int q = 0; q < j; q++) taken |= idx[q] == e;
-            if (!taken && (best < 0 || sel[e] > sel[best])) best = e;
-        }
-        idx[j] = best;
-    }
-}
-
-/* ---------------------------------------------------------------------------------------------- */
-/* the experts this rank holds, on rows grouped by expert (offs: per local expert, [per + 1])       */
+/* the experts this rank holds, as grouped GEMMs on rows grouped by expert: local expert le owns rows
+ * [start[le], start[le] + count[le]) of the R rows (the rows between blocks are padding)           */
 
 static void experts_forward(const struct loom_model *m, struct loom_moe_layer *L, const float *xr, float *g,
-                            float *u, float *h, float *y, const int *offs) {
+                            float *u, float *h, float *y, const int *start, const int *count, int R) {
     const struct loom_ops *ops = m->ops;
-    int C = L->C, I = L->I;
-    for (int le = 0; le < L->per; le++) {
-        int e = L->e0 + le, o = offs[le], ne = offs[le + 1] - o;
-        if (!ne) continue;
-        ops->matmul_forward(g + (size_t)o * I, xr + (size_t)o * C, L->w_eg[e], ne, C, I);
-        ops->matmul_forward(u + (size_t)o * I, xr + (size_t)o * C, L->w_eu[e], ne, C, I);
-        ops->swiglu_forward(h + (size_t)o * I, g + (size_t)o * I, u + (size_t)o * I, ne, I);
-        ops->matmul_forward(y + (size_t)o * C, h + (size_t)o * I, L->w_ed[e], ne, I, C);
-    }
+    int C = L->C, I = L->I, G = L->per;
+    size_t st = L->stride;
+    ops->grouped_matmul_forward(g, xr, L->w_eg, st, start, count, G, C, I);
+    ops->grouped_matmul_forward(u, xr, L->w_eu, st, start, count, G, C, I);
+    ops->swiglu_forward(h, g, u, R, I);
+    ops->grouped_matmul_forward(y, h, L->w_ed, st, start, count, G, I, C);
 }
 
 static void experts_backward(const struct loom_model *m, struct loom_moe_layer *L, const float *xr, const float *g,
                              const float *u, const float *h, const float *dyr, float *dh, float *dg, float *du,
-                             float *dxr, const int *offs) {
+                             float *dxr, const int *start, const int *count, int R) {
     const struct loom_ops *ops = m->ops;
-    int C = L->C, I = L->I;
-    for (int le = 0; le < L->per; le++) {
-        int e = L->e0 + le, o = offs[le], ne = offs[le + 1] - o;
-        if (!ne) continue;
-        const float *dy = dyr + (size_t)o * C, *xe = xr + (size_t)o * C;
-        float *dhe = dh + (size_t)o * I, *dge = dg + (size_t)o * I, *due = du + (size_t)o * I;
-        float *dxe = dxr + (size_t)o * C;
-        ops->matmul_backward_weight(L->g_ed[e], dy, h + (size_t)o * I, ne, I, C);
-        ops->matmul_backward_input(dhe, dy, L->w_ed[e], ne, I, C, 0);
-        ops->swiglu_backward(dge, due, dhe, g + (size_t)o * I, u + (size_t)o * I, ne, I);
-        ops->matmul_backward_weight(L->g_eg[e], dge, xe, ne, C, I);
-        ops->matmul_backward_weight(L->g_eu[e], due, xe, ne, C, I);
-        ops->matmul_backward_input(dxe, dge, L->w_eg[e], ne, C, I, 0);
-        ops->matmul_backward_input(dxe, due, L->w_eu[e], ne, C, I, 1);
-    }
+    int C = L->C, I = L->I, G = L->per;
+    size_t st = L->stride;
+    ops->grouped_matmul_backward_weight(L->g_ed, st, dyr, h, start, count, G, I, C);
+    ops->grouped_matmul_backward_input(dh, dyr, L->w_ed, st, start, count, G, I, C, 0);
+    ops->swiglu_backward(dg, du, dh, g, u, R, I);
+    ops->grouped_matmul_backward_weight(L->g_eg, st, dg, xr, start, count, G, C, I);
+    ops->grouped_matmul_backward_weight(L->g_eu, st, du, xr, start, count, G, C, I);
+    ops->grouped_matmul_backward_input(dxr, dg, L->w_eg, st, start, count, G, C, I, 0);
+    ops->grouped_matmul_backward_input(dxr, du, L->w_eu, st, start, count, G, C, I, 1);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -291,6 +267,7 @@ static void dispatch_plan(const struct loom_model *m, struct loom_moe_layer *L) 
         }
     }
     L->loffs[per] = q;
+    for (int le = 0; le < per; le++) L->lcount[le] = L->loffs[le + 1] - L->loffs[le];
     m->ops->from_host(L->lperm, L->lperm_h, sizeof(int) * (size_t)(total ? total : 1));
 }
 
@@ -322,14 +299,43 @@ static void unpermute(const struct loom_model *m, struct loom_moe_layer *L, cons
 /* ---------------------------------------------------------------------------------------------- */
 /* forward                                                                                          */
 
-static void balance_forward(const struct loom_model *m, struct loom_moe_layer *L, double *balance);
-
 /* a tensor-parallel sum of activations or their gradients, left in the compute dtype */
 static void tp_sum_rounded(const struct loom_model *m, float *buf, size_t n) {
     m->comm.sum(m->comm.ctx, buf, n);
     m->ops->round_compute(buf, n);
 }
 static void router_backward(const struct loom_model *m, struct loom_moe_layer *L, const float *x, float *dx);
+
+/* the router bias to the backend when the host's copy changed (it moves once per step) */
+static void bias_upload(const struct loom_model *m, struct loom_moe_layer *L, const float *bias) {
+    size_t bytes = sizeof(float) * (size_t)L->E;
+    if (L->bias_set && memcmp(L->bias_h, bias, bytes) == 0) return;
+    memcpy(L->bias_h, bias, bytes);
+    m->ops->from_host(L->bias, bias, bytes);
+    L->bias_set = 1;
+}
+
+/* Route every token, plan the dispatch of the slice [n0, n1) and gather its rows in expert order. The
+ * counts come to the host: the loads, the block starts of the grouped GEMMs and the all-to-all-v sizes. */
+static void route(const struct loom_model *m, struct loom_moe_layer *L, const float *x, const float *bias,
+                  int64_t *load) {
+    const struct loom_ops *ops = m->ops;
+    int E = L->E, K = L->K, C = L->C, N = m->B * m->T;
+    /* the router in fp32 (`exact`: no rounding to the compute dtype) */
+    ops->exact->matmul_forward(L->logits, x, L->w_gate, N, C, E);
+    bias_upload(m, L, bias);
+    ops->exact->moe_route(L->scores, L->idx, L->w, L->counts, L->logits, L->bias, N, &L->route);
+    ops->moe_plan(L->counts + E, L->offs_d, L->rows, L->wperm, L->pos, L->idx, L->w, L->n0 * K, L->nk, K, E, L->tile);
+    ops->to_host(L->counts_h, L->counts, sizeof(int) * 2 * (size_t)E);
+    const int *slice = L->counts_h + E;
+    L->offs[0] = 0;
+    for (int e = 0; e < E; e++) {
+        load[e] += L->counts_h[e];
+        L->offs[e + 1] = L->offs[e] + (slice[e] + L->tile - 1) / L->tile * L->tile;
+    }
+    L->P = L->offs[E];
+    ops->moe_permute(L->xp, x, L->rows, NULL, L->P, C);
+}
 
 void loom_moe_forward(const struct loom_model *m, struct loom_moe_layer *L, const float *x, float *out,
                       const float *bias, int64_t *load, double *balance, float bal_scale) {
@@ -340,27 +346,27 @@ void loom_moe_forward(const struct loom_model *m, struct loom_moe_layer *L, cons
 void loom_moe_forward_phase(const struct loom_model *m, struct loom_moe_layer *L, int phase, const float *x,
                             float *out, const float *bias, int64_t *load, double *balance, float bal_scale) {
     const struct loom_ops *ops = m->ops;
-    const struct loom_moe_config *mc = &m->cfg.moe;
     int E = L->E, K = L->K, C = L->C, SI = L->SI, B = m->B, T = m->T, N = B * T;
     if (phase == 1) {
         /* the experts this rank holds; with ep > 1 their outputs start back */
         if (L->ep == 1) {
-            experts_forward(m, L, L->xp, L->gp, L->up, L->hp, L->yp, L->offs);
+            experts_forward(m, L, L->xp, L->gp, L->up, L->hp, L->yp, L->offs, L->counts_h + E, L->P);
             return;
         }
         exchange_wait(m, L);
         ops->gather_rows(L->xl, L->recv, L->lperm, NULL, L->nrecv, C);
-        experts_forward(m, L, L->xl, L->gl, L->ul, L->hl, L->yl, L->loffs);
+        experts_forward(m, L, L->xl, L->gl, L->ul, L->hl, L->yl, L->loffs, L->lcount, L->nrecv);
         unpermute(m, L, L->yl, L->back);
         exchange_start(m, L, L->back, L->yp, 0);
         return;
     }
     if (phase == 2) {
         exchange_wait(m, L);
-        ops->scatter_add_rows(out, L->yp, L->rows, L->wperm, L->nk, C);
+        ops->moe_unpermute(out, L->yp, L->pos, L->wperm, L->n0, L->n1, K, C);
         /* ep x tp: this rank holds its slice's routed output and its part of the shared output */
         if (L->sliced) tp_sum_rounded(m, out, (size_t)N * C);
-        balance_forward(m, L, balance);
+        /* the sequence-wise balance loss, bal_scale sum_b sum_i f_i P_i (see moe.h) */
+        if (L->bal_scale > 0) *balance += L->bal_scale * ops->exact->moe_balance(L->f, L->scores, L->idx, B, T, E, K);
         return;
     }
     L->bal_scale = bal_scale;
@@ -368,50 +374,12 @@ void loom_moe_forward_phase(const struct loom_model *m, struct loom_moe_layer *L
      * ranks of a replica share out the dispatch, each sending the tokens of its own slice */
     L->n0 = L->sliced ? (int)((int64_t)N * m->stage.tp_rank / L->tp) : 0;
     L->n1 = L->sliced ? (int)((int64_t)N * (m->stage.tp_rank + 1) / L->tp) : N;
-    int nk = L->nk = (L->n1 - L->n0) * K, a0 = L->n0 * K;
+    L->nk = (L->n1 - L->n0) * K;
+    route(m, L, x, bias, load);
 
-    /* router, in fp32 (`exact`: no rounding to the compute dtype) */
-    ops->exact->matmul_forward(L->logits, x, L->w_gate, N, C, E);
-    ops->to_host(L->scores, L->logits, sizeof(float) * (size_t)N * E);
-    for (int n = 0; n < N; n++) {
-        float *s = L->scores + (size_t)n * E;
-        if (mc->score == LOOM_MOE_SIGMOID) {
-            for (int e = 0; e < E; e++) s[e] = 1.0f / (1.0f + expf(-s[e]));
-        } else {
-            float mx = -INFINITY, sum = 0;
-            for (int e = 0; e < E; e++) mx = s[e] > mx ? s[e] : mx;
-            for (int e = 0; e < E; e++) sum += s[e] = expf(s[e] - mx);
-            for (int e = 0; e < E; e++) s[e] /= sum;
-        }
-        int *idx = L->idx + (size_t)n * K;
-        route_token(mc, s, bias, idx);
-        float q = 0;
-        for (int j = 0; j < K; j++) q += s[idx[j]];
-        L->qsum[n] = q;
-        for (int j = 0; j < K; j++) {
-            float w = s[idx[j]];
-            if (mc->norm_topk) w /= q + 1e-20f;
-            L->w[(size_t)n * K + j] = w * (float)mc->scaling;
-            load[idx[j]]++;
-        }
-    }
-
-    /* the slice's assignments grouped by expert (a counting sort keeps token order inside each expert) */
-    memset(L->offs, 0, sizeof(int) * (E + 1));
-    for (int a = a0; a < a0 + nk; a++) L->offs[L->idx[a] + 1]++;
-    for (int e = 0; e < E; e++) L->offs[e + 1] += L->offs[e];
-    int *fill = malloc_check(sizeof(int) * E);
-    memcpy(fill, L->offs, sizeof(int) * E);
-    for (int a = a0; a < a0 + nk; a++) L->perm[fill[L->idx[a]]++] = a;
-    free(fill);
-    for (int p = 0; p < nk; p++) L->rows_h[p] = L->perm[p] / K, L->wperm_h[p] = L->w[L->perm[p]];
-    ops->from_host(L->rows, L->rows_h, sizeof(int) * (size_t)(nk ? nk : 1));
-    ops->from_host(L->wperm, L->wperm_h, sizeof(float) * (size_t)(nk ? nk : 1));
-
-    /* routed experts run one GEMM per expert over its contiguous tokens (phase 1); under expert
-     * parallelism the tokens first travel to the rank that holds their expert, while the shared experts
-     * compute; the weighted routed outputs are added in phase 2 */
-    ops->gather_rows(L->xp, x, L->rows, NULL, nk, C);
+    /* routed experts run as grouped GEMMs over their contiguous tokens (phase 1); under expert parallelism
+     * the tokens first travel to the rank that holds their expert, while the shared experts compute; the
+     * weighted routed outputs are added in phase 2 */
     if (L->ep > 1) {
         dispatch_plan(m, L);
         exchange_start(m, L, L->xp, L->recv, 1);
@@ -427,30 +395,6 @@ void loom_moe_forward_phase(const struct loom_model *m, struct loom_moe_layer *L
     }
 }
 
-/* sequence-wise balance loss: per sequence, f_i = E / (K T) * tokens choosing i (no gradient),
- * P_i = mean over tokens of s_i / sum_j s_j; loss = bal_scale * sum_i f_i P_i */
-static void balance_forward(const struct loom_model *m, struct loom_moe_layer *L, double *balance) {
-    int E = L->E, K = L->K, B = m->B, T = m->T;
-    float bal_scale = L->bal_scale;
-    if (bal_scale > 0) {
-        double total = 0;
-        for (int b = 0; b < B; b++) {
-            float *f = L->f + (size_t)b * E;
-            for (int e = 0; e < E; e++) f[e] = 0;
-            for (int t = 0; t < T; t++)
-                for (int j = 0; j < K; j++) f[L->idx[((size_t)b * T + t) * K + j]] += (float)E / ((float)K * T);
-            for (int t = 0; t < T; t++) {
-                const float *s = L->scores + ((size_t)b * T + t) * E;
-                double S = 0, fp = 0;
-                for (int e = 0; e < E; e++) S += s[e];
-                for (int e = 0; e < E; e++) fp += f[e] * s[e];
-                total += fp / S / T;
-            }
-        }
-        *balance += bal_scale * total;
-    }
-}
-
 /* ---------------------------------------------------------------------------------------------- */
 /* backward                                                                                         */
 
@@ -462,22 +406,24 @@ void loom_moe_backward(const struct loom_model *m, struct loom_moe_layer *L, con
 void loom_moe_backward_phase(const struct loom_model *m, struct loom_moe_layer *L, int phase, const float *x,
                              const float *dout, float *dx) {
     const struct loom_ops *ops = m->ops;
-    int C = L->C, SI = L->SI, B = m->B, T = m->T, N = B * T, nk = L->nk;
+    int K = L->K, C = L->C, SI = L->SI, B = m->B, T = m->T, N = B * T;
     if (phase == 1) {
         if (L->ep == 1) {
-            experts_backward(m, L, L->xp, L->gp, L->up, L->hp, L->dyp, L->dhp, L->dgp, L->dup, L->dxp, L->offs);
+            experts_backward(m, L, L->xp, L->gp, L->up, L->hp, L->dyp, L->dhp, L->dgp, L->dup, L->dxp, L->offs,
+                             L->counts_h + L->E, L->P);
             return;
         }
         exchange_wait(m, L);
         ops->gather_rows(L->dyl, L->recv, L->lperm, NULL, L->nrecv, C);
-        experts_backward(m, L, L->xl, L->gl, L->ul, L->hl, L->dyl, L->dhl, L->dgl, L->dul, L->dxl, L->loffs);
+        experts_backward(m, L, L->xl, L->gl, L->ul, L->hl, L->dyl, L->dhl, L->dgl, L->dul, L->dxl, L->loffs,
+                         L->lcount, L->nrecv);
         unpermute(m, L, L->dxl, L->back);
         exchange_start(m, L, L->back, L->dxp, 0);
         return;
     }
     if (phase == 2) {
         exchange_wait(m, L);
-        ops->scatter_add_rows(dx, L->dxp, L->rows, NULL, nk, C);
+        ops->moe_unpermute(dx, L->dxp, L->pos, NULL, L->n0, L->n1, K, C);
         router_backward(m, L, x, dx);
         /* ep x tp: every part of dx (shared, routed, router) was this rank's share */
         if (L->sliced) tp_sum_rounded(m, dx, (size_t)N * C);
@@ -499,64 +445,20 @@ void loom_moe_backward_phase(const struct loom_model *m, struct loom_moe_layer *
     }
 
     /* routed experts: d(weight) of each assignment = dout . y; the expert sees w * dout */
-    ops->row_dot(L->dw, L->yp, dout, L->rows, nk, C);
-    ops->gather_rows(L->dyp, dout, L->rows, L->wperm, nk, C);
+    ops->moe_unpermute_backward(L->dyp, L->dw, dout, L->yp, L->rows, L->wperm, L->P, C);
     if (L->ep > 1) exchange_start(m, L, L->dyp, L->recv, 1);
 }
 
-/* router: back through scaling, the top-k normalisation, the balance loss and the score function, for
- * the tokens [n0, n1) this rank dispatched (all of them unless ep x tp) */
+/* router: back through the weights, the balance loss and the score function (ops.h, moe_route_backward) for
+ * the tokens [n0, n1) this rank dispatched (all of them unless ep x tp), then through the router GEMM */
 static void router_backward(const struct loom_model *m, struct loom_moe_layer *L, const float *x, float *dx) {
     const struct loom_ops *ops = m->ops;
-    const struct loom_moe_config *mc = &m->cfg.moe;
-    int E = L->E, K = L->K, C = L->C, T = m->T, n0 = L->n0, n1 = L->n1, ns = n1 - n0, nk = L->nk;
+    int E = L->E, C = L->C, n0 = L->n0, ns = L->n1 - L->n0;
     if (!ns) return;
-    float *dwp = malloc_check(sizeof(float) * (size_t)nk), *ds = calloc_check((size_t)ns * E, sizeof(float));
-    ops->to_host(dwp, L->dw, sizeof(float) * (size_t)nk);
-    float *dwa = malloc_check(sizeof(float) * (size_t)nk); /* by assignment n K + j - n0 K */
-    for (int p = 0; p < nk; p++) dwa[L->perm[p] - n0 * K] = dwp[p];
-    float scale = (float)mc->scaling;
-    for (int n = n0; n < n1; n++) {
-        const float *s = L->scores + (size_t)n * E;
-        const int *idx = L->idx + (size_t)n * K;
-        const float *dw = dwa + (size_t)(n - n0) * K;
-        float *dsn = ds + (size_t)(n - n0) * E;
-        if (mc->norm_topk) {
-            /* w_j = scale q_j / Q, Q = sum q + 1e-20 */
-            float Q = L->qsum[n] + 1e-20f, cross = 0;
-            for (int j = 0; j < K; j++) cross += dw[j] * s[idx[j]];
-            for (int j = 0; j < K; j++) dsn[idx[j]] += scale * (dw[j] / Q - cross / (Q * Q));
-        } else {
-            for (int j = 0; j < K; j++) dsn[idx[j]] += scale * dw[j];
-        }
-    }
-    if (L->bal_scale > 0) {
-        /* d/ds_k of s_i / S with S = sum s: (g_k - sum_i g_i s_i / S) / S, g_i = bal_scale f_i / T */
-        for (int n = n0; n < n1; n++) {
-            const float *s = L->scores + (size_t)n * E, *f = L->f + (size_t)(n / T) * E;
-            double S = 0, gs = 0;
-            for (int e = 0; e < E; e++) S += s[e], gs += (double)f[e] * s[e];
-            for (int e = 0; e < E; e++)
-                ds[(size_t)(n - n0) * E + e] += (float)(L->bal_scale / T * (f[e] - gs / S) / S);
-        }
-    }
-    for (int n = n0; n < n1; n++) {
-        const float *s = L->scores + (size_t)n * E;
-        float *d = ds + (size_t)(n - n0) * E;
-        if (mc->score == LOOM_MOE_SIGMOID) {
-            for (int e = 0; e < E; e++) d[e] *= s[e] * (1.0f - s[e]);
-        } else {
-            float dot = 0;
-            for (int e = 0; e < E; e++) dot += s[e] * d[e];
-            for (int e = 0; e < E; e++) d[e] = s[e] * (d[e] - dot);
-        }
-    }
-    ops->from_host(L->dlogits, ds, sizeof(float) * (size_t)ns * E);
+    ops->exact->moe_route_backward(L->dlogits, L->dw, L->pos, L->scores, L->idx, L->f, L->bal_scale, n0, L->n1, m->T,
+                                   &L->route);
     ops->exact->matmul_backward_weight(L->g_gate, L->dlogits, x + (size_t)n0 * C, ns, C, E);
     ops->matmul_backward_input(dx + (size_t)n0 * C, L->dlogits, L->w_gate, ns, C, E, 1);
-    free(dwp);
-    free(dwa);
-    free(ds);
 }
 
 void loom_moe_bias_update(float *bias, const int64_t *load, int experts, double rate) {

@@ -8,6 +8,8 @@
  * Legend: N tokens (B*T), B sequences, T sequence length, C width, OC output width, V vocabulary,
  * H query heads, Hkv key/value heads, Dqk q/k head width, Dv value head width, F SwiGLU width.
  * Matrices are row-major; a linear layer's weight is [OC, C] and computes y = x W^T.
+ * MoE (model/moe.c): E routed experts, K experts per token; assignment a = n K + j is token n's j-th choice;
+ * P rows of the expert-ordered buffers (each expert's block of assignments, padded, see moe_plan).
  *
  * Gradient rule: parameter gradients accumulate (+=); activation gradients assign (=) unless the op
  * takes an `accumulate` flag (inputs that fan out to several consumers); the residual stream
@@ -24,12 +26,24 @@
 extern "C" {
 #endif
 
+/* How the MoE router scores and chooses experts (the [moe] section; model/moe.h). */
+struct loom_moe_routing {
+    int experts, top_k;            /* E, K */
+    int groups, topk_groups;       /* group-limited choice (DeepSeek-V3) when groups > 1 */
+    int softmax;                   /* scores: softmax over the experts; 0: sigmoid */
+    int norm_topk;                 /* the chosen weights normalised to sum 1 before scaling */
+    float scaling;                 /* routed_scaling_factor */
+};
+
 struct loom_ops {
     const char *name;
     /* the dtype activations, their gradients and weight-gradient contributions are stored in; `exact` is
      * the same backend without that rounding (fp32), for the parts that stay fp32 (the MoE router) */
     enum loom_dtype compute;
     const struct loom_ops *exact;
+    /* the row multiple each expert's block of moe_plan's order starts at (1: no padding), so that a tiled grouped
+     * GEMM never has a tile spanning two experts */
+    int moe_tile;
 
     /* memory ------------------------------------------------------------------------------------ */
     void *(*alloc)(size_t bytes);                               /* zero-filled */
@@ -110,6 +124,57 @@ struct loom_ops {
     void (*scatter_add_rows)(float *dst, const float *src, const int *idx, const float *scale, int n, int C);
     /* out[i] = dot(a[i, :], b[idx[i], :]), i < n */
     void (*row_dot)(float *out, const float *a, const float *b, const int *idx, int n, int C);
+
+    /* grouped linear layers (the routed experts) -------------------------------------------------- */
+    /* G groups of rows: group g is rows [start[g], start[g] + count[g]) of the row-wise operands and multiplies by
+     * W_g = weight + g * stride ([OC, C]; dweight + g * stride for the gradient). start and count are host arrays;
+     * groups with count 0 are skipped; rows outside every group are neither read nor written. Each group computes
+     * what matmul_forward / matmul_backward_input / matmul_backward_weight compute on its rows. */
+    void (*grouped_matmul_forward)(float *out, const float *inp, const float *weight, size_t stride,
+                                   const int *start, const int *count, int G, int C, int OC);
+    void (*grouped_matmul_backward_input)(float *dinp, const float *dout, const float *weight, size_t stride,
+                                          const int *start, const int *count, int G, int C, int OC, int accumulate);
+    void (*grouped_matmul_backward_weight)(float *dweight, size_t stride, const float *dout, const float *inp,
+                                           const int *start, const int *count, int G, int C, int OC);
+
+    /* mixture of experts: routing and permutation (model/moe.c) ------------------------------------- */
+    /* The router, fp32 in every table. scores[N,E] = sigmoid(logits), or the softmax of each row; idx[N,K] = the K
+     * largest of scores + bias[E] in decreasing order, ties to the lower index, taken only from the topk_groups
+     * groups of highest group score (the sum of the group's two largest biased scores) when groups > 1;
+     * w[N,K] = the chosen unbiased scores, divided by their sum + 1e-20 when norm_topk, times scaling;
+     * counts[E] = assignments per expert (assigned). */
+    void (*moe_route)(float *scores, int *idx, float *w, int *counts, const float *logits, const float *bias, int N,
+                      const struct loom_moe_routing *r);
+    /* The router's backward for tokens n0 <= n < n1, fp32: dlogits[n - n0, :] (assigned) = d(loss)/d(logits[n]) from
+     * dw[pos[(n - n0) K + j]] = d(loss)/d(w[n, j]), plus, when bal_scale > 0, the gradient of the balance loss
+     * bal_scale * sum_b sum_e f[b,e] P[b,e], P[b,e] = mean over sequence b's T tokens of scores[n,e] / sum_e'
+     * scores[n,e'] (f as moe_balance left it; not read when bal_scale is 0). */
+    void (*moe_route_backward)(float *dlogits, const float *dw, const int *pos, const float *scores, const int *idx,
+                               const float *f, float bal_scale, int n0, int n1, int T,
+                               const struct loom_moe_routing *r);
+    /* Sequence-wise balance statistics of B sequences of T tokens (DeepSeek-V3 eqs. 17-20), fp32 in every table:
+     * f[b,e] = E / (K T) x (tokens of sequence b choosing e), kept for moe_route_backward; returns, in double,
+     * sum_b sum_t sum_e f[b,e] scores[t,e] / (T sum_e' scores[t,e']) (the caller weights it by alpha). */
+    double (*moe_balance)(float *f, const float *scores, const int *idx, int B, int T, int E, int K);
+    /* The dispatch order of the nk assignments a0 <= a < a0 + nk (idx, w as moe_route wrote them): grouped by
+     * expert, each expert's block in assignment order (a stable counting sort). counts[E] = the assignments of each
+     * expert; offs[E + 1]: offs[0] = 0, offs[e + 1] = offs[e] + counts[e] rounded up to a multiple of tile, so
+     * offs[E] = P <= nk + E (tile - 1); rows[P], wperm[P] = the token a / K and the weight w[a] of the assignment
+     * at each position, -1 and 0 on the padding rows; pos[a - a0] = the position of assignment a. */
+    void (*moe_plan)(int *counts, int *offs, int *rows, float *wperm, int *pos, const int *idx, const float *w,
+                     int a0, int nk, int K, int E, int tile);
+    /* dst[p, :] = scale[p] * src[rows[p], :] (scale NULL: 1), a zero row where rows[p] < 0, p < P; stored in the
+     * compute dtype. Its backward is moe_unpermute with scale NULL. */
+    void (*moe_permute)(float *dst, const float *src, const int *rows, const float *scale, int P, int C);
+    /* out[n, :] += scale[p] * src[p, :] for the positions p = pos[(n - n0) K + j] of token n's K assignments, added
+     * in increasing p (the order scatter_add_rows would add them in), n0 <= n < n1 (scale NULL: 1); out's rows
+     * n0 .. n1 - 1 stored in the compute dtype. */
+    void (*moe_unpermute)(float *out, const float *src, const int *pos, const float *scale, int n0, int n1, int K,
+                          int C);
+    /* The backward of moe_unpermute with scale: dsrc[p, :] = scale[p] * dout[rows[p], :] (compute dtype) and
+     * dscale[p] = dot(src[p, :], dout[rows[p], :]) (fp32, summed in double); a zero row and 0 where rows[p] < 0. */
+    void (*moe_unpermute_backward)(float *dsrc, float *dscale, const float *dout, const float *src, const int *rows,
+                                   const float *scale, int P, int C);
 
     /* loss ---------------------------------------------------------------------------------------- */
     /* losses[n] = logsumexp(logits[n]) - logits[n, targets[n]] (0 where targets[n] < 0).

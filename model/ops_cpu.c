@@ -67,6 +67,33 @@ static void cpu_matmul_backward_weight(float *dweight, const float *dout, const 
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
 }
 
+/* grouped: one sgemm per non-empty group, the calls a loop over experts would make */
+
+static void cpu_grouped_matmul_forward(float *out, const float *inp, const float *weight, size_t stride,
+                                       const int *start, const int *count, int G, int C, int OC) {
+    for (int g = 0; g < G; g++)
+        if (count[g])
+            cpu_matmul_forward(out + (size_t)start[g] * OC, inp + (size_t)start[g] * C, weight + g * stride, count[g],
+                               C, OC);
+}
+
+static void cpu_grouped_matmul_backward_input(float *dinp, const float *dout, const float *weight, size_t stride,
+                                              const int *start, const int *count, int G, int C, int OC,
+                                              int accumulate) {
+    for (int g = 0; g < G; g++)
+        if (count[g])
+            cpu_matmul_backward_input(dinp + (size_t)start[g] * C, dout + (size_t)start[g] * OC, weight + g * stride,
+                                      count[g], C, OC, accumulate);
+}
+
+static void cpu_grouped_matmul_backward_weight(float *dweight, size_t stride, const float *dout, const float *inp,
+                                               const int *start, const int *count, int G, int C, int OC) {
+    for (int g = 0; g < G; g++)
+        if (count[g])
+            cpu_matmul_backward_weight(dweight + g * stride, dout + (size_t)start[g] * OC, inp + (size_t)start[g] * C,
+                                       count[g], C, OC);
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* embedding                                                                                        */
 
@@ -357,6 +384,216 @@ static void cpu_row_dot(float *out, const float *a, const float *b, const int *i
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* mixture of experts: the router (fp32) and the permutation by expert. The router follows dots.llm1's
+ * Dots1TopkRouter and DeepSeek-V3's gate (group-limited top-k, weights from the unbiased scores); the balance
+ * loss is DeepSeek-V3's sequence-wise one (report eqs. 17-20). Every token is independent, so the per-token
+ * loops run in parallel; the sums over tokens run in token order.                                   */
+
+enum { MOE_MAX_EXPERTS = 4096 };
+
+/* Token n's experts, best first: the K largest of sel = s + bias (ties to the lower index), sel set to -inf
+ * outside the topk_groups groups of highest group score (the sum of each group's two largest) when grouping
+ * is on. */
+static void route_token(const struct loom_moe_routing *r, const float *s, const float *bias, int *idx) {
+    int E = r->experts, K = r->top_k, G = r->groups, per = E / G;
+    float sel[MOE_MAX_EXPERTS];
+    for (int e = 0; e < E; e++) sel[e] = s[e] + bias[e];
+    if (G > 1) {
+        float gscore[MOE_MAX_EXPERTS];
+        int keep[MOE_MAX_EXPERTS] = {0};
+        for (int g = 0; g < G; g++) {
+            float a = -INFINITY, b = -INFINITY;
+            for (int e = g * per; e < (g + 1) * per; e++) {
+                if (sel[e] > a) b = a, a = sel[e];
+                else if (sel[e] > b) b = sel[e];
+            }
+            gscore[g] = a + (per > 1 ? b : 0);
+        }
+        for (int k = 0; k < r->topk_groups; k++) {
+            int best = -1;
+            for (int g = 0; g < G; g++)
+                if (!keep[g] && (best < 0 || gscore[g] > gscore[best])) best = g;
+            keep[best] = 1;
+        }
+        for (int e = 0; e < E; e++)
+            if (!keep[e / per]) sel[e] = -INFINITY;
+    }
+    for (int j = 0; j < K; j++) {
+        int best = -1;
+        for (int e = 0; e < E; e++) {
+            int taken = 0;
+            for (int q = 0; q < j; q++) taken |= idx[q] == e;
+            if (!taken && (best < 0 || sel[e] > sel[best])) best = e;
+        }
+        idx[j] = best;
+    }
+}
+
+static void cpu_moe_route(float *scores, int *idx, float *w, int *counts, const float *logits, const float *bias,
+                          int N, const struct loom_moe_routing *r) {
+    int E = r->experts, K = r->top_k;
+    CHECK(E <= MOE_MAX_EXPERTS, "%d experts (at most %d)", E, MOE_MAX_EXPERTS);
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = logits + (size_t)n * E;
+        float *s = scores + (size_t)n * E;
+        if (!r->softmax) {
+            for (int e = 0; e < E; e++) s[e] = 1.0f / (1.0f + expf(-x[e]));
+        } else {
+            float mx = -INFINITY, sum = 0;
+            for (int e = 0; e < E; e++) mx = x[e] > mx ? x[e] : mx;
+            for (int e = 0; e < E; e++) sum += s[e] = expf(x[e] - mx);
+            for (int e = 0; e < E; e++) s[e] /= sum;
+        }
+        int *ix = idx + (size_t)n * K;
+        route_token(r, s, bias, ix);
+        float q = 0;
+        for (int j = 0; j < K; j++) q += s[ix[j]];
+        for (int j = 0; j < K; j++) {
+            float wj = s[ix[j]];
+            if (r->norm_topk) wj /= q + 1e-20f;
+            w[(size_t)n * K + j] = wj * r->scaling;
+        }
+    }
+    memset(counts, 0, sizeof(int) * E);
+    for (size_t a = 0; a < (size_t)N * K; a++) counts[idx[a]]++;
+}
+
+static void cpu_moe_route_backward(float *dlogits, const float *dw, const int *pos, const float *scores,
+                                   const int *idx, const float *f, float bal_scale, int n0, int n1, int T,
+                                   const struct loom_moe_routing *r) {
+    int E = r->experts, K = r->top_k;
+    float scale = r->scaling;
+#pragma omp parallel for schedule(static)
+    for (int n = n0; n < n1; n++) {
+        const float *s = scores + (size_t)n * E;
+        const int *ix = idx + (size_t)n * K, *pn = pos + (size_t)(n - n0) * K;
+        float *d = dlogits + (size_t)(n - n0) * E;
+        for (int e = 0; e < E; e++) d[e] = 0;
+        /* through the weights: w_j = scale q_j / Q, Q = sum q + 1e-20 */
+        if (r->norm_topk) {
+            float q = 0, cross = 0;
+            for (int j = 0; j < K; j++) q += s[ix[j]];
+            float Q = q + 1e-20f;
+            for (int j = 0; j < K; j++) cross += dw[pn[j]] * s[ix[j]];
+            for (int j = 0; j < K; j++) d[ix[j]] += scale * (dw[pn[j]] / Q - cross / (Q * Q));
+        } else {
+            for (int j = 0; j < K; j++) d[ix[j]] += scale * dw[pn[j]];
+        }
+        /* the balance loss: d/ds_k of s_i / S with S = sum s is (g_k - sum_i g_i s_i / S) / S, g_i = bal_scale f_i / T */
+        if (bal_scale > 0) {
+            const float *fb = f + (size_t)(n / T) * E;
+            double S = 0, gs = 0;
+            for (int e = 0; e < E; e++) S += s[e], gs += (double)fb[e] * s[e];
+            for (int e = 0; e < E; e++) d[e] += (float)(bal_scale / T * (fb[e] - gs / S) / S);
+        }
+        /* through the score function */
+        if (!r->softmax) {
+            for (int e = 0; e < E; e++) d[e] *= s[e] * (1.0f - s[e]);
+        } else {
+            float dot = 0;
+            for (int e = 0; e < E; e++) dot += s[e] * d[e];
+            for (int e = 0; e < E; e++) d[e] = s[e] * (d[e] - dot);
+        }
+    }
+}
+
+static double cpu_moe_balance(float *f, const float *scores, const int *idx, int B, int T, int E, int K) {
+    double total = 0;
+    for (int b = 0; b < B; b++) {
+        float *fb = f + (size_t)b * E;
+        for (int e = 0; e < E; e++) fb[e] = 0;
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < K; j++) fb[idx[((size_t)b * T + t) * K + j]] += (float)E / ((float)K * T);
+        for (int t = 0; t < T; t++) {
+            const float *s = scores + ((size_t)b * T + t) * E;
+            double S = 0, fp = 0;
+            for (int e = 0; e < E; e++) S += s[e];
+            for (int e = 0; e < E; e++) fp += fb[e] * s[e];
+            total += fp / S / T;
+        }
+    }
+    return total;
+}
+
+static void cpu_moe_plan(int *counts, int *offs, int *rows, float *wperm, int *pos, const int *idx, const float *w,
+                         int a0, int nk, int K, int E, int tile) {
+    memset(counts, 0, sizeof(int) * E);
+    for (int i = 0; i < nk; i++) counts[idx[a0 + i]]++;
+    offs[0] = 0;
+    for (int e = 0; e < E; e++) offs[e + 1] = offs[e] + (counts[e] + tile - 1) / tile * tile;
+    int *fill = malloc_check(sizeof(int) * E);
+    memcpy(fill, offs, sizeof(int) * E);
+    for (int i = 0; i < nk; i++) {
+        int a = a0 + i, p = fill[idx[a]]++;
+        rows[p] = a / K;
+        wperm[p] = w[a];
+        pos[i] = p;
+    }
+    for (int e = 0; e < E; e++)
+        for (int p = fill[e]; p < offs[e + 1]; p++) rows[p] = -1, wperm[p] = 0;
+    free(fill);
+}
+
+static void cpu_moe_permute(float *dst, const float *src, const int *rows, const float *scale, int P, int C) {
+#pragma omp parallel for schedule(static)
+    for (int p = 0; p < P; p++) {
+        float *d = dst + (size_t)p * C;
+        if (rows[p] < 0) {
+            memset(d, 0, sizeof(float) * C);
+            continue;
+        }
+        const float *s = src + (size_t)rows[p] * C;
+        if (!scale) {
+            memcpy(d, s, sizeof(float) * C);
+            continue;
+        }
+        for (int c = 0; c < C; c++) d[c] = scale[p] * s[c];
+    }
+}
+
+static void cpu_moe_unpermute(float *out, const float *src, const int *pos, const float *scale, int n0, int n1, int K,
+                              int C) {
+    enum { MAX_K = 256 };
+    CHECK(K <= MAX_K, "top_k %d (at most %d)", K, MAX_K);
+#pragma omp parallel for schedule(static)
+    for (int n = n0; n < n1; n++) {
+        /* the token's positions in increasing order (insertion sort: K is small) */
+        int p[MAX_K];
+        for (int j = 0; j < K; j++) {
+            int v = pos[(size_t)(n - n0) * K + j], q = j;
+            for (; q > 0 && p[q - 1] > v; q--) p[q] = p[q - 1];
+            p[q] = v;
+        }
+        float *d = out + (size_t)n * C;
+        for (int j = 0; j < K; j++) {
+            float s = scale ? scale[p[j]] : 1.0f;
+            const float *x = src + (size_t)p[j] * C;
+            for (int c = 0; c < C; c++) d[c] += s * x[c];
+        }
+    }
+}
+
+static void cpu_moe_unpermute_backward(float *dsrc, float *dscale, const float *dout, const float *src,
+                                       const int *rows, const float *scale, int P, int C) {
+#pragma omp parallel for schedule(static)
+    for (int p = 0; p < P; p++) {
+        float *d = dsrc + (size_t)p * C;
+        if (rows[p] < 0) {
+            memset(d, 0, sizeof(float) * C);
+            dscale[p] = 0;
+            continue;
+        }
+        const float *g = dout + (size_t)rows[p] * C, *x = src + (size_t)p * C;
+        double dot = 0;
+        for (int c = 0; c < C; c++) dot += (double)x[c] * g[c];
+        dscale[p] = (float)dot;
+        float s = scale ? scale[p] : 1.0f;
+        for (int c = 0; c < C; c++) d[c] = s * g[c];
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
 /* fused softmax cross-entropy                                                                      */
 
 static void cpu_cross_entropy(float *losses, float *dlogits, const float *logits, const int *targets, int N,
@@ -475,6 +712,7 @@ static const struct loom_ops cpu_ops = {
     .name = "cpu",
     .compute = LOOM_F32,
     .exact = &cpu_ops,
+    .moe_tile = 1,
     .round_compute = cpu_round_compute,
     .peak_bytes = cpu_peak_bytes,
     .alloc = cpu_alloc,
@@ -502,6 +740,16 @@ static const struct loom_ops cpu_ops = {
     .gather_rows = cpu_gather_rows,
     .scatter_add_rows = cpu_scatter_add_rows,
     .row_dot = cpu_row_dot,
+    .grouped_matmul_forward = cpu_grouped_matmul_forward,
+    .grouped_matmul_backward_input = cpu_grouped_matmul_backward_input,
+    .grouped_matmul_backward_weight = cpu_grouped_matmul_backward_weight,
+    .moe_route = cpu_moe_route,
+    .moe_route_backward = cpu_moe_route_backward,
+    .moe_balance = cpu_moe_balance,
+    .moe_plan = cpu_moe_plan,
+    .moe_permute = cpu_moe_permute,
+    .moe_unpermute = cpu_moe_unpermute,
+    .moe_unpermute_backward = cpu_moe_unpermute_backward,
     .cross_entropy = cpu_cross_entropy,
     .xent_rowmax = cpu_xent_rowmax,
     .xent_sumexp = cpu_xent_sumexp,

@@ -4,14 +4,16 @@
  * The CPU backend computes in fp32; this table wraps it and rounds (round to nearest even; fp16
  * overflows to inf and keeps subnormals) every tensor the CUDA backend stores in the compute dtype, at
  * the point it stores it, so a CPU run is the reference for a GPU run in that dtype:
- *   - op outputs: linear layers (forward and input gradient), embedding rows, RMSNorm outputs and input
- *     gradients, RoPE, attention outputs and q/k/v gradients, SwiGLU and its gradients, residual adds,
- *     the routed experts' gathers and weighted combines, and the loss's d(logits);
+ *   - op outputs: linear layers (forward and input gradient, grouped or not), embedding rows, RMSNorm outputs
+ *     and input gradients, RoPE, attention outputs and q/k/v gradients, SwiGLU and its gradients, residual
+ *     adds, the routed experts' gathers and weighted combines (moe_permute, moe_unpermute and its backward's
+ *     rows), and the loss's d(logits);
  *   - weight gradients: each micro-batch's contribution is produced in the compute dtype, then added to
  *     the fp32 accumulator (matmul_backward_weight);
  *   - kept in fp32: RMSNorm statistics (rstd), attention probabilities (softmax), the cross-entropy,
  *     norm-weight and embedding gradient accumulation, and everything the router does (the MoE layer
- *     calls `exact`, the unwrapped table, for the router's GEMMs).
+ *     calls `exact`, the unwrapped table, for the router's GEMMs, routing, balance statistics and the
+ *     routing weights' gradient).
  * Sums formed outside the ops (tensor-parallel all-reduces of activations and their gradients) are
  * rounded by the model through round_compute, as a bf16 all-reduce would leave them. The MLA rope key's
  * gradient is summed over the heads in fp32 (copy_2d) and rounded once by RoPE's backward, as a kernel
@@ -53,6 +55,31 @@ static void matmul_backward_weight(float *dweight, const float *dout, const floa
     rnd(part, n);
     base->accumulate(dweight, part, n);
     base->free(part);
+}
+
+/* the grouped GEMMs: each group as the single-matrix ops above (outputs and weight-gradient parts rounded) */
+static void grouped_matmul_forward(float *out, const float *inp, const float *weight, size_t stride, const int *start,
+                                   const int *count, int G, int C, int OC) {
+    for (int g = 0; g < G; g++)
+        if (count[g])
+            matmul_forward(out + (size_t)start[g] * OC, inp + (size_t)start[g] * C, weight + g * stride, count[g], C,
+                           OC);
+}
+
+static void grouped_matmul_backward_input(float *dinp, const float *dout, const float *weight, size_t stride,
+                                          const int *start, const int *count, int G, int C, int OC, int accumulate) {
+    for (int g = 0; g < G; g++)
+        if (count[g])
+            matmul_backward_input(dinp + (size_t)start[g] * C, dout + (size_t)start[g] * OC, weight + g * stride,
+                                  count[g], C, OC, accumulate);
+}
+
+static void grouped_matmul_backward_weight(float *dweight, size_t stride, const float *dout, const float *inp,
+                                           const int *start, const int *count, int G, int C, int OC) {
+    for (int g = 0; g < G; g++)
+        if (count[g])
+            matmul_backward_weight(dweight + g * stride, dout + (size_t)start[g] * OC, inp + (size_t)start[g] * C,
+                                   count[g], C, OC);
 }
 
 static void embedding_forward(float *out, const int *ids, const float *wte, int N, int C) {
@@ -136,6 +163,25 @@ static void scatter_add_rows(float *dst, const float *src, const int *idx, const
     for (int i = 0; i < n; i++) rnd(dst + (size_t)idx[i] * C, (size_t)C);
 }
 
+/* the MoE permutation: the gathered rows, the combined token rows and the scaled gradient rows are stored in the
+ * compute dtype (the routing weights and their gradient stay fp32) */
+static void moe_permute(float *dst, const float *src, const int *rows, const float *scale, int P, int C) {
+    base->moe_permute(dst, src, rows, scale, P, C);
+    rnd(dst, (size_t)P * C);
+}
+
+static void moe_unpermute(float *out, const float *src, const int *pos, const float *scale, int n0, int n1, int K,
+                          int C) {
+    base->moe_unpermute(out, src, pos, scale, n0, n1, K, C);
+    rnd(out + (size_t)n0 * C, (size_t)(n1 - n0) * C);
+}
+
+static void moe_unpermute_backward(float *dsrc, float *dscale, const float *dout, const float *src, const int *rows,
+                                   const float *scale, int P, int C) {
+    base->moe_unpermute_backward(dsrc, dscale, dout, src, rows, scale, P, C);
+    rnd(dsrc, (size_t)P * C);
+}
+
 static void cross_entropy(float *losses, float *dlogits, const float *logits, const int *targets, int N, int V,
                           float dloss) {
     base->cross_entropy(losses, dlogits, logits, targets, N, V, dloss);
@@ -162,6 +208,9 @@ const struct loom_ops *loom_ops_cpu_mixed(const struct loom_ops *cpu, enum loom_
     mixed.matmul_forward = matmul_forward;
     mixed.matmul_backward_input = matmul_backward_input;
     mixed.matmul_backward_weight = matmul_backward_weight;
+    mixed.grouped_matmul_forward = grouped_matmul_forward;
+    mixed.grouped_matmul_backward_input = grouped_matmul_backward_input;
+    mixed.grouped_matmul_backward_weight = grouped_matmul_backward_weight;
     mixed.embedding_forward = embedding_forward;
     mixed.rmsnorm_forward = rmsnorm_forward;
     mixed.rmsnorm_backward = rmsnorm_backward;
@@ -175,6 +224,9 @@ const struct loom_ops *loom_ops_cpu_mixed(const struct loom_ops *cpu, enum loom_
     mixed.accumulate = accumulate;
     mixed.gather_rows = gather_rows;
     mixed.scatter_add_rows = scatter_add_rows;
+    mixed.moe_permute = moe_permute;
+    mixed.moe_unpermute = moe_unpermute;
+    mixed.moe_unpermute_backward = moe_unpermute_backward;
     mixed.cross_entropy = cross_entropy;
     mixed.xent_finish = xent_finish;
     mixed.round_compute = rnd;

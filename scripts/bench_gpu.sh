@@ -12,6 +12,9 @@
 #      datasheet bf16 dense (no sparsity) peak of the GPU (NVIDIA datasheets: H100 SXM 989, H100 PCIe 756, H200 989,
 #      A100 312 TFLOP/s). Every row's MFU uses loom's FLOPs per token (`loom info`: 6 x matmul parameters + causal
 #      attention 6 L T H (dqk + dv) / 2), so the rows compare as tokens/s do.
+#   5. MoE (section at the end): bench/moe_grouped.c, loom's grouped expert GEMMs against one dense GEMM of the same
+#      size, and a stack of dots-shaped MoE layers forward and backward, against bench/torch_moe.py (PyTorch: a loop
+#      over the experts, and torch._grouped_mm where present); a second table with the same columns and the ratios.
 #
 # The micro-batch is the largest of 4, 2, 1 (dividing the global batch) whose `loom info` memory estimate fits in 85%
 # of the GPU's memory, stepping down when loom runs out of memory; PyTorch runs the same micro-batch.
@@ -231,5 +234,79 @@ PY
 for mode in eager compile; do
     [ -n "${torch_fail[$mode]:-}" ] && echo "PyTorch $mode failed: ${torch_fail[$mode]}"
 done
+
+# ---------------------------------------------------------------------------------------------------
+# MoE: a stack of dots-shaped MoE layers (width 2048, 64 experts of width 1408, top-6, 2 shared) on this GPU,
+# forward and backward of the layers alone: loom (bench/moe_grouped.c, which also times its grouped GEMMs against
+# one dense GEMM of the same size) against PyTorch (bench/torch_moe.py: a loop over the experts, and
+# torch._grouped_mm where this PyTorch has it). Environment: MOE_LAYERS (4), MOE_TOKENS (8192), MOE_SEQ (1024).
+
+moe_args=(--tokens "${MOE_TOKENS:-8192}" --seq "${MOE_SEQ:-1024}" --layers "${MOE_LAYERS:-4}" --experts 64 --top-k 6
+    --width 2048 --expert-width 1408 --shared 2)
+moe_notes=()
+say "MoE: loom (bench/moe_grouped) ${moe_args[*]}"
+if ! make -s build/bench/moe_grouped >"$work/moe-build.log" 2>&1; then
+    moe_notes+=("building bench/moe_grouped failed: $(tail -c 300 "$work/moe-build.log" | tr '\n' ' ')")
+elif ! build/bench/moe_grouped "${moe_args[@]}" --peak-tflops "$peak" >"$work/moe-loom.txt" 2>"$work/moe-loom.err"; then
+    moe_notes+=("loom's MoE bench failed: $(tail -c 300 "$work/moe-loom.err" | tr '\n' ' ')")
+fi
+grep -q 'loop over cublasGemmEx' "$work/moe-loom.err" 2>/dev/null &&
+    moe_notes+=("loom: $(grep -m1 'loop over cublasGemmEx' "$work/moe-loom.err")")
+if [ -z "$torch_note" ]; then
+    for impl in loop grouped; do
+        say "MoE: PyTorch $impl"
+        "$python" bench/torch_moe.py --impl "$impl" "${moe_args[@]}" --peak-tflops "$peak" >"$work/moe-torch-$impl.log" 2>&1
+        rc=$?
+        grep -q '^result ' "$work/moe-torch-$impl.log" ||
+            moe_notes+=("PyTorch $impl: exit status $rc: $(tail -c 300 "$work/moe-torch-$impl.log" | tr '\n' ' ')")
+    done
+fi
+echo
+"$python" - "$gpu_name" "$peak" "${datasheet:-0}" "$work/moe-loom.txt" "$work/moe-torch-loop.log" \
+    "$work/moe-torch-grouped.log" <<'PY'
+import datetime, os, re, sys
+name, peak, sheet, loom_file, loop_file, grouped_file = sys.argv[1:]
+peak, sheet = float(peak), float(sheet)
+
+def fields(path, prefix):
+    """key=value pairs of the lines of `path` starting with `prefix`"""
+    if not os.path.exists(path):
+        return []
+    return [dict(re.findall(r"(\w+)=(\S+)", l)) for l in open(path) if l.startswith(prefix)]
+
+layer = (fields(loom_file, "layer ") or [{}])[0]
+gemms = fields(loom_file, "grouped op=")
+rows = [("loom (CUDA backend, bf16; grouped GEMMs)", layer),
+        ("PyTorch eager, loop over the experts", (fields(loop_file, "result ") or [{}])[0]),
+        ("PyTorch eager, torch._grouped_mm", (fields(grouped_file, "result ") or [{}])[0])]
+fpt = float(layer.get("flops_per_token") or next((r["flops_per_token"] for _, r in rows if r), 0))
+print(f"## loom vs PyTorch: dots-shaped MoE layers on {name} ({datetime.date.today()})\n")
+print(f"{layer.get('layers', '?')} MoE layers of width 2048: 64 experts of width 1408, top-6, 2 shared experts (one "
+      f"SwiGLU of 2816), fp32 sigmoid router with the score-correction bias, the sequence-wise balance loss; "
+      f"{layer.get('tokens', '?')} tokens; forward and backward of the layer stack alone (no attention, no "
+      f"optimizer), bf16 with fp32 parameters. FLOPs per token {fpt:.4g} (6 x active parameters, every row).\n")
+loom = float(layer.get("tokens_per_s", 0))
+sheet_head = f"MFU vs datasheet ({sheet:g} TFLOP/s)" if sheet else "MFU vs datasheet (unknown GPU)"
+print(f"| implementation | tokens/s | vs loom | MFU (active) vs measured bf16 GEMM ({peak:g} TFLOP/s) | {sheet_head} |")
+print("|---|---|---|---|---|")
+for label, r in rows:
+    tps = float(r.get("tokens_per_s", 0))
+    if tps <= 0:
+        print(f"| {label} | n/a | | | |")
+        continue
+    ratio = f"{tps / loom:.2f}x" if loom > 0 else "n/a"
+    mfu_sheet = f"{100 * fpt * tps / (sheet * 1e12):.1f}%" if sheet else "n/a"
+    print(f"| {label} | {tps:,.0f} | {ratio} | {100 * fpt * tps / (peak * 1e12):.1f}% | {mfu_sheet} |")
+if gemms:
+    g0 = gemms[0]
+    print(f"\n| expert GEMM ({g0['rows']} rows over {g0['experts']} experts, {g0['c']} -> {g0['oc']}) | loom grouped "
+          f"TFLOP/s | one dense GEMM of the same size | grouped / dense | grouped / measured peak |")
+    print("|---|---|---|---|---|")
+    for g in gemms:
+        grouped, dense = float(g["grouped_tflops"]), float(g["dense_tflops"])
+        print(f"| {g['op']} | {grouped:.1f} | {dense:.1f} | {float(g['ratio']):.2f} | {grouped / peak:.2f} |")
+PY
+for note in "${moe_notes[@]}"; do echo "MoE: $note"; done
+
 [ -n "$loom_tps" ] || exit 1
 exit 0

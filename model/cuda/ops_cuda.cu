@@ -36,21 +36,7 @@
 
 #include "core/error.h"
 #include "core/dtype.h"
-
-#define CUDA_CHECK(call)                                                                                               \
-    do {                                                                                                               \
-        cudaError_t cuda_rc_ = (call);                                                                                 \
-        if (cuda_rc_ != cudaSuccess)                                                                                   \
-            loom_fatal(__FILE__, __LINE__, #call, "CUDA error %d: %s", (int)cuda_rc_, cudaGetErrorString(cuda_rc_));   \
-    } while (0)
-
-#define CUBLAS_CHECK(call)                                                                                             \
-    do {                                                                                                               \
-        cublasStatus_t cublas_rc_ = (call);                                                                            \
-        if (cublas_rc_ != CUBLAS_STATUS_SUCCESS)                                                                       \
-            loom_fatal(__FILE__, __LINE__, #call, "cuBLAS error %d: %s", (int)cublas_rc_,                              \
-                       cublasGetStatusString(cublas_rc_));                                                             \
-    } while (0)
+#include "model/cuda/cuda_internal.h" /* CUDA_CHECK, CUBLAS_CHECK, round_to; the MoE ops (moe_cuda.cu) */
 
 enum { BLOCK = 256, WARPS = BLOCK / 32 };
 static const size_t MAX_GRID = 1 << 16;
@@ -97,19 +83,6 @@ static void *scratch(enum scratch_slot slot, size_t bytes) {
 
 /* ---------------------------------------------------------------------------------------------- */
 /* device helpers                                                                                   */
-
-/* x rounded to dt and back, bit for bit as core/dtype.c's loom_round_to: round to nearest even (cvt.rn),
- * fp16 overflows to inf and keeps subnormals. cvt turns NaN into the canonical NaN; core/dtype.c keeps the
- * sign (and for bf16 the top payload bits) and sets the quiet bit, so NaN is handled here in bits. */
-static __device__ __forceinline__ float round_to(int dt, float x) {
-    if (dt == LOOM_F32) return x;
-    if (isnan(x)) {
-        uint32_t u = __float_as_uint(x);
-        return __uint_as_float(dt == LOOM_BF16 ? (u & 0xffff0000u) | 0x00400000u : (u & 0x80000000u) | 0x7fc00000u);
-    }
-    if (dt == LOOM_BF16) return __bfloat162float(__float2bfloat16_rn(x));
-    return __half2float(__float2half_rn(x));
-}
 
 template <typename T> static __device__ __forceinline__ T warp_sum(T v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -900,7 +873,11 @@ template <enum loom_dtype DT> static void table_fill(struct loom_ops *t) {
     t->xent_finish = cuda_xent_finish<DT>;
     t->sum_squares = cuda_sum_squares;
     t->adamw_update = cuda_adamw_update;
+    loom_cuda_moe_fill(t, DT);
 }
+
+cudaStream_t loom_cuda_stream(void) { return be.stream; }
+cublasHandle_t loom_cuda_cublas(void) { return be.cublas; }
 
 extern "C" int loom_cuda_devices(void) {
     int count = 0;
