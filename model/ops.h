@@ -35,6 +35,9 @@ struct loom_moe_routing {
     float scaling;                 /* routed_scaling_factor */
 };
 
+/* the CUDA backend's moe_tile (so `loom plan` sizes its padded expert blocks without the backend) */
+enum { LOOM_CUDA_MOE_TILE = 128 };
+
 struct loom_ops {
     const char *name;
     /* the dtype activations, their gradients and weight-gradient contributions are stored in; `exact` is

@@ -76,11 +76,13 @@ static void *count_alloc(size_t bytes) {
 /* frees are not needed for sizing: the plan keeps what a rank holds for the whole run */
 static void count_free(void *p) { (void)p; }
 
-static struct loom_ops counting_ops(enum loom_dtype compute) {
+/* tile: the backend's MoE block padding (the CUDA backend's on a GPU) */
+static struct loom_ops counting_ops(enum loom_dtype compute, int tile) {
     struct loom_ops o;
     memset(&o, 0, sizeof o);
     o.name = "count";
     o.compute = compute;
+    o.moe_tile = tile;
     o.alloc = count_alloc;
     o.free = count_free;
     return o;
@@ -106,13 +108,14 @@ struct layout {
     int dp, tp, pp, ep, zero, world, nodes, gpus;
     int B, T, m;                   /* micro-batch, sequence, micro-batches per step and dp rank */
     int pipe;                      /* enum loom_pipeline_kind */
+    int moe_tile;                  /* the backend's MoE block padding */
 };
 
 /* Bytes rank 0 of the stage allocates: model (weights, gradients, masters, activation slots, scratch) and
  * the optimizer moments of its shares; sets the parts in p. */
 static double stage_memory(struct stage_plan *p, const struct loom_config *cfg, const struct layout *lay,
                            struct loom_stage st, int recompute) {
-    struct loom_ops ops = counting_ops((enum loom_dtype)cfg->precision.compute);
+    struct loom_ops ops = counting_ops((enum loom_dtype)cfg->precision.compute, lay->moe_tile);
     st.recompute = recompute;
     count_held = count_peak = 0;
     struct loom_model m;
@@ -165,7 +168,7 @@ static double stage_memory(struct stage_plan *p, const struct loom_config *cfg, 
  * the buffers are sized for; that is the size without expert parallelism. */
 static void stage_traffic(struct stage_plan *p, const struct loom_config *cfg, const struct layout *lay,
                           struct loom_stage st) {
-    struct loom_ops ops = counting_ops((enum loom_dtype)cfg->precision.compute);
+    struct loom_ops ops = counting_ops((enum loom_dtype)cfg->precision.compute, 1);
     st.ep = 1, st.ep_rank = 0, st.recompute = LOOM_RECOMPUTE_NONE;
     struct loom_model m;
     loom_model_create_stage(&m, &ops, &cfg->model, &cfg->optim, lay->B, lay->T, &st, 1);
@@ -337,6 +340,7 @@ int loom_plan_main(int argc, char **argv) {
     int m_max = (int)(loom_curriculum_max_batch(&cur) / lay.dp / lay.B);
     lay.pipe = cfg.pipeline.schedule == LOOM_PIPELINE_SCHEDULE_GPIPE ? LOOM_PIPELINE_GPIPE : LOOM_PIPELINE_1F1B;
     enum loom_dtype dt = (enum loom_dtype)cfg.precision.compute;
+    lay.moe_tile = strcmp(mach->name, "cpu") ? LOOM_CUDA_MOE_TILE : 1;
 
     double peak = mach->dense_tflops[dt] * 1e12;
     if (!strcmp(mach->name, "cpu")) peak = (gemm_tflops > 0 ? gemm_tflops : cfg.log.peak_tflops) * 1e12;

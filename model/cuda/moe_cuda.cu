@@ -36,7 +36,7 @@
 enum { THREADS = 256, WARPS = THREADS / 32 };
 enum { TOKEN_THREADS = 64 };            /* per-token kernels: small blocks spread the tokens over the SMs */
 enum { MAX_K = 64, MAX_GROUPS = 64 };   /* the routing kernel's per-thread arrays */
-enum { TILE = 128 };                    /* moe_tile */
+enum { TILE = LOOM_CUDA_MOE_TILE };     /* moe_tile */
 static const size_t MAX_GRID = 1 << 16;
 
 /* launch `kernel` with `threads` per block on the backend's stream, then check the launch */
