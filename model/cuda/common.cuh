@@ -1,0 +1,43 @@
+/*
+ * model/cuda/common.cuh — what the CUDA backend's .cu files share: the CUDA_CHECK macro, rounding to the compute
+ * dtype exactly as core/dtype.c does, and a warp sum. CUDA C++, included by model/cuda/*.cu only.
+ */
+#ifndef LOOM_MODEL_CUDA_COMMON_CUH
+#define LOOM_MODEL_CUDA_COMMON_CUH
+
+#include <stdint.h>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "core/dtype.h"
+#include "core/error.h"
+
+#define CUDA_CHECK(call)                                                                                               \
+    do {                                                                                                               \
+        cudaError_t cuda_rc_ = (call);                                                                                 \
+        if (cuda_rc_ != cudaSuccess)                                                                                   \
+            loom_fatal(__FILE__, __LINE__, #call, "CUDA error %d: %s", (int)cuda_rc_, cudaGetErrorString(cuda_rc_));   \
+    } while (0)
+
+/* x rounded to dt and back, bit for bit as core/dtype.c's loom_round_to: round to nearest even (cvt.rn),
+ * fp16 overflows to inf and keeps subnormals. cvt turns NaN into the canonical NaN; core/dtype.c keeps the
+ * sign (and for bf16 the top payload bits) and sets the quiet bit, so NaN is handled here in bits. */
+static __device__ __forceinline__ float round_to(int dt, float x) {
+    if (dt == LOOM_F32) return x;
+    if (isnan(x)) {
+        uint32_t u = __float_as_uint(x);
+        return __uint_as_float(dt == LOOM_BF16 ? (u & 0xffff0000u) | 0x00400000u : (u & 0x80000000u) | 0x7fc00000u);
+    }
+    if (dt == LOOM_BF16) return __bfloat162float(__float2bfloat16_rn(x));
+    return __half2float(__float2half_rn(x));
+}
+
+/* the sum over the 32 lanes of a warp (all must call it; all get the result), in a fixed butterfly order */
+template <typename T> static __device__ __forceinline__ T warp_sum(T v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+#endif
