@@ -38,7 +38,8 @@ struct loom_layer_acts {
     float *c_n, *rstd_kv;          /* mla: normalised latent [N,rkv], [N] */
     float *kvb;                    /* mla: [N, H*(dn+dv)] */
     float *q, *k, *v;              /* attention inputs [N,H,Dqk], [N,Hkv,Dqk], [N,Hkv,Dv] (after RoPE) */
-    float *probs;                  /* [B,H,T,T] */
+    float *saved;                  /* what attention_forward keeps for backward (ops.h): probabilities [B,H,T,T],
+                                    * or the logsumexp [B,H,T] under flash attention */
     float *att;                    /* [N, H*Dv] */
     float *mid;                    /* residual after attention [N,C] */
     float *ln2, *rstd2;            /* [N,C], [N] */
@@ -121,7 +122,8 @@ static void alloc_activations(struct loom_model *m, struct loom_slot *s) {
 
     s->res = act_alloc(m, (size_t)(L + 1) * N * C);
     /* under full recomputation a dense block's buffers are shared (its forward runs again before its
-     * backward); under selective recomputation only the attention probabilities are */
+     * backward); under selective recomputation only attention's saved buffer is. Counting without a backend
+     * (loom info) sizes that buffer as the CPU backend does: the probabilities. */
     struct loom_layer_acts counting = {0}, *shared = m->shared_acts ? m->shared_acts : &counting;
     for (int l = 0; l < L; l++) {
         struct loom_layer_acts dry, *a = s->acts ? &s->acts[l] : &dry;
@@ -149,7 +151,8 @@ static void alloc_activations(struct loom_model *m, struct loom_slot *s) {
         TAKE(q, N * H * Dqk);
         TAKE(k, N * Hkv * Dqk);
         TAKE(v, N * Hkv * Dv);
-        a->probs = act_take(m, m->stage.recompute != LOOM_RECOMPUTE_NONE ? &shared->probs : NULL, (size_t)B * H * T * T);
+        size_t saved = m->ops ? m->ops->attention_saved_floats(B, T, (int)H, (int)Dqk, (int)Dv) : (size_t)B * H * T * T;
+        a->saved = act_take(m, m->stage.recompute != LOOM_RECOMPUTE_NONE ? &shared->saved : NULL, saved);
         TAKE(att, N * H * Dv);
         TAKE(mid, N * C);
         TAKE(ln2, N * C);
@@ -335,7 +338,7 @@ float *loom_model_stage_input_grad(struct loom_model *m) { return m->scratch; /*
 static void layer_acts_free(struct loom_model *m, struct loom_layer_acts *a, const struct loom_layer_acts *shared) {
 #define ACT_FIELDS(X)                                                                                              \
     X(ln1) X(rstd1) X(qa) X(qa_n) X(rstd_qa) X(q_raw) X(k_raw) X(rstd_q) X(rstd_k) X(kva) X(c_n) X(rstd_kv) X(kvb) \
-    X(q) X(k) X(v) X(probs) X(att) X(mid) X(ln2) X(rstd2) X(gate) X(up) X(hmlp)
+    X(q) X(k) X(v) X(saved) X(att) X(mid) X(ln2) X(rstd2) X(gate) X(up) X(hmlp)
 #define FREE_FIELD(f) if (a->f && !(shared && shared->f == a->f)) m->ops->free(a->f);
     ACT_FIELDS(FREE_FIELD)
 #undef FREE_FIELD
@@ -460,7 +463,7 @@ static void mla_forward(const struct loom_model *m, struct loom_layer_acts *a) {
         ops->copy_2d(a->k + h * Dqk + dn, H * Dqk, a->kva + rkv, ldkva, N, dr, 0);
         ops->copy_2d(a->v + h * dv, H * dv, a->kvb + h * ldkvb + dn, H * ldkvb, N, dv, 0);
     }
-    ops->attention_forward(a->att, a->probs, a->q, a->k, a->v, B, T, H, H, Dqk, dv, 1.0f / sqrtf((float)Dqk));
+    ops->attention_forward(a->att, a->saved, a->q, a->k, a->v, B, T, H, H, Dqk, dv, 1.0f / sqrtf((float)Dqk));
 }
 
 /* d(att) in s->datt -> parameter grads and d(ln1) in s->dln */
@@ -474,7 +477,7 @@ static void mla_backward(const struct loom_model *m, struct loom_layer_acts *a, 
     float theta = (float)cfg->rope_theta;
     int inter = cfg->rope_style == LOOM_ROPE_INTERLEAVED;
 
-    ops->attention_backward(s->dq, s->dk, s->dv, s->datt, a->probs, a->q, a->k, a->v, B, T, H, H, Dqk, dv,
+    ops->attention_backward(s->dq, s->dk, s->dv, s->datt, a->att, a->saved, a->q, a->k, a->v, B, T, H, H, Dqk, dv,
                             1.0f / sqrtf((float)Dqk));
     /* un-assemble k/v: per-head parts back to kv_b's output; the shared rope key sums over heads (over
      * every tp rank's heads: the latent columns are zeroed so the whole buffer can be summed) */
@@ -532,7 +535,7 @@ static void mha_forward(const struct loom_model *m, struct loom_layer_acts *a) {
     ops->matmul_forward(a->v, a->ln1, a->w.v, N, C, Hkv * Dv);
     ops->rope_forward(a->q, N, T, H, H * D, D, D, theta, inter);
     ops->rope_forward(a->k, N, T, Hkv, Hkv * D, D, D, theta, inter);
-    ops->attention_forward(a->att, a->probs, a->q, a->k, a->v, B, T, H, Hkv, D, Dv, 1.0f / sqrtf((float)D));
+    ops->attention_forward(a->att, a->saved, a->q, a->k, a->v, B, T, H, Hkv, D, Dv, 1.0f / sqrtf((float)D));
 }
 
 static void mha_backward(const struct loom_model *m, struct loom_layer_acts *a, struct scratch *s) {
@@ -543,7 +546,7 @@ static void mha_backward(const struct loom_model *m, struct loom_layer_acts *a, 
     float theta = (float)cfg->rope_theta;
     int inter = cfg->rope_style == LOOM_ROPE_INTERLEAVED;
 
-    ops->attention_backward(s->dq, s->dk, s->dv, s->datt, a->probs, a->q, a->k, a->v, B, T, H, Hkv, D, Dv,
+    ops->attention_backward(s->dq, s->dk, s->dv, s->datt, a->att, a->saved, a->q, a->k, a->v, B, T, H, Hkv, D, Dv,
                             1.0f / sqrtf((float)D));
     ops->rope_backward(s->dq, N, T, H, H * D, D, D, theta, inter);
     ops->rope_backward(s->dk, N, T, Hkv, Hkv * D, D, D, theta, inter);
@@ -616,14 +619,15 @@ static void block_mlp_backward(const struct loom_model *m, struct loom_layer_act
     }
 }
 
-/* selective recomputation: the attention probabilities (shared by all layers) again from the layer's q, k, v;
- * the output, recomputed too, is the layer's own `att`, unchanged */
-static void attention_probs_again(const struct loom_model *m, struct loom_layer_acts *a) {
+/* selective recomputation: attention's saved buffer (the probabilities or the logsumexp, shared by all layers)
+ * again from the layer's q, k, v; the output, recomputed too, is the layer's own `att`, unchanged (the ops are
+ * deterministic) */
+static void attention_forward_again(const struct loom_model *m, struct loom_layer_acts *a) {
     const struct loom_model_config *cfg = &m->cfg;
     int B = m->B, T = m->T, H = (int)cfg->num_heads, Dqk = (int)loom_model_qk_head_dim(cfg);
     int Dv = (int)loom_model_v_head_dim(cfg);
     int Hkv = cfg->attention == LOOM_ATTENTION_MLA ? H : (int)loom_model_kv_heads(cfg);
-    m->ops->attention_forward(a->att, a->probs, a->q, a->k, a->v, B, T, H, Hkv, Dqk, Dv, 1.0f / sqrtf((float)Dqk));
+    m->ops->attention_forward(a->att, a->saved, a->q, a->k, a->v, B, T, H, Hkv, Dqk, Dv, 1.0f / sqrtf((float)Dqk));
 }
 
 /* the rest of a block's backward, from s->dln = d(ln2): on return s->dres holds d(x) */
@@ -840,7 +844,7 @@ static int backward_step(struct loom_model *m, struct loom_model_task *t) {
             }
         }
         if (m->stage.recompute == LOOM_RECOMPUTE_SELECTIVE || (a->moe && m->stage.recompute == LOOM_RECOMPUTE_FULL))
-            attention_probs_again(m, a);
+            attention_forward_again(m, a);
         block_attention_backward(m, a, x, &s);
     }
     if (m->stage.first)

@@ -33,9 +33,9 @@ struct loom_stage {
     int recompute;                 /* enum loom_recompute: activations recomputed in the backward */
 };
 
-/* Activation recomputation: none; selective (the attention probabilities, the largest activation, are
- * kept for no layer and recomputed from q, k, v before each attention backward: Megatron's selective
- * recompute); full (a dense block keeps only its input, the residual stream, and runs its forward again
+/* Activation recomputation: none; selective (attention's saved buffer — the probabilities, the largest
+ * activation, or under flash attention the logsumexp — is kept for no layer and recomputed from q, k, v before
+ * each attention backward: Megatron's selective recompute); full (a dense block keeps only its input, the residual stream, and runs its forward again
  * before its backward; MoE blocks keep their activations). Gradients are bit-identical either way. */
 enum loom_recompute { LOOM_RECOMPUTE_NONE, LOOM_RECOMPUTE_SELECTIVE, LOOM_RECOMPUTE_FULL };
 
@@ -118,7 +118,8 @@ float *loom_model_stage_output(struct loom_model *m);
 float *loom_model_stage_output_grad(struct loom_model *m);
 float *loom_model_stage_input_grad(struct loom_model *m);
 void loom_model_destroy(struct loom_model *m);
-/* Floats of saved activations for a micro-batch of B x T (what loom_model_create allocates). */
+/* Floats of saved activations for a micro-batch of B x T (what loom_model_create allocates on the CPU backend;
+ * on the CUDA backend flash attention keeps [B,H,T] per layer instead of the probabilities [B,H,T,T]). */
 size_t loom_model_activation_floats(const struct loom_model_config *cfg, int B, int T);
 
 void loom_model_init_params(struct loom_model *m, uint64_t seed);

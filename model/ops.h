@@ -93,13 +93,16 @@ struct loom_ops {
                           float theta, int interleaved);
 
     /* causal attention ---------------------------------------------------------------------------- */
-    /* out[B,T,H,Dv]; probs[B,H,T,T] softmax weights saved for backward;
+    /* the floats attention_forward saves for backward at these sizes: the softmax weights [B,H,T,T]
+     * (the CPU; the GPU's materialised kernels), or the row logsumexp [B,H,T] (flash attention) */
+    size_t (*attention_saved_floats)(int B, int T, int H, int Dqk, int Dv);
+    /* out[B,T,H,Dv]; saved[attention_saved_floats(B,T,H,Dqk,Dv)] what backward needs;
      * q[B,T,H,Dqk], k[B,T,Hkv,Dqk], v[B,T,Hkv,Dv]; query head h reads kv head h / (H / Hkv). */
-    void (*attention_forward)(float *out, float *probs, const float *q, const float *k, const float *v,
+    void (*attention_forward)(float *out, float *saved, const float *q, const float *k, const float *v,
                               int B, int T, int H, int Hkv, int Dqk, int Dv, float scale);
-    /* dq, dk, dv assigned */
-    void (*attention_backward)(float *dq, float *dk, float *dv, const float *dout, const float *probs,
-                               const float *q, const float *k, const float *v,
+    /* dq, dk, dv assigned; out and saved as attention_forward left them */
+    void (*attention_backward)(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                               const float *saved, const float *q, const float *k, const float *v,
                                int B, int T, int H, int Hkv, int Dqk, int Dv, float scale);
 
     /* SwiGLU ------------------------------------------------------------------------------------ */

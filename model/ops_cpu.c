@@ -203,10 +203,15 @@ static void cpu_rope_backward(float *dx, int N, int T, int H, int ld, int head_s
 }
 
 /* ---------------------------------------------------------------------------------------------- */
-/* causal attention, softmax weights kept [B,H,T,T] (entries above the diagonal are zero).
+/* causal attention, softmax weights kept [B,H,T,T] as `saved` (entries above the diagonal are zero).
  * One task per (sequence, head); inside it the products are sgemm calls on strided views of q/k/v
  * (the OpenMP build of OpenBLAS runs single-threaded inside a parallel region). Scores above the
  * diagonal are computed and discarded: cheaper in a GEMM than skipping them in scalar loops.      */
+
+static size_t cpu_attention_saved_floats(int B, int T, int H, int Dqk, int Dv) {
+    (void)Dqk, (void)Dv;
+    return (size_t)B * H * T * T;
+}
 
 static void cpu_attention_forward(float *out, float *probs, const float *q, const float *k, const float *v,
                                   int B, int T, int H, int Hkv, int Dqk, int Dv, float scale) {
@@ -242,9 +247,10 @@ static void cpu_attention_forward(float *out, float *probs, const float *q, cons
         }
 }
 
-static void cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *probs,
-                                   const float *q, const float *k, const float *v,
+static void cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                   const float *probs, const float *q, const float *k, const float *v,
                                    int B, int T, int H, int Hkv, int Dqk, int Dv, float scale) {
+    (void)out; /* rowsum(P * dP) comes from the kept probabilities */
     /* dP = dO V^T; dS = P * (dP - rowsum(P * dP)) * scale; dQ = dS K; dK = dS^T Q; dV = P^T dO.
      * One task per (sequence, kv head), so the query heads of a GQA group add into dk/dv in order. */
     int group = H / Hkv;
@@ -729,6 +735,7 @@ static const struct loom_ops cpu_ops = {
     .rmsnorm_backward = cpu_rmsnorm_backward,
     .rope_forward = cpu_rope_forward,
     .rope_backward = cpu_rope_backward,
+    .attention_saved_floats = cpu_attention_saved_floats,
     .attention_forward = cpu_attention_forward,
     .attention_backward = cpu_attention_backward,
     .swiglu_forward = cpu_swiglu_forward,

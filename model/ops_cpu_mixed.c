@@ -115,16 +115,16 @@ static void rope_backward(float *dx, int N, int T, int H, int ld, int head_strid
     rope_heads(dx, N, H, ld, head_stride, D);
 }
 
-static void attention_forward(float *out, float *probs, const float *q, const float *k, const float *v, int B, int T,
+static void attention_forward(float *out, float *saved, const float *q, const float *k, const float *v, int B, int T,
                               int H, int Hkv, int Dqk, int Dv, float scale) {
-    base->attention_forward(out, probs, q, k, v, B, T, H, Hkv, Dqk, Dv, scale);
+    base->attention_forward(out, saved, q, k, v, B, T, H, Hkv, Dqk, Dv, scale);
     rnd(out, (size_t)B * T * H * Dv);
 }
 
-static void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *probs, const float *q,
-                               const float *k, const float *v, int B, int T, int H, int Hkv, int Dqk, int Dv,
-                               float scale) {
-    base->attention_backward(dq, dk, dv, dout, probs, q, k, v, B, T, H, Hkv, Dqk, Dv, scale);
+static void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *saved,
+                               const float *q, const float *k, const float *v, int B, int T, int H, int Hkv, int Dqk,
+                               int Dv, float scale) {
+    base->attention_backward(dq, dk, dv, dout, out, saved, q, k, v, B, T, H, Hkv, Dqk, Dv, scale);
     size_t N = (size_t)B * T;
     rnd(dq, N * H * Dqk);
     rnd(dk, N * Hkv * Dqk);

@@ -2,7 +2,8 @@
 # scripts/bench_gpu.sh — `make bench-gpu`: loom against PyTorch on one GPU, same model, same run.
 #
 #   1. bench/gemm_peak.c: the cuBLAS GEMM rate at 8192^3 (bf16, fp16 with fp32 accumulation; TF32; fp32): the
-#      measured peak.
+#      measured peak. bench/bench_attention.c: causal attention at Youtu's MLA shape (B 1, T 4096, H 16, q/k 192,
+#      v 128), flash attention against the materialised [B,H,T,T] kernels, forward and backward, TFLOP/s.
 #   2. loom: `loom train` on the CUDA backend, a Youtu-shaped dense MLA model of about 1B parameters
 #      (configs/models/youtu-2b.ini with 14 of its 32 layers: 1,005,934,592 parameters), bf16, seq 4096, random
 #      token ids, AdamW; tokens/s = tokens of the timed steps / their time (metrics.jsonl, after the warm-up steps).
@@ -78,6 +79,15 @@ if [ -z "$peak" ] || [ -z "$gpu_mem" ]; then
     exit 1
 fi
 say "$gpu_name, $gpu_mem GiB; cuBLAS bf16 GEMM 8192^3: $peak TFLOP/s (datasheet ${datasheet:-unknown})"
+
+# attention kernels: flash against materialised (a failure is reported with the table, not fatal)
+attn_note=
+say "attention: flash vs materialised at B 1, T 4096, H 16, q/k 192, v 128"
+if ! ${MAKE:-make} -s build/bench/bench_attention >"$work/attn-build.log" 2>&1; then
+    attn_note="building bench/bench_attention.c failed: $(tail -c 300 "$work/attn-build.log" | tr '\n' ' ')"
+elif ! build/bench/bench_attention >"$work/attn.txt" 2>&1; then
+    attn_note="bench_attention failed: $(tail -c 300 "$work/attn.txt" | tr '\n' ' ')"
+fi
 
 # ---------------------------------------------------------------------------------------------------
 # loom
@@ -229,6 +239,27 @@ for label, tps, mem in rows:
     print(f"| {label} | {tps:,.0f} | {ratio} | {100 * fpt * tps / (peak * 1e12):.1f}% | {mfu_sheet} | "
           f"{mem + ' GiB' if mem else ''} |")
 PY
+if [ -z "$attn_note" ]; then
+    "$python" - "$work/attn.txt" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+shape = re.search(r"^attention shape (.*)$", text, re.M).group(1)
+rows = {}
+for m in re.finditer(r"^attention dtype=(\S+) path=(\S+) dir=(\S+) ms=(\S+) tflops=(\S+)$", text, re.M):
+    rows.setdefault((m.group(1), m.group(2)), {})[m.group(3)] = (m.group(4), m.group(5))
+print(f"\n## Causal attention kernels, {shape} (bench/bench_attention.c)\n")
+print("FLOPs: forward 2 B H T^2 (Dqk + Dv) / 2, backward 2.5x that.\n")
+print("| dtype | path | forward ms | forward TFLOP/s | backward ms | backward TFLOP/s |\n|---|---|---|---|---|---|")
+for (dt, path), d in rows.items():
+    f, b = d.get("forward", ("n/a", "n/a")), d.get("backward", ("n/a", "n/a"))
+    print(f"| {dt} | {path} | {f[0]} | {f[1]} | {b[0]} | {b[1]} |")
+for m in re.finditer(r"^attention dtype=(\S+) flash_vs_materialised (.*)$", text, re.M):
+    print(f"\n{m.group(1)}: flash vs materialised, max |diff| / max |materialised|: {m.group(2)}", end="")
+print()
+PY
+else
+    echo "attention: $attn_note"
+fi
 [ -n "$loom_note" ] && [ -z "$loom_tps" ] && echo "loom failed: $loom_note"
 [ -n "$torch_note" ] && echo "note: $torch_note"
 for mode in eager compile; do

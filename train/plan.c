@@ -22,6 +22,7 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "data/curriculum.h"
+#include "model/cuda/flash_attn.h"
 #include "model/model.h"
 #include "model/params.h"
 #include "optim/adamw.h"
@@ -73,6 +74,17 @@ static void *count_alloc(size_t bytes) {
     return count_arena;
 }
 
+/* what attention keeps for its backward: the CUDA backend's flash kernels keep the logsumexp [B,H,T] for the
+ * head widths they cover, the CPU backend (and the GPU's fallback) the probabilities [B,H,T,T] */
+static int count_flash;
+
+static size_t count_attention_saved(int B, int T, int H, int Dqk, int Dv) {
+#define COVERS(dqk, dv) if (count_flash && Dqk == dqk && Dv == dv) return (size_t)B * H * T;
+    LOOM_FLASH_SHAPES(COVERS)
+#undef COVERS
+    return (size_t)B * H * T * T;
+}
+
 /* frees are not needed for sizing: the plan keeps what a rank holds for the whole run */
 static void count_free(void *p) { (void)p; }
 
@@ -85,6 +97,7 @@ static struct loom_ops counting_ops(enum loom_dtype compute, int tile) {
     o.moe_tile = tile;
     o.alloc = count_alloc;
     o.free = count_free;
+    o.attention_saved_floats = count_attention_saved;
     return o;
 }
 
@@ -341,6 +354,7 @@ int loom_plan_main(int argc, char **argv) {
     lay.pipe = cfg.pipeline.schedule == LOOM_PIPELINE_SCHEDULE_GPIPE ? LOOM_PIPELINE_GPIPE : LOOM_PIPELINE_1F1B;
     enum loom_dtype dt = (enum loom_dtype)cfg.precision.compute;
     lay.moe_tile = strcmp(mach->name, "cpu") ? LOOM_CUDA_MOE_TILE : 1;
+    count_flash = strcmp(mach->name, "cpu") != 0;
 
     double peak = mach->dense_tflops[dt] * 1e12;
     if (!strcmp(mach->name, "cpu")) peak = (gemm_tflops > 0 ? gemm_tflops : cfg.log.peak_tflops) * 1e12;

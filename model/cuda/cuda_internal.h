@@ -3,7 +3,7 @@
  * .cu files of model/cuda, never by C code: model/cuda/ops_cuda.h is the backend's public header).
  *
  * ops_cuda.cu owns the device, its stream and cuBLAS handle, and fills the op tables; each other file adds
- * the ops of one area to a table (moe_cuda.cu: the MoE routing, permutation and grouped GEMMs).
+ * the ops of one area (moe_cuda.cu: the MoE routing, permutation and grouped GEMMs; flash_attn.cu: attention).
  */
 #ifndef LOOM_MODEL_CUDA_CUDA_INTERNAL_H
 #define LOOM_MODEL_CUDA_CUDA_INTERNAL_H
@@ -45,6 +45,12 @@ static __device__ __forceinline__ float round_to(int dt, float x) {
     }
     if (dt == LOOM_BF16) return __bfloat162float(__float2bfloat16_rn(x));
     return __half2float(__float2half_rn(x));
+}
+
+/* the sum over the 32 lanes of a warp (all must call it; all get the result), in a fixed butterfly order */
+template <typename T> static __device__ __forceinline__ T warp_sum(T v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
 }
 
 /* the backend's stream (every op is queued on it) and its cuBLAS handle (bound to that stream, fp32 GEMMs

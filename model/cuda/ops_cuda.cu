@@ -3,8 +3,9 @@
  *
  * Correctness first: each kernel computes what model/ops_cpu.c computes, in the same formulas and mostly the
  * same precision (double where the CPU sums in double), with simple one-thread-per-element or
- * one-block-per-row kernels; attention is the naive O(T^2)-memory algorithm with the probabilities stored
- * [B,H,T,T] like the CPU (the flash-attention kernel replaces it later).
+ * one-block-per-row kernels. Attention is flash attention (model/cuda/flash_attn.cu: O(T) memory, the row
+ * logsumexp saved) for the head widths it covers, and otherwise the naive O(T^2)-memory algorithm with the
+ * probabilities stored [B,H,T,T] like the CPU.
  *
  * Precision: activations live in fp32 device memory. The tables for bf16 / fp16 round, at exactly the points
  * model/ops_cpu_mixed.c lists, the tensors a GPU stores in that dtype (rounding matches core/dtype.c bit for
@@ -36,7 +37,8 @@
 
 #include "core/error.h"
 #include "core/dtype.h"
-#include "model/cuda/cuda_internal.h" /* CUDA_CHECK, CUBLAS_CHECK, round_to; the MoE ops (moe_cuda.cu) */
+#include "model/cuda/cuda_internal.h" /* CUDA_CHECK, CUBLAS_CHECK, round_to, warp_sum; the MoE ops (moe_cuda.cu) */
+#include "model/cuda/flash_attn.h"
 
 enum { BLOCK = 256, WARPS = BLOCK / 32 };
 static const size_t MAX_GRID = 1 << 16;
@@ -84,10 +86,7 @@ static void *scratch(enum scratch_slot slot, size_t bytes) {
 /* ---------------------------------------------------------------------------------------------- */
 /* device helpers                                                                                   */
 
-template <typename T> static __device__ __forceinline__ T warp_sum(T v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
+/* (round_to, warp_sum: model/cuda/cuda_internal.h) */
 
 /* block-wide sum over BLOCK threads (all must call it; all get the result): warp trees, then the WARPS
  * warp sums added in warp order by every thread — a fixed order, so deterministic */
@@ -399,8 +398,21 @@ static void cuda_rope_backward(float *dx, int N, int T, int H, int ld, int head_
 }
 
 /* ---------------------------------------------------------------------------------------------- */
-/* causal attention with GQA (query head h reads kv head h / (H / Hkv)), the probabilities kept
- * [B,H,T,T] with zeros above the diagonal, as the CPU backend.                                      */
+/* causal attention with GQA (query head h reads kv head h / (H / Hkv)): flash attention where it covers
+ * the head widths (the logsumexp [B,H,T] saved), else the materialised kernels below (the probabilities
+ * kept [B,H,T,T] with zeros above the diagonal, as the CPU backend).                                */
+
+static int flash_enabled = 1;
+
+extern "C" void loom_cuda_set_flash_attention(int enabled) { flash_enabled = enabled != 0; }
+
+template <enum loom_dtype DT> static int use_flash(int Dqk, int Dv) {
+    return flash_enabled && loom_flash_attention_supports(Dqk, Dv, DT);
+}
+
+template <enum loom_dtype DT> static size_t cuda_attention_saved_floats(int B, int T, int H, int Dqk, int Dv) {
+    return use_flash<DT>(Dqk, Dv) ? (size_t)B * H * T : (size_t)B * H * T * T;
+}
 
 /* one block per query row (b, h, t), blockIdx.x = (b*H + h)*T + t:
  * probs[b,h,t,j] = softmax_j<=t(scale * q[b,t,h,:] . k[b,j,hk,:]) (0 for j > t; the probs row is the scores'
@@ -445,9 +457,14 @@ static __global__ void __launch_bounds__(BLOCK)
 }
 
 template <enum loom_dtype DT>
-static void cuda_attention_forward(float *out, float *probs, const float *q, const float *k, const float *v, int B,
+static void cuda_attention_forward(float *out, float *saved, const float *q, const float *k, const float *v, int B,
                                    int T, int H, int Hkv, int Dqk, int Dv, float scale) {
     CHECK(Hkv > 0 && H % Hkv == 0, "attention: H = %d is not a multiple of Hkv = %d", H, Hkv);
+    if (use_flash<DT>(Dqk, Dv)) {
+        loom_flash_attention_forward(out, saved, q, k, v, B, T, H, Hkv, Dqk, Dv, scale, DT, be.stream);
+        return;
+    }
+    float *probs = saved;
     int rows = B * H * T;
     if (rows) LAUNCH(attention_forward_kernel, rows, out, probs, q, k, v, T, H, Hkv, Dqk, Dv, scale, (int)DT);
 }
@@ -512,13 +529,20 @@ static __global__ void attention_backward_dkv_kernel(float *dk, float *dv, const
 }
 
 template <enum loom_dtype DT>
-static void cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *probs,
-                                    const float *q, const float *k, const float *v, int B, int T, int H, int Hkv,
-                                    int Dqk, int Dv, float scale) {
+static void cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                    const float *saved, const float *q, const float *k, const float *v, int B, int T,
+                                    int H, int Hkv, int Dqk, int Dv, float scale) {
     /* dP = dO V^T; dS = P * (dP - rowsum(P * dP)) * scale; dQ = dS K; dK = dS^T Q; dV = P^T dO */
     CHECK(Hkv > 0 && H % Hkv == 0, "attention: H = %d is not a multiple of Hkv = %d", H, Hkv);
     int rows = B * H * T;
     if (rows == 0) return;
+    if (use_flash<DT>(Dqk, Dv)) {
+        float *delta = (float *)scratch(SCRATCH_F32, sizeof(float) * (size_t)rows);
+        loom_flash_attention_backward(dq, dk, dv, delta, dout, out, saved, q, k, v, B, T, H, Hkv, Dqk, Dv, scale, DT,
+                                      be.stream);
+        return;
+    }
+    const float *probs = saved;
     float *ds = (float *)scratch(SCRATCH_F32, sizeof(float) * (size_t)rows * T);
     LAUNCH(attention_backward_dq_kernel, rows, dq, ds, dout, probs, k, v, T, H, Hkv, Dqk, Dv, scale, (int)DT);
     LAUNCH(attention_backward_dkv_kernel, B * Hkv * T, dk, dv, ds, probs, q, dout, T, H, Hkv, Dqk, Dv, (int)DT);
@@ -855,6 +879,7 @@ template <enum loom_dtype DT> static void table_fill(struct loom_ops *t) {
     t->rmsnorm_backward = cuda_rmsnorm_backward<DT>;
     t->rope_forward = cuda_rope_forward<DT>;
     t->rope_backward = cuda_rope_backward<DT>;
+    t->attention_saved_floats = cuda_attention_saved_floats<DT>;
     t->attention_forward = cuda_attention_forward<DT>;
     t->attention_backward = cuda_attention_backward<DT>;
     t->swiglu_forward = cuda_swiglu_forward<DT>;

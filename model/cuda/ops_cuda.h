@@ -24,6 +24,12 @@ int loom_cuda_devices(void);
  * from the thread that made the first call (CUDA's current device is per thread). */
 const struct loom_ops *loom_ops_cuda(int device, enum loom_dtype compute);
 
+/* Attention through the flash-attention kernels where they cover the head widths (the default, enabled = 1), or
+ * always through the materialised [B,H,T,T] kernels (0): for tests and benchmarks that compare the two. What
+ * attention_saved_floats reports follows it, so change it only between an attention's forward and the next
+ * forward, never between a forward and its backward. */
+void loom_cuda_set_flash_attention(int enabled);
+
 #ifdef __cplusplus
 }
 #endif

@@ -14,8 +14,8 @@
  *
  * Tolerances, by where the output lives (M = max |want| over the tensor):
  *   exact         copies, lookups, maxima, RNE rounding (round_compute), sums fixed in i order: bit for bit
- *   kept fp32     outputs that stay fp32 in every dtype (rstd, attention probabilities, losses, sumexp, row_dot,
- *                 scale, AdamW state, norm/embedding weight-gradient accumulators): |got - want| <= 1e-5 M
+ *   kept fp32     outputs that stay fp32 in every dtype (rstd, attention probabilities or logsumexp, losses, sumexp,
+ *                 row_dot, scale, AdamW state, norm/embedding weight-gradient accumulators): |got - want| <= 1e-5 M
  *   compute dtype fp32: 1e-5 M for element-wise ops and short reductions, 1e-4 M for GEMMs and attention
  *                 (cuBLAS and the GPU kernels sum in another order; TF32 would break this bound);
  *                 bf16 / fp16: both sides round the same fp32 value, except where their fp32 sums before the
@@ -30,7 +30,9 @@
  *                 dS before dS K), which the CPU emulation does not; emulating that rounding on the CPU for
  *                 the forward cases below gave up to 23 ulps on elements far below M (so the per-element
  *                 bounds of the compute dtype do not apply), but at most 1 ulp at M and a relative L2 error
- *                 of 2.6e-3 (bf16) / 3.1e-4 (fp16)
+ *                 of 2.6e-3 (bf16) / 3.1e-4 (fp16). An attention gradient that vanishes exactly (M = 0: dq and dk
+ *                 at T = 1, where each query sees one key) must come out within 1e-5 of 0 in every dtype: flash
+ *                 attention forms rowsum(P * dP) as rowsum(dout * out), equal to fp32 rounding only
  *   weight grads  matmul_backward_weight adds a rounded micro-batch contribution to an fp32 accumulator: the
  *                 contributions (got - init against want - init) are compared as a GEMM output
  *
@@ -58,6 +60,7 @@
 #include "model/ops.h"
 #include "tests/test.h"
 #ifdef LOOM_CUDA
+#include "model/cuda/flash_attn.h"
 #include "model/cuda/ops_cuda.h"
 
 #define KEPT_RTOL 1e-5      /* of the tensor's max: fp32 outputs, and every output in fp32 */
@@ -65,6 +68,7 @@
 #define ULP_FLOOR 0x1p-6    /* elements below M / 64 are measured in the ulp of M / 64 */
 #define MAX_ULPS 4.0
 #define ATTN_ULPS 2.0       /* attention: ulps at the tensor's max */
+#define ATTN_ZERO_ATOL 1e-5 /* attention: |got| where the exact gradient is 0 throughout */
 #define FRAC_OVER_1ULP 0.01
 
 /* where an output lives, which picks its tolerance (see the table at the top) */
@@ -229,6 +233,16 @@ static int compare(const char *name, const float *got, const float *want, size_t
     if (kind == KIND_EXACT) {
         test_result(1, name, "");
         return 1;
+    }
+    if (kind == KIND_ATTN && M == 0) {
+        size_t worst = 0;
+        for (size_t i = 0; i < n; i++)
+            if (fabs(got[i]) > fabs(got[worst])) worst = i;
+        int ok = n == 0 || fabs(got[worst]) <= ATTN_ZERO_ATOL;
+        if (verbose) printf("# %s: want 0 throughout, max |got| %.3g\n", name, n ? fabs(got[worst]) : 0.0);
+        test_result(ok, name, "element %zu: got %.9g, want 0 (the whole tensor is 0; limit %.0e)", worst,
+                    n ? (double)got[worst] : 0.0, ATTN_ZERO_ATOL);
+        return ok;
     }
 
     if (dt == LOOM_F32 || kind == KIND_KEPT) {
@@ -487,37 +501,111 @@ static void test_rope(void) {
 }
 
 /* ---------------------------------------------------------------------------------------------- */
-/* causal attention with grouped key/value heads, Dqk != Dv                                         */
+/* causal attention with grouped key/value heads, Dqk != Dv: flash attention on the GPU where it covers the head
+ * widths (loom_cuda_set_flash_attention, on by default), else the materialised kernels                        */
+
+static int flash_on = 1;
+
+/* device buffers of n0 floats on the GPU side and n1 on the reference side, poisoned (fetch and check need one
+ * size: read each side with be[s]->to_host) */
+static struct pair pair_poisoned_each(size_t n0, size_t n1) {
+    struct pair p = {{NULL, NULL}, 0};
+    size_t n[2] = {n0, n1};
+    for (int s = 0; s < 2; s++) {
+        CHECK(n_dev_live[s] < MAX_LIVE, "too many live device buffers");
+        p.s[s] = dev_live[s][n_dev_live[s]++] = be[s]->alloc(n[s] * 4);
+        be[s]->from_host(p.s[s], poison_host(n[s]), n[s] * 4);
+    }
+    return p;
+}
+
+/* lse[b, h, t] = log Σ_j<=t exp(scale q[b,t,h,:] . k[b,j,h/(H/Hkv),:]) in double: what flash attention saves */
+static float *lse_reference(const float *q, const float *k, int B, int T, int H, int Hkv, int Dqk, float scale) {
+    float *lse = host_alloc(sizeof(float) * (size_t)B * H * T);
+    double *s = host_alloc(sizeof(double) * (size_t)T);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int t = 0; t < T; t++) {
+                const float *qt = q + (((size_t)b * T + t) * H + h) * Dqk;
+                double m = -INFINITY, sum = 0;
+                for (int j = 0; j <= t; j++) {
+                    const float *kj = k + (((size_t)b * T + j) * Hkv + h / (H / Hkv)) * Dqk;
+                    double d = 0;
+                    for (int i = 0; i < Dqk; i++) d += (double)qt[i] * kj[i];
+                    s[j] = d * scale;
+                    m = fmax(m, s[j]);
+                }
+                for (int j = 0; j <= t; j++) sum += exp(s[j] - m);
+                lse[((size_t)b * H + h) * T + t] = (float)(m + log(sum));
+            }
+    return lse;
+}
 
 static void test_attention_case(const char *tag, int B, int T, int H, int Hkv, int Dqk, int Dv) {
     float scale = 1.0f / sqrtf((float)Dqk);
     size_t nq = (size_t)B * T * H * Dqk, nk = (size_t)B * T * Hkv * Dqk, nv = (size_t)B * T * Hkv * Dv;
-    size_t no = (size_t)B * T * H * Dv, np = (size_t)B * H * T * T;
-    struct pair q = pair_of(rand_act(nq, -2, 2), nq), k = pair_of(rand_act(nk, -1, 1), nk);
+    size_t no = (size_t)B * T * H * Dv, np = (size_t)B * H * T * T, nl = (size_t)B * H * T;
+    float *qh = rand_act(nq, -2, 2), *kh = rand_act(nk, -1, 1);
+    struct pair q = pair_of(qh, nq), k = pair_of(kh, nk);
     struct pair v = pair_of(rand_act(nv, -1, 1), nv), dout = pair_of(rand_act(no, -1, 1), no);
 
-    struct pair out = pair_poisoned(no), probs = pair_poisoned(np);
-    ON_BOTH(attention_forward, S(out), S(probs), S(q), S(k), S(v), B, T, H, Hkv, Dqk, Dv, scale);
+    /* what each side saves: the CPU the probabilities; the GPU the logsumexp when flash attention runs */
+    int flash = flash_on && loom_flash_attention_supports(Dqk, Dv, dt);
+    size_t ns[2] = {be[0]->attention_saved_floats(B, T, H, Dqk, Dv), be[1]->attention_saved_floats(B, T, H, Dqk, Dv)};
+    test_result(ns[0] == (flash ? nl : np) && ns[1] == np, nm("attention%s.saved_floats", tag),
+                "GPU %zu, CPU %zu; want GPU %zu (%s), CPU %zu (the probabilities)", ns[0], ns[1], flash ? nl : np,
+                flash ? "flash attention: the logsumexp" : "the probabilities", np);
+    if (ns[0] != (flash ? nl : np)) {
+        release_all();
+        return;
+    }
+
+    struct pair out = pair_poisoned(no), saved = pair_poisoned_each(ns[0], ns[1]);
+    ON_BOTH(attention_forward, S(out), S(saved), S(q), S(k), S(v), B, T, H, Hkv, Dqk, Dv, scale);
     check(nm("attention%s.forward", tag), out, KIND_ATTN);
 
-    /* only the causal part of probs is specified (each side's backward reads its own) */
-    float *pg = fetch(probs, 0), *pc = fetch(probs, 1);
-    size_t ncausal = (size_t)B * H * T * (T + 1) / 2, j = 0;
-    float *cg = host_alloc(ncausal * sizeof(float)), *cc = host_alloc(ncausal * sizeof(float));
-    for (size_t bh = 0; bh < (size_t)B * H; bh++)
-        for (int t = 0; t < T; t++)
-            for (int u = 0; u <= t; u++, j++) {
-                cg[j] = pg[(bh * T + t) * T + u];
-                cc[j] = pc[(bh * T + t) * T + u];
-            }
-    compare(nm("attention%s.probs", tag), cg, cc, ncausal, KIND_KEPT);
+    float *sg = host_alloc(ns[0] * sizeof(float));
+    be[0]->to_host(sg, saved.s[0], ns[0] * sizeof(float));
+    if (flash) {
+        compare(nm("attention%s.lse", tag), sg, lse_reference(qh, kh, B, T, H, Hkv, Dqk, scale), nl, KIND_KEPT);
+    } else {
+        /* only the causal part of probs is specified (each side's backward reads its own) */
+        float *pc = host_alloc(np * sizeof(float));
+        be[1]->to_host(pc, saved.s[1], np * sizeof(float));
+        size_t ncausal = (size_t)B * H * T * (T + 1) / 2, j = 0;
+        float *cg = host_alloc(ncausal * sizeof(float)), *cc = host_alloc(ncausal * sizeof(float));
+        for (size_t bh = 0; bh < (size_t)B * H; bh++)
+            for (int t = 0; t < T; t++)
+                for (int u = 0; u <= t; u++, j++) {
+                    cg[j] = sg[(bh * T + t) * T + u];
+                    cc[j] = pc[(bh * T + t) * T + u];
+                }
+        compare(nm("attention%s.probs", tag), cg, cc, ncausal, KIND_KEPT);
+    }
 
     struct pair dq = pair_poisoned(nq), dk = pair_poisoned(nk), dv = pair_poisoned(nv);
-    ON_BOTH(attention_backward, S(dq), S(dk), S(dv), S(dout), S(probs), S(q), S(k), S(v), B, T, H, Hkv, Dqk, Dv,
-            scale);
+    ON_BOTH(attention_backward, S(dq), S(dk), S(dv), S(dout), S(out), S(saved), S(q), S(k), S(v), B, T, H, Hkv, Dqk,
+            Dv, scale);
     check(nm("attention%s.backward.dq", tag), dq, KIND_ATTN);
     check(nm("attention%s.backward.dk", tag), dk, KIND_ATTN);
     check(nm("attention%s.backward.dv", tag), dv, KIND_ATTN);
+
+    if (flash) {
+        /* the GPU again into freshly poisoned buffers: every output bit for bit as the first time */
+        struct pair out2 = pair_poisoned(no), saved2 = pair_poisoned_each(ns[0], ns[1]);
+        struct pair dq2 = pair_poisoned(nq), dk2 = pair_poisoned(nk), dv2 = pair_poisoned(nv);
+        side = 0;
+        be[0]->attention_forward(S(out2), S(saved2), S(q), S(k), S(v), B, T, H, Hkv, Dqk, Dv, scale);
+        be[0]->attention_backward(S(dq2), S(dk2), S(dv2), S(dout), S(out2), S(saved2), S(q), S(k), S(v), B, T, H, Hkv,
+                                  Dqk, Dv, scale);
+        float *sg2 = host_alloc(nl * sizeof(float));
+        be[0]->to_host(sg2, saved2.s[0], nl * sizeof(float));
+        compare(nm("attention%s.repeat.forward", tag), fetch(out2, 0), fetch(out, 0), no, KIND_EXACT);
+        compare(nm("attention%s.repeat.lse", tag), sg2, sg, nl, KIND_EXACT);
+        compare(nm("attention%s.repeat.dq", tag), fetch(dq2, 0), fetch(dq, 0), nq, KIND_EXACT);
+        compare(nm("attention%s.repeat.dk", tag), fetch(dk2, 0), fetch(dk, 0), nk, KIND_EXACT);
+        compare(nm("attention%s.repeat.dv", tag), fetch(dv2, 0), fetch(dv, 0), nv, KIND_EXACT);
+    }
     release_all();
 }
 
@@ -530,6 +618,28 @@ static void test_attention(void) {
     test_attention_case(".mla", 1, 300, 16, 16, 192, 128);  /* Youtu MLA heads: q/k 192, v 128 */
     test_attention_case(".mla_long", 1, 1024, 4, 4, 192, 128);
     test_attention_case(".gqa128", 2, 257, 8, 2, 128, 128);
+
+    /* flash attention: the head widths it must serve (Youtu's MLA, dots.llm1's MHA, a small head) on this GPU,
+     * at lengths inside one tile, on a tile edge and past it, with H = Hkv and GQA */
+    static const int widths[][2] = {{192, 128}, {128, 128}, {64, 64}};
+    static const int lengths[] = {1, 17, 128, 257};
+    for (size_t w = 0; w < sizeof widths / sizeof widths[0]; w++) {
+        int Dqk = widths[w][0], Dv = widths[w][1];
+        test_result(loom_flash_attention_supports(Dqk, Dv, dt), nm("attention.flash.%dx%d.supported", Dqk, Dv),
+                    "no flash-attention kernel for Dqk %d, Dv %d in %s on this GPU", Dqk, Dv, dt_name);
+        for (size_t t = 0; t < sizeof lengths / sizeof lengths[0]; t++)
+            for (int Hkv = 4; Hkv >= 2; Hkv -= 2) {
+                char tag[64];
+                snprintf(tag, sizeof tag, ".flash.%dx%d.T%d.Hkv%d", Dqk, Dv, lengths[t], Hkv);
+                test_attention_case(tag, 2, lengths[t], 4, Hkv, Dqk, Dv);
+            }
+    }
+
+    /* the materialised kernels where flash attention would run */
+    loom_cuda_set_flash_attention(flash_on = 0);
+    test_attention_case(".materialised.mla", 1, 300, 16, 16, 192, 128);
+    test_attention_case(".materialised.gqa128", 2, 257, 8, 2, 128, 128);
+    loom_cuda_set_flash_attention(flash_on = 1);
 }
 
 /* ---------------------------------------------------------------------------------------------- */

@@ -2,7 +2,9 @@
 # tests/gpu/test_train_gpu.sh — whole training runs on the CUDA backend against the CPU backend (`make test-gpu`).
 #
 # The tiny MLA, MHA and MoE models (configs/models/tiny-{mla,mha,moe}.ini: the layouts of configs/runs/debug.ini
-# and debug-moe.ini) train 10 steps on a byte-level English-like text (so the loss falls, 5.7 -> ~3: a wrong
+# and debug-moe.ini), and the MLA and MHA ones again at head widths the flash-attention kernels cover (mla-flash:
+# Youtu's q/k 192, v 128; mha-flash: 64, under selective recomputation; the tiny widths take the materialised
+# kernels), train 10 steps on a byte-level English-like text (so the loss falls, 5.7 -> ~3: a wrong
 # gradient shows in the losses, which on random ids would hardly move), global batch 4 in micro-batches of 2
 # (gradient accumulation), once with --train.device=cuda and once with --train.device=cpu, from the same init and
 # data, in fp32, in bf16 (the CPU emulating it, model/ops_cpu_mixed.c) and, for MLA, fp16 (initial loss scale
@@ -88,6 +90,23 @@ peak_tflops = 0.1
 shards = $tmp/data
 EOF
 done
+cat >"$tmp/tiny-mla-flash.ini" <<EOF
+include = $tmp/tiny-mla.ini
+
+[model]
+qk_nope_head_dim = 128
+qk_rope_head_dim = 64
+v_head_dim = 128
+EOF
+cat >"$tmp/tiny-mha-flash.ini" <<EOF
+include = $tmp/tiny-mha.ini
+
+[model]
+head_dim = 64
+
+[train]
+recompute = selective
+EOF
 
 cat >"$tmp/cmp.py" <<'EOF'
 """cuda against cpu: metrics.jsonl and the step-1 gradient dumps (--log.dump_grads) of one process each."""
@@ -216,7 +235,7 @@ compare() { verdicts "$tmp/cmp.py" "$@"; }
 # cuda against cpu, one process
 
 t0=$SECONDS
-for model in tiny-mla tiny-mha tiny-moe; do
+for model in tiny-mla tiny-mha tiny-moe tiny-mla-flash tiny-mha-flash; do
     precs="fp32 bf16"
     [ "$model" = tiny-mla ] && precs="fp32 bf16 fp16"
     for prec in $precs; do

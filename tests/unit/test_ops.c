@@ -573,6 +573,9 @@ static void test_attention_case(const char *tag, int B, int T, int H, int Hkv, i
     attention_ref(want, want_probs, a.q, a.k, a.v, &s);
     /* probs starts as garbage: only its causal part is specified, the backward check catches an op
      * that reads the rest */
+    size_t nsaved = ops->attention_saved_floats(B, T, H, Dqk, Dv);
+    test_result(nsaved == np, test_name("ops.attention%s.saved_floats", tag),
+                "attention_saved_floats = %zu, want the probabilities B*H*T*T = %zu", nsaved, np);
     float *d_out = dev_floats(rand_floats(no, -100, 100), no);
     float *d_probs = dev_floats(rand_floats(np, -100, 100), np);
     ops->attention_forward(d_out, d_probs, d_q, d_k, d_v, B, T, H, Hkv, Dqk, Dv, (float)s.scale);
@@ -604,7 +607,7 @@ static void test_attention_case(const char *tag, int B, int T, int H, int Hkv, i
     float *d_dq = dev_floats(rand_floats(nq, -100, 100), nq);
     float *d_dk = dev_floats(rand_floats(nk, -100, 100), nk);
     float *d_dv = dev_floats(rand_floats(nv, -100, 100), nv);
-    ops->attention_backward(d_dq, d_dk, d_dv, d_dout, d_probs, d_q, d_k, d_v, B, T, H, Hkv, Dqk, Dv,
+    ops->attention_backward(d_dq, d_dk, d_dv, d_dout, d_out, d_probs, d_q, d_k, d_v, B, T, H, Hkv, Dqk, Dv,
                             (float)s.scale);
     test_close(test_name("ops.attention%s.backward.dq", tag), host_floats(d_dq, nq), gq, nq, BWD_ATOL, BWD_RTOL);
     test_close(test_name("ops.attention%s.backward.dk", tag), host_floats(d_dk, nk), gk, nk, BWD_ATOL, BWD_RTOL);
