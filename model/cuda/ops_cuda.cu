@@ -952,3 +952,5 @@ extern "C" const struct loom_ops *loom_ops_cuda(int device, enum loom_dtype comp
     be.ready = 1;
     return &be.tables[compute];
 }
+
+extern "C" void *loom_cuda_stream(void) { return be.ready ? (void *)be.stream : NULL; }

@@ -24,6 +24,10 @@ int loom_cuda_devices(void);
  * from the thread that made the first call (CUDA's current device is per thread). */
 const struct loom_ops *loom_ops_cuda(int device, enum loom_dtype compute);
 
+/* The stream every op is queued on (a cudaStream_t), NULL before loom_ops_cuda: the comm layer's NCCL path
+ * queues its work behind it and makes it wait for the results (parallel/comm_nccl.cu). */
+void *loom_cuda_stream(void);
+
 #ifdef __cplusplus
 }
 #endif
