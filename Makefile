@@ -33,16 +33,17 @@ LIB_SRCS  := $(wildcard core/*.c model/*.c optim/*.c data/*.c parallel/*.c check
              $(filter-out train/main.c, $(wildcard train/*.c))
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 
-# The CUDA backend (model/cuda) is built whenever nvcc is found, on the PATH or in /usr/local/cuda, so CI
-# compiles and links it on every run (for sm_90: H100 / H200); train.device picks the backend at run time.
+# The CUDA backend (model/cuda, and the comm layer's NCCL path in parallel/*.cu) is built whenever nvcc is
+# found, on the PATH or in /usr/local/cuda, so CI compiles and links it on every run (for sm_90: H100 / H200);
+# train.device picks the backend at run time.
 NVCC      := $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
 CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
-CUDA_SRCS := $(if $(NVCC),$(wildcard model/cuda/*.cu))
+CUDA_SRCS := $(if $(NVCC),$(wildcard model/cuda/*.cu parallel/*.cu))
 CUDA_OBJS := $(CUDA_SRCS:%.cu=$(BUILD)/%.o)
 NVFLAGS   := -O2 -std=c++17 -arch=sm_90 -Xcompiler -fPIC -I. -I$(HDF5_INC) $(shell mpicc --showme:compile 2>/dev/null)
 ifneq ($(CUDA_SRCS),)
 CFLAGS    += -DLOOM_CUDA
-LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
+LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lnccl -lcublasLt -lcublas -lcudart -lstdc++
 LIB_OBJS  += $(CUDA_OBJS)
 endif
 TEST_SRCS := $(wildcard tests/unit/test_*.c)
@@ -99,7 +100,8 @@ else
 	@OMP_NUM_THREADS=2 tests/run.sh $(TEST_BINS)
 endif
 
-# On a GPU machine: every CUDA op against the CPU backend, whole training steps, the staging fallback
+# On a GPU machine: every CUDA op against the CPU backend, whole training steps, the NCCL collectives against
+# MPI, training on NCCL, the staging fallback
 GPU_TEST_SRCS := $(wildcard tests/gpu/test_*.c)
 GPU_TEST_BINS := $(GPU_TEST_SRCS:tests/gpu/%.c=$(BUILD)/tests/gpu/%)
 $(BUILD)/tests/gpu/%: tests/gpu/%.c $(LIB_OBJS) $(TEST_EXTRA_OBJS) | deps

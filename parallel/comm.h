@@ -1,9 +1,19 @@
 /*
- * parallel/comm.h — the communication layer: one API over MPI (NCCL slots in behind it later).
+ * parallel/comm.h — the communication layer: one API over MPI and NCCL.
  *
  * Collectives on fp32 buffers (sums), started asynchronously and completed with loom_comm_wait, so
  * a caller can overlap communication with compute. Counts may exceed INT_MAX: large payloads are
  * split into several requests inside one handle.
+ *
+ * Three paths, the same semantics (a caller leaves a buffer it handed to a start alone until the wait):
+ *   - MPI on the buffers themselves (host memory: the CPU backend);
+ *   - MPI on host copies of backend buffers (loom_comm_stage_through_host: ranks that share a GPU);
+ *   - NCCL on device memory, for a group given an NCCL communicator (loom_comm_nccl_world / _split, builds
+ *     with the CUDA backend): work is queued behind the backend's compute stream on a stream of the
+ *     communicator's own, and loom_comm_wait makes the compute stream wait for it without blocking the host
+ *     (parallel/comm_nccl.cu). Point-to-point transfers are then matched by their order per pair of ranks
+ *     and direction, not by tag.
+ * The small blocking host helpers (allreduce_double / long / max_double, alltoall_int) are MPI on every path.
  */
 #ifndef LOOM_PARALLEL_COMM_H
 #define LOOM_PARALLEL_COMM_H
@@ -16,9 +26,12 @@
 extern "C" {
 #endif
 
+struct loom_nccl;
+
 struct loom_comm {
     MPI_Comm mpi;
     int rank, size;
+    struct loom_nccl *nccl;        /* set: the float operations run on NCCL (parallel/comm_nccl.h) */
 };
 
 enum { LOOM_COMM_MAX_REQUESTS = 64 };
@@ -35,6 +48,7 @@ struct loom_comm_handle {
     MPI_Request requests[LOOM_COMM_MAX_REQUESTS];
     int nstage;
     struct loom_comm_stage stage[2];
+    void *done;                    /* NCCL: the event marking the operation's end, or NULL */
 };
 
 struct loom_ops;
@@ -46,7 +60,18 @@ void loom_comm_stage_through_host(const struct loom_ops *ops);
 long loom_comm_staged_buffers(void);
 
 void loom_comm_from_mpi(struct loom_comm *c, MPI_Comm mpi);
+/* Frees the MPI communicator (unless world or self) and the NCCL one; in the same order on every rank. */
 void loom_comm_free(struct loom_comm *c);
+
+/* NCCL (builds with the CUDA backend; elsewhere these fail). The world group's communicator, from a unique id
+ * rank 0 draws and broadcasts over world->mpi (collective over the world). compute_stream: the backend's stream
+ * (loom_cuda_stream()), which every NCCL operation waits for and which waits for them. */
+void loom_comm_nccl_world(struct loom_comm *world, void *compute_stream, int p2p);
+/* Group c's communicator, split from the world's with the color and key c->mpi was split from the world with
+ * (collective over the world; MPI_UNDEFINED: this rank is in no group, c stays on MPI). p2p: a second
+ * communicator for point-to-point transfers, so sends toward higher and lower ranks never queue behind each
+ * other (a pipeline's). */
+void loom_comm_nccl_split(struct loom_comm *c, const struct loom_comm *world, int color, int key, int p2p);
 
 /* buf[0..n) summed over the group, in place */
 void loom_allreduce_start(const struct loom_comm *c, float *buf, size_t n, struct loom_comm_handle *h);

@@ -21,6 +21,28 @@ int loom_topology_rank(struct loom_coords c, int dp, int tp, int pp) {
     return c.tp_rank + tp * (c.dp_rank + dp * c.pp_rank);
 }
 
+/* an axis's communicator and the color and key it is split from the world with (MPI_UNDEFINED: not in one) */
+struct axis_split {
+    struct loom_comm *comm;
+    int color, key;
+    int p2p;                       /* carries point-to-point transfers (a pipeline's) */
+};
+
+enum { AXES = 6 };
+
+/* The axes of t, whose coordinates are set. */
+static void axis_splits(struct loom_topology *t, struct axis_split a[AXES]) {
+    int dp = t->dp, tp = t->tp, pp = t->pp, ep = t->ep;
+    int in_stage = t->tp_rank + tp * t->dp_rank; /* 0 .. dp*tp-1 within the stage */
+    int end_stage = t->pp_rank == 0 || t->pp_rank == pp - 1;
+    a[0] = (struct axis_split){&t->tp_comm, t->dp_rank + dp * t->pp_rank, t->tp_rank, 0};
+    a[1] = (struct axis_split){&t->dp_comm, t->tp_rank + tp * t->pp_rank, t->dp_rank, 0};
+    a[2] = (struct axis_split){&t->pp_comm, in_stage, t->pp_rank, pp > 1};
+    a[3] = (struct axis_split){&t->ep_comm, t->pp_rank * (dp * tp / ep) + in_stage / ep, t->ep_rank, 0};
+    a[4] = (struct axis_split){&t->edp_comm, t->pp_rank * ep + t->ep_rank, in_stage / ep, 0};
+    a[5] = (struct axis_split){&t->embed_comm, end_stage ? in_stage : MPI_UNDEFINED, t->pp_rank, 0};
+}
+
 static void split(struct loom_comm *out, MPI_Comm world, int color, int key) {
     MPI_Comm c;
     MPI_CHECK(MPI_Comm_split(world, color, key, &c));
@@ -47,15 +69,17 @@ void loom_topology_init(struct loom_topology *t, MPI_Comm world, int dp, int tp,
     t->pp_prev = c.pp_rank > 0 ? loom_topology_rank(prev, dp, tp, pp) : -1;
     t->pp_next = c.pp_rank + 1 < pp ? loom_topology_rank(next, dp, tp, pp) : -1;
 
-    split(&t->tp_comm, world, c.dp_rank + dp * c.pp_rank, c.tp_rank);
-    split(&t->dp_comm, world, c.tp_rank + tp * c.pp_rank, c.dp_rank);
-    split(&t->pp_comm, world, c.tp_rank + tp * c.dp_rank, c.pp_rank);
-    int in_stage = c.tp_rank + tp * c.dp_rank; /* 0 .. dp*tp-1 within the stage */
-    t->ep_rank = in_stage % ep;
-    split(&t->ep_comm, world, c.pp_rank * (dp * tp / ep) + in_stage / ep, t->ep_rank);
-    split(&t->edp_comm, world, c.pp_rank * ep + t->ep_rank, in_stage / ep);
-    int end_stage = c.pp_rank == 0 || c.pp_rank == pp - 1;
-    split(&t->embed_comm, world, end_stage ? c.tp_rank + tp * c.dp_rank : MPI_UNDEFINED, c.pp_rank);
+    t->ep_rank = (c.tp_rank + tp * c.dp_rank) % ep;
+    struct axis_split a[AXES];
+    axis_splits(t, a);
+    for (int i = 0; i < AXES; i++) split(a[i].comm, world, a[i].color, a[i].key);
+}
+
+void loom_topology_use_nccl(struct loom_topology *t, void *compute_stream) {
+    loom_comm_nccl_world(&t->world_comm, compute_stream, 0);
+    struct axis_split a[AXES];
+    axis_splits(t, a);
+    for (int i = 0; i < AXES; i++) loom_comm_nccl_split(a[i].comm, &t->world_comm, a[i].color, a[i].key, a[i].p2p);
 }
 
 void loom_topology_free(struct loom_topology *t) {
@@ -65,6 +89,8 @@ void loom_topology_free(struct loom_topology *t) {
     loom_comm_free(&t->ep_comm);
     loom_comm_free(&t->edp_comm);
     loom_comm_free(&t->embed_comm);
+    t->world_comm.mpi = MPI_COMM_NULL; /* the caller's; its NCCL communicator (if any) is ours */
+    loom_comm_free(&t->world_comm);
     memset(t, 0, sizeof *t);
 }
 

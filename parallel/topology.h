@@ -42,6 +42,10 @@ struct loom_topology {
 /* Splits the world communicator into the axis communicators (collective over world). The sizes
  * must already be validated (dp * tp * pp == world, ep dividing dp * tp). */
 void loom_topology_init(struct loom_topology *t, MPI_Comm world, int dp, int tp, int pp, int ep);
+/* Gives the world and every axis an NCCL communicator, split with the colors and keys of the MPI ones (collective
+ * over world; builds with the CUDA backend, one GPU per rank): from now on their float operations run on NCCL
+ * over device memory (parallel/comm.h). compute_stream: the CUDA backend's stream (loom_cuda_stream()). */
+void loom_topology_use_nccl(struct loom_topology *t, void *compute_stream);
 void loom_topology_free(struct loom_topology *t);
 /* The grid, one line per pipeline stage (rank 0 prints it at start). */
 void loom_topology_print(const struct loom_topology *t, FILE *f);

@@ -108,13 +108,64 @@ static void dump_probe_logits(struct loom_model *m, const char *path, const int 
     free(host);
 }
 
+/* LOOM_COMM (for tests and debugging): the path of the collectives of a CUDA run. Unset: NCCL when every rank
+ * has a GPU of its own and there are several ranks, else MPI through host memory; mpi or nccl forces one. Rank
+ * 0's value, the same on every rank. */
+enum comm_path { COMM_AUTO, COMM_MPI, COMM_NCCL, COMM_BAD };
+
+static int comm_path_asked(int rank) {
+    const char *v = getenv("LOOM_COMM");
+    int path = COMM_AUTO;
+    if (rank == 0 && v && v[0]) path = strcmp(v, "mpi") == 0 ? COMM_MPI : strcmp(v, "nccl") == 0 ? COMM_NCCL : COMM_BAD;
+    MPI_CHECK(MPI_Bcast(&path, 1, MPI_INT, 0, MPI_COMM_WORLD));
+    if (path == COMM_BAD)
+        loom_input_error("LOOM_COMM", "set LOOM_COMM to mpi or nccl, or leave it unset",
+                         "'%s' is not a path for the collectives (mpi or nccl)", v ? v : "");
+    return path;
+}
+
+#ifdef LOOM_CUDA
+/* The collectives of a CUDA run (several ranks, or LOOM_COMM=nccl): NCCL when every rank of every node has a
+ * GPU of its own (NCCL refuses two ranks on one GPU), else MPI on host copies of the device buffers. node_ranks
+ * and gpus: this rank's node's. Rank 0 says which path and why. */
+static void select_comm(const struct loom_ops *ops, struct loom_topology *topo, int path, int node_ranks,
+                        int gpus) {
+    int shared = node_ranks > gpus;
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &shared, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD));
+    char sharing[128];
+    if (node_ranks > gpus)
+        snprintf(sharing, sizeof sharing, "%d ranks share %d GPU%s on rank 0's node", node_ranks, gpus,
+                 gpus == 1 ? "" : "s");
+    else
+        snprintf(sharing, sizeof sharing, "ranks share a GPU on another node");
+    if (path == COMM_NCCL && shared)
+        loom_input_error("LOOM_COMM", "run at most one rank per GPU, or leave LOOM_COMM unset to stage the "
+                         "collectives through host memory", "nccl, but %s, and NCCL needs a GPU per rank", sharing);
+    if (path == COMM_NCCL || (path == COMM_AUTO && !shared && topo->world > 1)) {
+        loom_topology_use_nccl(topo, loom_cuda_stream());
+        if (topo->rank == 0 && path == COMM_NCCL) printf("loom: collectives on NCCL (LOOM_COMM=nccl)\n");
+        else if (topo->rank == 0)
+            printf("loom: collectives on NCCL: every rank has a GPU of its own (%d rank%s, %d GPU%s on rank 0's "
+                   "node)\n", node_ranks, node_ranks == 1 ? "" : "s", gpus, gpus == 1 ? "" : "s");
+    } else if (topo->world > 1) {
+        loom_comm_stage_through_host(ops);
+        if (topo->rank == 0 && path == COMM_MPI)
+            printf("loom: collectives on MPI through host memory (LOOM_COMM=mpi)\n");
+        else if (topo->rank == 0)
+            printf("loom: collectives on MPI through host memory: %s, and NCCL needs a GPU per rank\n", sharing);
+    }
+}
+#endif
+
 /* The backend train.device asks for: the CUDA one when this build has it and a GPU is visible (auto), else
- * the CPU one; the compute dtype emulated on the CPU, native on the GPU. */
+ * the CPU one; the compute dtype emulated on the CPU, native on the GPU. With CUDA, also the path of the
+ * collectives (select_comm). */
 static int default_threads(void);
 
-static const struct loom_ops *select_backend(const struct loom_config *cfg, int world) {
+static const struct loom_ops *select_backend(const struct loom_config *cfg, struct loom_topology *topo) {
     enum loom_dtype dt = (enum loom_dtype)cfg->precision.compute;
     int want = cfg->train.device;
+    int path = comm_path_asked(topo->rank);
 #ifdef LOOM_CUDA
     int gpus = loom_cuda_devices();
     if (want == LOOM_DEVICE_CUDA && gpus == 0)
@@ -122,22 +173,24 @@ static const struct loom_ops *select_backend(const struct loom_config *cfg, int 
     if (want == LOOM_DEVICE_CUDA || (want == LOOM_DEVICE_AUTO && gpus > 0)) {
         /* the ranks of a node take its GPUs in turn (several ranks may share one) */
         MPI_Comm node;
-        int local = 0;
+        int local = 0, node_ranks = 1;
         MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
         MPI_CHECK(MPI_Comm_rank(node, &local));
+        MPI_CHECK(MPI_Comm_size(node, &node_ranks));
         MPI_Comm_free(&node);
         const struct loom_ops *ops = loom_ops_cuda(local % gpus, dt);
         CHECK(ops != NULL, "the CUDA backend could not start on device %d", local % gpus);
-        /* collectives on device memory go through host copies (the NCCL layer is not built yet) */
-        if (world > 1) loom_comm_stage_through_host(ops);
+        select_comm(ops, topo, path, node_ranks, gpus);
         return ops;
     }
 #else
-    (void)world;
     if (want == LOOM_DEVICE_CUDA)
         loom_input_error("train.device", "rebuild with the CUDA toolkit on the PATH (make finds nvcc), or use cpu",
                          "cuda, but this build has no CUDA backend");
 #endif
+    if (path == COMM_NCCL)
+        loom_input_error("LOOM_COMM", "leave LOOM_COMM unset (the CPU backend's collectives are MPI), or train on GPUs",
+                         "nccl needs the CUDA backend, and this run is on the CPU");
     return loom_ops_cpu_mixed(loom_ops_cpu((int)(cfg->train.threads ? cfg->train.threads : default_threads())), dt);
 }
 
@@ -268,7 +321,7 @@ int loom_train_main(int argc, char **argv) {
     loom_topology_init(&topo, MPI_COMM_WORLD, (int)pc->dp, (int)pc->tp, (int)pc->pp, (int)pc->ep);
     if (rank == 0) loom_topology_print(&topo, stdout);
     const struct loom_train_config *tc = &cfg.train;
-    const struct loom_ops *ops = select_backend(&cfg, world);
+    const struct loom_ops *ops = select_backend(&cfg, &topo);
     /* a test hook: LOOM_COMM_STAGE=1 runs every collective through host copies, the fallback for ranks that
      * share a GPU, on the CPU backend, so its paths are checked where no GPU is */
     const char *stage_hook = getenv("LOOM_COMM_STAGE");

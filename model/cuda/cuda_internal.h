@@ -17,6 +17,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "model/cuda/ops_cuda.h"
 #include "model/ops.h"
 
 #define CUDA_CHECK(call)                                                                                               \
@@ -53,9 +54,9 @@ template <typename T> static __device__ __forceinline__ T warp_sum(T v) {
     return v;
 }
 
-/* the backend's stream (every op is queued on it) and its cuBLAS handle (bound to that stream, fp32 GEMMs
- * without TF32); valid once loom_ops_cuda has succeeded */
-cudaStream_t loom_cuda_stream(void);
+/* the backend's stream (every op is queued on it; model/cuda/ops_cuda.h's loom_cuda_stream) and its cuBLAS handle
+ * (bound to that stream, fp32 GEMMs without TF32); valid once loom_ops_cuda has succeeded */
+static inline cudaStream_t cuda_stream(void) { return (cudaStream_t)loom_cuda_stream(); }
 cublasHandle_t loom_cuda_cublas(void);
 
 /* model/cuda/moe_cuda.cu: sets t's MoE ops (moe_tile, grouped_matmul_*, moe_*) for compute dtype dt */

@@ -42,7 +42,7 @@ static const size_t MAX_GRID = 1 << 16;
 /* launch `kernel` with `threads` per block on the backend's stream, then check the launch */
 #define LAUNCH(kernel, blocks, threads, ...)                                                                           \
     do {                                                                                                               \
-        kernel<<<(blocks), (threads), 0, loom_cuda_stream()>>>(__VA_ARGS__);                                           \
+        kernel<<<(blocks), (threads), 0, cuda_stream()>>>(__VA_ARGS__);                                           \
         CUDA_CHECK(cudaGetLastError());                                                                                \
     } while (0)
 
@@ -63,7 +63,7 @@ static size_t scratch_cap[SCR_SLOTS];
 static void *scratch(enum scratch_slot slot, size_t bytes) {
     if (bytes > scratch_cap[slot]) {
         size_t grown = (bytes + (1u << 21) - 1) / (1u << 21) * (1u << 21);
-        CUDA_CHECK(cudaStreamSynchronize(loom_cuda_stream())); /* queued kernels may still use the old buffer */
+        CUDA_CHECK(cudaStreamSynchronize(cuda_stream())); /* queued kernels may still use the old buffer */
         CUDA_CHECK(cudaFree(scratch_buf[slot]));
         CUDA_CHECK(cudaMalloc(&scratch_buf[slot], grown));
         scratch_cap[slot] = grown;
@@ -145,7 +145,7 @@ static void check_routing(const struct loom_moe_routing *r) {
 static void cuda_moe_route(float *scores, int *idx, float *w, int *counts, const float *logits, const float *bias,
                            int N, const struct loom_moe_routing *r) {
     check_routing(r);
-    CUDA_CHECK(cudaMemsetAsync(counts, 0, sizeof(int) * (size_t)r->experts, loom_cuda_stream()));
+    CUDA_CHECK(cudaMemsetAsync(counts, 0, sizeof(int) * (size_t)r->experts, cuda_stream()));
     if (N) LAUNCH(moe_route_kernel, grid_for(N, TOKEN_THREADS), TOKEN_THREADS, scores, idx, w, counts, logits, bias, N, *r);
 }
 
@@ -242,7 +242,7 @@ static __global__ void __launch_bounds__(THREADS) sum_kernel(double *total, cons
 }
 
 static double cuda_moe_balance(float *f, const float *scores, const int *idx, int B, int T, int E, int K) {
-    cudaStream_t st = loom_cuda_stream();
+    cudaStream_t st = cuda_stream();
     size_t BE = (size_t)B * E, N = (size_t)B * T;
     if (BE == 0) return 0.0;
     int *hits = (int *)scratch(SCR_COUNTS, sizeof(int) * BE);
@@ -316,7 +316,7 @@ static __global__ void __launch_bounds__(THREADS)
 static void cuda_moe_plan(int *counts, int *offs, int *rows, float *wperm, int *pos, const int *idx, const float *w,
                           int a0, int nk, int K, int E, int tile) {
     CHECK(tile >= 1 && E >= 1 && K >= 1, "cuda moe_plan: tile %d, %d experts, top_k %d", tile, E, K);
-    CUDA_CHECK(cudaMemsetAsync(counts, 0, sizeof(int) * (size_t)E, loom_cuda_stream()));
+    CUDA_CHECK(cudaMemsetAsync(counts, 0, sizeof(int) * (size_t)E, cuda_stream()));
     if (nk) LAUNCH(plan_count_kernel, grid_for(nk, THREADS), THREADS, counts, idx, a0, nk);
     LAUNCH(plan_offsets_kernel, 1, 32, offs, counts, E, tile);
     LAUNCH(plan_place_kernel, E, THREADS, rows, wperm, pos, idx, w, counts, offs, a0, nk, K);

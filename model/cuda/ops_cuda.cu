@@ -901,7 +901,6 @@ template <enum loom_dtype DT> static void table_fill(struct loom_ops *t) {
     loom_cuda_moe_fill(t, DT);
 }
 
-cudaStream_t loom_cuda_stream(void) { return be.stream; }
 cublasHandle_t loom_cuda_cublas(void) { return be.cublas; }
 
 extern "C" int loom_cuda_devices(void) {
@@ -954,3 +953,5 @@ extern "C" const struct loom_ops *loom_ops_cuda(int device, enum loom_dtype comp
     be.ready = 1;
     return &be.tables[compute];
 }
+
+extern "C" void *loom_cuda_stream(void) { return be.ready ? (void *)be.stream : NULL; }

@@ -30,6 +30,10 @@ const struct loom_ops *loom_ops_cuda(int device, enum loom_dtype compute);
  * forward, never between a forward and its backward. */
 void loom_cuda_set_flash_attention(int enabled);
 
+/* The stream every op is queued on (a cudaStream_t), NULL before loom_ops_cuda: the comm layer's NCCL path
+ * queues its work behind it and makes it wait for the results (parallel/comm_nccl.cu). */
+void *loom_cuda_stream(void);
+
 #ifdef __cplusplus
 }
 #endif

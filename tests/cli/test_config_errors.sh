@@ -128,6 +128,10 @@ if ! nvidia-smi -L >/dev/null 2>&1; then
     expect_error config_errors/device_cuda_unavailable "train.device" 'cuda, but (this build has no CUDA backend|no CUDA device is visible)' \
         -- train -c "$DEBUG" --train.device=cuda
 fi
+# LOOM_COMM (the path of a CUDA run's collectives): neither mpi nor nccl, and nccl for a run on the CPU
+LOOM_COMM=shmem expect_error config_errors/loom_comm_unknown "LOOM_COMM" "'shmem' is not a path" -- train -c "$DEBUG"
+LOOM_COMM=nccl expect_error config_errors/loom_comm_nccl_on_cpu "LOOM_COMM" "nccl needs the CUDA backend" \
+    -- train -c "$DEBUG" --train.device=cpu
 
 # ---------------------------------------------------------------------------------------------------
 # training data: missing, empty, corrupt, too large a vocabulary

@@ -34,9 +34,10 @@
 # GPU: the `#` lines print every difference. (For scale: bf16 against fp32 on the CPU differs by 5e-3 in the
 # whole dense gradient, so these runs cannot tell a backend that skips bf16 rounding; test_ops_gpu.c can.)
 #
-# Layouts on one GPU (dp2, tp2: both ranks share the GPU, collectives staged through host memory): their
-# losses must match the one-process cuda run within 2e-3 (tests/cli/test_precision.sh's bound for bf16
-# layouts). (A build that refuses multi-rank cuda runs, exit 2 "one process only", prints `skip` lines.)
+# Layouts with the collectives staged through host memory (dp2, tp2, LOOM_COMM=mpi: on one GPU both ranks share
+# it, which is why that path exists; with more GPUs each rank has its own, and tests/gpu/test_nccl_gpu.sh runs
+# NCCL): their losses must match the one-process cuda run within 2e-3 (tests/cli/test_precision.sh's bound for
+# bf16 layouts). (A build that refuses multi-rank cuda runs, exit 2 "one process only", prints `skip` lines.)
 #
 # Run from the repository root with ./loom built with the CUDA backend, on a machine with a GPU:
 #   bash tests/gpu/test_train_gpu.sh
@@ -262,12 +263,12 @@ done
 echo "# cuda against cpu: $((SECONDS - t0)) s"
 
 # ---------------------------------------------------------------------------------------------------
-# layouts on one GPU (both ranks on device 0, collectives staged through host memory)
+# layouts with the collectives staged through host memory
 
 t0=$SECONDS
 for layout in dp2 tp2; do
     name="gpu/train/mla/bf16/$layout"
-    launch 2 train -c "$tmp/tiny-mla.ini" --train.device=cuda --precision.compute=bf16 --parallel.${layout%2}=2 \
+    LOOM_COMM=mpi launch 2 train -c "$tmp/tiny-mla.ini" --train.device=cuda --precision.compute=bf16 --parallel.${layout%2}=2 \
         --train.run_dir="$tmp/layout-$layout"
     if [ "$rc" -eq 2 ] && grep -q "one process only" "$tmp/err"; then
         echo "skip $name: loom runs the CUDA backend on one process only (multi-rank staging on one GPU is not built yet)"
