@@ -24,6 +24,7 @@
 #include <hdf5.h>
 #include <math.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,12 +41,96 @@
 
 #define H5_CHECK(call, ...) CHECK((call) >= 0, __VA_ARGS__)
 
+/* A write that fails (a disk that fills up, a folder that turned read-only) skips the checkpoint, as a full
+ * disk found beforehand does, with no crash and no rank left waiting: each rank keeps its first failure
+ * here, and after every collective step of the write the ranks agree whether any of them failed
+ * (write_ok), so that all of them stop before the next collective call. */
+static struct {
+    const char *dir;  /* the checkpoint folder, whose file system is asked for the cause */
+    int failed;
+    char what[640];   /* what this rank was writing, and why it failed */
+} io_error;
+
+/* Why a write failed. HDF5 reports a short MPI-IO write (a disk that filled up) without the system's
+ * reason, so errno is taken when it holds a file-system error, else what the file system says now. */
+static const char *write_cause(int err) {
+    if (err == ENOSPC || err == EDQUOT || err == EROFS || err == EACCES || err == EIO || err == EFBIG)
+        return strerror(err);
+    struct statvfs v;
+    if (statvfs(io_error.dir, &v) == 0 && (v.f_flag & ST_RDONLY)) return strerror(EROFS);
+    if (statvfs(io_error.dir, &v) == 0 && (double)v.f_bavail * (double)v.f_frsize < (1 << 20)) return strerror(ENOSPC);
+    return "an I/O error (HDF5 gave no reason)";
+}
+
+/* Notes this rank's first failure (ok false: what it was doing, and why); returns ok. */
+__attribute__((format(printf, 2, 3))) static int write_note(int ok, const char *fmt, ...) {
+    if (ok || io_error.failed) return ok;
+    int err = errno;
+    char what[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    snprintf(io_error.what, sizeof io_error.what, "%s: %s", what, write_cause(err));
+    io_error.failed = 1;
+    return ok;
+}
+
+/* Every rank's verdict on the collective step just taken (collective): 1 when no rank has failed so far.
+ * This rank's ok is noted as by write_note. A rank that failed waits for the others at most AGREE_SECONDS,
+ * then aborts the job: the MPI-IO library may have left them inside the failed call (ROMIO returns the
+ * error on the failing rank only, and HDF5 1.10 then skips there the collective call that resets the file
+ * view), and an abort is better than a hang. */
+enum { AGREE_SECONDS = 60 };
+
+__attribute__((format(printf, 3, 4))) static int write_ok(const struct loom_topology *topo, int ok, const char *fmt,
+                                                          ...) {
+    if (!ok && !io_error.failed) {
+        char what[512];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(what, sizeof what, fmt, ap);
+        va_end(ap);
+        write_note(0, "%s", what);
+    }
+    int any = io_error.failed, done = 0;
+    MPI_Request req;
+    MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, &any, 1, MPI_INT, MPI_MAX, topo->world_comm.mpi, &req));
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (!done) {
+        if (!io_error.failed) {
+            MPI_CHECK(MPI_Wait(&req, MPI_STATUS_IGNORE));
+            break;
+        }
+        MPI_CHECK(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if (!done && t.tv_sec - t0.tv_sec > AGREE_SECONDS)
+            loom_fatal(__FILE__, __LINE__, "write_ok",
+                       "%s; the other ranks did not get out of the failed collective write in %d s (the MPI-IO "
+                       "library left them there), so the job stops",
+                       io_error.what, AGREE_SECONDS);
+        if (!done) usleep(1000);
+    }
+    errno = 0; /* what the next step leaves in errno is its own */
+    return !any;
+}
+
+/* The lowest failing rank and its failure, on every rank (collective). */
+static int write_failure(const struct loom_topology *topo, char what[640]) {
+    int mine = io_error.failed ? topo->rank : topo->world, first = 0;
+    MPI_CHECK(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, topo->world_comm.mpi));
+    memcpy(what, io_error.what, sizeof io_error.what);
+    MPI_CHECK(MPI_Bcast(what, (int)sizeof io_error.what, MPI_CHAR, first, topo->world_comm.mpi));
+    return first;
+}
+
 static void attr_write(hid_t obj, const char *name, hid_t type, const void *value) {
     hid_t space = H5Screate(H5S_SCALAR);
     hid_t a = H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
-    H5_CHECK(a, "creating checkpoint attribute %s", name);
-    H5_CHECK(H5Awrite(a, type, value), "writing checkpoint attribute %s", name);
-    H5Aclose(a);
+    if (write_note(a >= 0, "creating the attribute %s", name))
+        write_note(H5Awrite(a, type, value) >= 0, "writing the attribute %s", name);
+    if (a >= 0) H5Aclose(a);
     H5Sclose(space);
 }
 
@@ -157,8 +242,8 @@ static struct {
 } io_stats;
 
 /* Writes (collectively: every rank calls it for every dataset) the run [a, b) of p from `src` (backend
- * memory holding element `base` at src[0]); a >= b: this rank writes nothing. */
-static void write_run(const struct loom_ops *ops, hid_t dset, hid_t dxpl, const struct loom_param *p, size_t a,
+ * memory holding element `base` at src[0]); a >= b: this rank writes nothing. 0 when the write failed. */
+static int write_run(const struct loom_ops *ops, hid_t dset, hid_t dxpl, const struct loom_param *p, size_t a,
                       size_t b, const float *src, size_t base) {
     hid_t fspace = H5Dget_space(dset);
     hsize_t n = a < b ? b - a : 0, one = 1;
@@ -180,16 +265,18 @@ static void write_run(const struct loom_ops *ops, hid_t dset, hid_t dxpl, const 
         H5Sselect_none(mspace);
     }
     const void *buf = wide ? (const void *)wide : host ? (const void *)host : (const void *)&one;
-    H5_CHECK(H5Dwrite(dset, as_double ? H5T_NATIVE_DOUBLE : H5T_NATIVE_FLOAT, mspace, fspace, dxpl, buf),
-             "writing %s to the checkpoint", p ? p->name : "?");
-    uint32_t local_cause = 0, global_cause = 0;
-    H5_CHECK(H5Pget_mpio_no_collective_cause(dxpl, &local_cause, &global_cause), "H5Pget_mpio_no_collective_cause");
-    io_stats.writes++;
-    if (global_cause != H5D_MPIO_COLLECTIVE) io_stats.independent++, io_stats.causes |= global_cause;
+    int ok = H5Dwrite(dset, as_double ? H5T_NATIVE_DOUBLE : H5T_NATIVE_FLOAT, mspace, fspace, dxpl, buf) >= 0;
+    if (ok) {
+        uint32_t local_cause = 0, global_cause = 0;
+        H5_CHECK(H5Pget_mpio_no_collective_cause(dxpl, &local_cause, &global_cause), "H5Pget_mpio_no_collective_cause");
+        io_stats.writes++;
+        if (global_cause != H5D_MPIO_COLLECTIVE) io_stats.independent++, io_stats.causes |= global_cause;
+    }
     free(wide);
     free(host);
     H5Sclose(mspace);
     H5Sclose(fspace);
+    return ok;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -243,7 +330,8 @@ void loom_ckpt_dir(const struct loom_config *cfg, char *out, size_t size) {
     else snprintf(out, size, "%s/checkpoints", cfg->train.run_dir);
 }
 
-static void mkdir_p(const char *dir) {
+/* 0, or the errno of a folder that cannot be made */
+static int mkdir_p(const char *dir) {
     char buf[4096];
     snprintf(buf, sizeof buf, "%s", dir);
     for (char *q = buf + 1; *q; q++)
@@ -252,7 +340,7 @@ static void mkdir_p(const char *dir) {
             mkdir(buf, 0777);
             *q = '/';
         }
-    CHECK(mkdir(buf, 0777) == 0 || errno == EEXIST, "cannot create %s: %s", buf, strerror(errno));
+    return mkdir(buf, 0777) == 0 || errno == EEXIST ? 0 : errno;
 }
 
 static void fsync_path(const char *path, int dir) {
@@ -306,45 +394,47 @@ static void retain(const char *dir, int64_t keep) {
     free(names);
 }
 
-double loom_ckpt_save(const struct loom_ckpt_state *s, const struct loom_ckpt_meta *meta, int64_t prev_tokens) {
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+/* The latest checkpoint's name, for messages ("none" when there is none). */
+static void latest_name(const char *dir, char was[256]) {
+    char latest[4300];
+    snprintf(latest, sizeof latest, "%s/latest", dir);
+    snprintf(was, 256, "none");
+    FILE *lf = fopen(latest, "r");
+    if (lf) {
+        if (fgets(was, 256, lf)) was[strcspn(was, "\n")] = 0;
+        fclose(lf);
+    }
+}
+
+/* Rank 0 reserves the file's room on the disk (`bytes`) before the collective writes. A disk that fills up
+ * during a collective MPI-IO write can leave ranks inside the MPI library, where no agreement reaches them
+ * (Open MPI's OMPIO on more than two ranks, ROMIO under HDF5 1.10); a failed reservation is found before
+ * any tensor. HDF5 sets the file to its real size when it closes it. 0 when the disk has not the room.
+ * A test hook: LOOM_TEST_CKPT_NO_RESERVE=1 leaves the reservation out. */
+static int reserve(const char *path, double bytes) {
+    const char *hook = getenv("LOOM_TEST_CKPT_NO_RESERVE");
+    if (hook && strcmp(hook, "1") == 0) return 1;
+    int fd = open(path, O_WRONLY);
+    if (fd < 0) return 0;
+    int ok = fallocate(fd, 0, 0, (off_t)bytes) == 0 || errno == EOPNOTSUPP || errno == ENOSYS;
+    int err = errno;
+    close(fd);
+    errno = err;
+    return ok;
+}
+
+/* Writes the checkpoint file tmp (collective; rank 0 first reserves `need` bytes for it). 1 when every
+ * rank wrote its part and the file is closed; 0 on every rank when a rank could not write (see io_error):
+ * the ranks stop together after the collective step that failed, and the file is closed without its data. */
+static int write_file(const struct loom_ckpt_state *s, const struct loom_ckpt_meta *meta, const char *dir,
+                      const char *tmp, double need) {
     const struct loom_config *cfg = s->cfg;
     const struct loom_topology *topo = s->topo;
     struct loom_model *m = s->model;
     int rank = topo->rank;
-    char dir[4096], name[64], path[4200], tmp[4300];
-    loom_ckpt_dir(cfg, dir, sizeof dir);
-    snprintf(name, sizeof name, "step_%08lld.h5", (long long)meta->step);
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    /* room for it first: a full disk skips this checkpoint, says so, and leaves the previous one as latest
-     * (three float32 copies of every parameter, and a few KiB of metadata per dataset) */
-    int room = 1;
-    if (rank == 0) {
-        mkdir_p(dir);
-        struct loom_param_table whole;
-        loom_params_build(&whole, &cfg->model, &cfg->optim);
-        double need = 12.0 * (double)whole.total + 3 * 4096.0 * whole.count + (1 << 20);
-        loom_params_free(&whole);
-        struct statvfs v;
-        if (statvfs(dir, &v) == 0 && (double)v.f_bavail * (double)v.f_frsize < need) {
-            char latest[4300], was[256] = "none";
-            snprintf(latest, sizeof latest, "%s/latest", dir);
-            FILE *lf = fopen(latest, "r");
-            if (lf) {
-                if (fgets(was, sizeof was, lf)) was[strcspn(was, "\n")] = 0;
-                fclose(lf);
-            }
-            printf("loom: warning: checkpoint %s skipped: it needs about %.1f MB and %s has %.1f MB free (no space left "
-                   "on the device); latest stays %s\n",
-                   name, need / 1e6, dir, (double)v.f_bavail * (double)v.f_frsize / 1e6, was);
-            fflush(stdout);
-            room = 0;
-        }
-    }
-    MPI_CHECK(MPI_Bcast(&room, 1, MPI_INT, 0, topo->world_comm.mpi));
-    if (!room) return 0.0;
+    memset(&io_error, 0, sizeof io_error);
+    io_error.dir = dir;
+    errno = 0;
 
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
@@ -352,9 +442,13 @@ double loom_ckpt_save(const struct loom_ckpt_state *s, const struct loom_ckpt_me
     H5Pset_all_coll_metadata_ops(fapl, 1);
     H5Pset_coll_metadata_write(fapl, 1);
     hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
-    CHECK(f >= 0, "cannot create the checkpoint %s (disk full or not writable?)", tmp);
     H5Pclose(fapl);
+    if (!write_ok(topo, f >= 0, "creating %s", tmp)) {
+        if (f >= 0) H5Fclose(f);
+        return 0;
+    }
     kill_point(rank, "created");
+    int ok = write_ok(topo, rank != 0 || reserve(tmp, need), "reserving %.1f MB for %s", need / 1e6, tmp);
 
     /* root attributes */
     int32_t version = LOOM_CKPT_VERSION;
@@ -378,12 +472,12 @@ double loom_ckpt_save(const struct loom_ckpt_state *s, const struct loom_ckpt_me
     hid_t g_model = H5Gcreate2(f, "model", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     hid_t g_buf = H5Gcreate2(f, "buffers", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     hid_t g_optim = H5Gcreate2(f, "optim", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    hid_t g_m = H5Gcreate2(g_optim, "exp_avg", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    hid_t g_v = H5Gcreate2(g_optim, "exp_avg_sq", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t g_m = g_optim >= 0 ? H5Gcreate2(g_optim, "exp_avg", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT) : -1;
+    hid_t g_v = g_optim >= 0 ? H5Gcreate2(g_optim, "exp_avg_sq", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT) : -1;
     hid_t g_data = H5Gcreate2(f, "data", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    CHECK(g_model >= 0 && g_buf >= 0 && g_optim >= 0 && g_m >= 0 && g_v >= 0 && g_data >= 0,
-          "creating the groups of %s", tmp);
-    attr_i64(g_optim, "step", s->adamw[0].step);
+    ok = write_ok(topo, g_model >= 0 && g_buf >= 0 && g_optim >= 0 && g_m >= 0 && g_v >= 0 && g_data >= 0,
+                  "creating the groups of %s", tmp) && ok;
+    if (ok) attr_i64(g_optim, "step", s->adamw[0].step);
 
     hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
     H5_CHECK(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE), "H5Pset_dxpl_mpio");
@@ -393,22 +487,26 @@ double loom_ckpt_save(const struct loom_ckpt_state *s, const struct loom_ckpt_me
     struct loom_param_table whole;
     loom_params_build(&whole, &cfg->model, &cfg->optim);
     hid_t groups[3] = {g_model, g_m, g_v};
-    for (int i = 0; i < whole.count; i++) {
+    const char *group_names[3] = {"model", "optim/exp_avg", "optim/exp_avg_sq"};
+    for (int i = 0; i < whole.count && ok; i++) {
         const struct loom_param *w = &whole.params[i];
         hsize_t dims[2] = {(hsize_t)w->shape.dims[0], w->shape.ndim > 1 ? (hsize_t)w->shape.dims[1] : 1};
         hid_t space = H5Screate_simple(w->shape.ndim > 1 ? 2 : 1, dims, NULL);
         int li = loom_params_find(&m->table, w->name);
         const struct loom_param *p = li >= 0 ? &m->table.params[li] : NULL;
-        for (int g = 0; g < 3; g++) {
+        for (int g = 0; g < 3 && ok; g++) {
             hid_t d = H5Dcreate2(groups[g], w->name, H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-            CHECK(d >= 0, "creating dataset %s in %s", w->name, tmp);
-            size_t a = 0, b = 0;
-            if (p) write_span(s, p, &a, &b);
-            const struct loom_adamw *o = p ? &s->adamw[is_routed_expert(s, p) ? 1 : 0] : NULL;
-            const float *src = g == 0 ? m->master : g == 1 ? (o ? o->m : NULL) : (o ? o->v : NULL);
-            size_t base = g == 0 || !o ? 0 : o->lo;
-            write_run(m->ops, d, dxpl, p, a, b, src, base);
-            H5Dclose(d);
+            ok = write_ok(topo, d >= 0, "creating /%s/%s in %s", group_names[g], w->name, tmp);
+            if (ok) {
+                size_t a = 0, b = 0;
+                if (p) write_span(s, p, &a, &b);
+                const struct loom_adamw *o = p ? &s->adamw[is_routed_expert(s, p) ? 1 : 0] : NULL;
+                const float *src = g == 0 ? m->master : g == 1 ? (o ? o->m : NULL) : (o ? o->v : NULL);
+                size_t base = g == 0 || !o ? 0 : o->lo;
+                ok = write_ok(topo, write_run(m->ops, d, dxpl, p, a, b, src, base), "writing /%s/%s to %s",
+                              group_names[g], w->name, tmp);
+            }
+            if (d >= 0) H5Dclose(d);
         }
         H5Sclose(space);
         if (i == whole.count / 2) kill_point(rank, "tensors");
@@ -417,60 +515,139 @@ double loom_ckpt_save(const struct loom_ckpt_state *s, const struct loom_ckpt_me
     /* router biases: one per MoE block, from the first rank of the block's stage */
     int E = (int)cfg->model.moe.experts;
     int stage_rank0 = topo->tp_rank == 0 && topo->dp_rank == 0;
-    for (int l = 0; l < cfg->model.num_layers; l++) {
+    for (int l = 0; l < cfg->model.num_layers && ok; l++) {
         if (!loom_model_layer_is_moe(&cfg->model, l)) continue;
         char bname[96];
         snprintf(bname, sizeof bname, "layers.%d.mlp.gate.e_score_correction_bias", l);
         hsize_t n = (hsize_t)E, one = 1;
         hid_t space = H5Screate_simple(1, &n, NULL);
         hid_t d = H5Dcreate2(g_buf, bname, H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-        CHECK(d >= 0, "creating dataset %s in %s", bname, tmp);
-        const float *bias = NULL;
-        if (stage_rank0 && l >= m->stage.layer_lo && l < m->stage.layer_hi)
-            for (int k = 0; k < m->moe_layers; k++)
-                if (stage_moe_block(m, k) == l) bias = m->router_bias + (size_t)k * E;
-        hid_t mspace = H5Screate_simple(1, bias ? &n : &one, NULL);
-        if (!bias) H5Sselect_none(space), H5Sselect_none(mspace);
-        H5_CHECK(H5Dwrite(d, H5T_NATIVE_FLOAT, mspace, space, dxpl, bias ? (const void *)bias : (const void *)&one),
-                "writing %s", bname);
-        H5Sclose(mspace);
+        ok = write_ok(topo, d >= 0, "creating /buffers/%s in %s", bname, tmp);
+        if (ok) {
+            const float *bias = NULL;
+            if (stage_rank0 && l >= m->stage.layer_lo && l < m->stage.layer_hi)
+                for (int k = 0; k < m->moe_layers; k++)
+                    if (stage_moe_block(m, k) == l) bias = m->router_bias + (size_t)k * E;
+            hid_t mspace = H5Screate_simple(1, bias ? &n : &one, NULL);
+            if (!bias) H5Sselect_none(space), H5Sselect_none(mspace);
+            ok = write_ok(topo,
+                          H5Dwrite(d, H5T_NATIVE_FLOAT, mspace, space, dxpl,
+                                   bias ? (const void *)bias : (const void *)&one) >= 0,
+                          "writing /buffers/%s to %s", bname, tmp);
+            H5Sclose(mspace);
+        }
+        if (d >= 0) H5Dclose(d);
         H5Sclose(space);
-        H5Dclose(d);
     }
 
     /* the sampler: the same on every rank; attributes are written collectively with the same values */
     const struct loom_sampler_state *st = s->sampler;
-    attr_i64(g_data, "sample", st->sample);
-    attr_i64(g_data, "tokens", st->tokens);
     char sources[LOOM_MAX_SOURCES * (LOOM_SECTION_NAME_MAX + 1) + 1] = "";
     int ns = s->streams->nstreams;
     for (int i = 0; i < ns; i++) {
         strcat(sources, s->streams->streams[i].source->name);
         if (i + 1 < ns) strcat(sources, "\n");
     }
-    attr_str(g_data, "sources", sources);
-    for (int which = 0; which < 2; which++) {
+    if (ok) {
+        attr_i64(g_data, "sample", st->sample);
+        attr_i64(g_data, "tokens", st->tokens);
+        attr_str(g_data, "sources", sources);
+    }
+    for (int which = 0; which < 2 && ok; which++) {
         hsize_t n = (hsize_t)ns, one = 1;
         hid_t space = H5Screate_simple(1, ns ? &n : &one, NULL);
         hid_t d = H5Dcreate2(g_data, which ? "epoch" : "cursor", H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT,
                              H5P_DEFAULT);
-        CHECK(d >= 0, "creating the sampler state in %s", tmp);
-        int64_t zero = 0;
-        hid_t mspace = H5Screate_simple(1, ns ? &n : &one, NULL);
-        if (rank != 0) H5Sselect_none(space), H5Sselect_none(mspace);
-        H5_CHECK(H5Dwrite(d, H5T_NATIVE_INT64, mspace, space, dxpl,
-                         ns ? (which ? st->epoch : st->cursor) : &zero),
-                "writing the sampler state");
-        H5Sclose(mspace);
+        ok = write_ok(topo, d >= 0, "creating the sampler state in %s", tmp);
+        if (ok) {
+            int64_t zero = 0;
+            hid_t mspace = H5Screate_simple(1, ns ? &n : &one, NULL);
+            if (rank != 0) H5Sselect_none(space), H5Sselect_none(mspace);
+            ok = write_ok(topo,
+                          H5Dwrite(d, H5T_NATIVE_INT64, mspace, space, dxpl,
+                                   ns ? (which ? st->epoch : st->cursor) : &zero) >= 0,
+                          "writing the sampler state to %s", tmp);
+            H5Sclose(mspace);
+        }
+        if (d >= 0) H5Dclose(d);
         H5Sclose(space);
-        H5Dclose(d);
     }
 
+    /* the metadata while the file is open, so that a failure there still leaves it closable */
+    if (ok) ok = write_ok(topo, H5Fflush(f, H5F_SCOPE_GLOBAL) >= 0, "writing the metadata of %s", tmp);
     loom_params_free(&whole);
     H5Pclose(dxpl);
     hid_t all[] = {g_m, g_v, g_optim, g_model, g_buf, g_data};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) H5Gclose(all[i]);
-    CHECK(H5Fclose(f) >= 0, "closing the checkpoint %s (disk full?)", tmp);
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (all[i] >= 0) H5Gclose(all[i]);
+    /* a failed write: the partial file's space back first (it is deleted anyway), so that closing it, which
+     * writes what metadata is left, can finish on a full disk */
+    if (!ok && rank == 0 && truncate(tmp, 0) != 0) printf("loom: warning: cannot empty %s: %s\n", tmp, strerror(errno));
+    if (!ok) MPI_CHECK(MPI_Barrier(topo->world_comm.mpi));
+    int closed = H5Fclose(f) >= 0;
+    return write_ok(topo, closed, "closing %s", tmp) && ok;
+}
+
+int loom_ckpt_save(const struct loom_ckpt_state *s, const struct loom_ckpt_meta *meta, int64_t prev_tokens,
+                   double *seconds) {
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    const struct loom_config *cfg = s->cfg;
+    const struct loom_topology *topo = s->topo;
+    int rank = topo->rank;
+    char dir[4096], name[64], path[4200], tmp[4300], was[256] = "none";
+    loom_ckpt_dir(cfg, dir, sizeof dir);
+    snprintf(name, sizeof name, "step_%08lld.h5", (long long)meta->step);
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    /* room for it first: a full disk skips this checkpoint, says so, and leaves the previous one as latest
+     * (three float32 copies of every parameter, and a few KiB of metadata per dataset) */
+    int room = 1;
+    double need = 0;
+    if (rank == 0) {
+        latest_name(dir, was);
+        struct loom_param_table whole;
+        loom_params_build(&whole, &cfg->model, &cfg->optim);
+        need = 12.0 * (double)whole.total + 3 * 4096.0 * whole.count + (1 << 20);
+        loom_params_free(&whole);
+        struct statvfs v;
+        int err = mkdir_p(dir);
+        /* a test hook: LOOM_TEST_CKPT_FREE_BYTES=N makes this check see N bytes free, so that a disk that fills
+         * up during the write can be tested (with LOOM_TEST_CKPT_NO_RESERVE, see reserve) */
+        const char *free_hook = getenv("LOOM_TEST_CKPT_FREE_BYTES");
+        int got = !err && statvfs(dir, &v) == 0;
+        if (got && free_hook) v.f_bavail = strtoull(free_hook, NULL, 10) / (v.f_frsize ? v.f_frsize : 1);
+        if (err) {
+            printf("loom: warning: checkpoint %s skipped: cannot create %s: %s; latest stays %s\n", name, dir,
+                   strerror(err), was);
+            room = 0;
+        } else if (got && (double)v.f_bavail * (double)v.f_frsize < need) {
+            printf("loom: warning: checkpoint %s skipped: it needs about %.1f MB and %s has %.1f MB free (no space left "
+                   "on the device); latest stays %s\n",
+                   name, need / 1e6, dir, (double)v.f_bavail * (double)v.f_frsize / 1e6, was);
+            room = 0;
+        }
+        fflush(stdout);
+    }
+    MPI_CHECK(MPI_Bcast(&room, 1, MPI_INT, 0, topo->world_comm.mpi));
+    *seconds = 0;
+    if (!room) return 0;
+
+    /* a write that failed on any rank: every rank stops, the partial file goes, the previous one stays */
+    if (!write_file(s, meta, dir, tmp, need)) {
+        char what[640];
+        int who = write_failure(topo, what);
+        if (rank == 0) {
+            int kept = access(tmp, F_OK) == 0 && unlink(tmp) != 0;
+            printf("loom: warning: checkpoint %s skipped: %s (rank %d); %s, latest stays %s\n", name, what, who,
+                   kept ? "the partial file could not be removed" : "no partial file is left", was);
+            fflush(stdout);
+        }
+        MPI_CHECK(MPI_Barrier(topo->world_comm.mpi));
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        *seconds = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+        return 0;
+    }
 
     /* make it durable, then visible, then the latest */
     if (rank == 0) {
@@ -490,7 +667,8 @@ double loom_ckpt_save(const struct loom_ckpt_state *s, const struct loom_ckpt_me
         if (every > 0 && meta->tokens / every > prev_tokens / every) {
             char rdir[4300], rpath[4400];
             snprintf(rdir, sizeof rdir, "%s/releases", dir);
-            mkdir_p(rdir);
+            int err = mkdir_p(rdir);
+            CHECK(err == 0, "cannot create %s: %s", rdir, strerror(err));
             snprintf(rpath, sizeof rpath, "%s/%s", rdir, name);
             unlink(rpath);
             CHECK(link(path, rpath) == 0, "linking the release %s: %s", rpath, strerror(errno));
@@ -501,18 +679,18 @@ double loom_ckpt_save(const struct loom_ckpt_state *s, const struct loom_ckpt_me
     }
     MPI_CHECK(MPI_Barrier(topo->world_comm.mpi));
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    double seconds = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    *seconds = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
     if (rank == 0) {
         struct stat st;
         double mb = stat(path, &st) == 0 ? (double)st.st_size / 1e6 : 0;
         if (io_stats.independent)
             printf("loom: warning: checkpoint %s: %ld of %ld tensor writes fell back to independent I/O (HDF5 "
                    "no-collective cause 0x%x)\n", name, io_stats.independent, io_stats.writes, (unsigned)io_stats.causes);
-        printf("loom train: checkpoint %s (%.1f MB in %.2f s, %ld tensor writes, %s)\n", path, mb, seconds,
+        printf("loom train: checkpoint %s (%.1f MB in %.2f s, %ld tensor writes, %s)\n", path, mb, *seconds,
                io_stats.writes, io_stats.independent ? "some independent" : "all collective");
         fflush(stdout);
     }
-    return seconds;
+    return 1;
 }
 
 /* ---------------------------------------------------------------------------------------------- */

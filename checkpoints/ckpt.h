@@ -21,6 +21,8 @@
  * Files live in DIR (checkpoint.dir, default RUN_DIR/checkpoints) as step_%08lld.h5; DIR/latest holds the
  * file name of the newest complete one. Writing goes to NAME.tmp, which is closed, synced and renamed;
  * then `latest` is replaced by rename, so a crash at any moment leaves the previous checkpoint as latest.
+ * A write that fails on any rank (a full disk, a read-only folder) is skipped on every rank with a warning,
+ * NAME.tmp removed and `latest` left as it was (loom_ckpt_save).
  */
 #ifndef LOOM_CHECKPOINTS_CKPT_H
 #define LOOM_CHECKPOINTS_CKPT_H
@@ -66,8 +68,12 @@ void loom_ckpt_dir(const struct loom_config *cfg, char *out, size_t size);
 
 /* Writes DIR/step_%08lld.h5 (collective over the world), then points DIR/latest at it and applies the
  * retention (checkpoint.keep, checkpoint.release_every; prev_tokens: tokens at the previous checkpoint,
- * to tell whether this one is the first past a release multiple). Returns the seconds it took. */
-double loom_ckpt_save(const struct loom_ckpt_state *s, const struct loom_ckpt_meta *meta, int64_t prev_tokens);
+ * to tell whether this one is the first past a release multiple); *seconds: the time it took. Returns 1,
+ * or 0 on every rank when the checkpoint was skipped with a warning: too little room on the disk for it,
+ * or a write that failed on any rank (a disk that filled up, a folder that turned read-only; the partial
+ * file is removed). Either way `latest` stays the previous checkpoint. */
+int loom_ckpt_save(const struct loom_ckpt_state *s, const struct loom_ckpt_meta *meta, int64_t prev_tokens,
+                   double *seconds);
 
 /* The checkpoint checkpoint.resume names ("auto": DIR/latest when present) into path; 0 when there is
  * none to resume from (resume empty, or auto without a latest). */

@@ -4,6 +4,7 @@
 #include "core/error.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +68,33 @@ _Noreturn void loom_input_error(const char *where, const char *hint, const char 
         exit(LOOM_EXIT_INPUT);
     }
     exit_all(LOOM_EXIT_INPUT);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* the LOOM_TEST_DIE hook                                                                           */
+
+static long long g_step;
+
+void loom_test_die_step(long long step) { g_step = step; }
+
+void loom_test_die_at(const char *point) {
+    static int parsed, rank = -1;
+    static long long step;
+    static char where[16], how[16] = "signal";
+    if (!parsed) {
+        const char *spec = getenv("LOOM_TEST_DIE");
+        parsed = 1;
+        if (spec && sscanf(spec, "%15[^:]:%lld:%d:%15s", where, &step, &rank, how) < 3) rank = -1;
+    }
+    if (rank != g_rank || step != g_step || strcmp(where, point) != 0) return;
+    rank = -1; /* once */
+    if (strcmp(how, "exit") == 0)
+        loom_fatal(__FILE__, __LINE__, "LOOM_TEST_DIE", "a failure injected at %s of step %lld", point, step);
+    if (strcmp(how, "input") == 0)
+        loom_input_error("LOOM_TEST_DIE", NULL, "a bad input injected at %s of step %lld", point, step);
+    fprintf(stderr, "loom: LOOM_TEST_DIE: killing rank %d at %s of step %lld\n", g_rank, point, step);
+    fflush(stderr);
+    raise(SIGKILL);
 }
 
 void *loom_malloc_check(size_t size, const char *file, int line) {

@@ -43,6 +43,15 @@ void loom_error_set_rank(int rank, int world_size);
  * prints and aborts the others with status 2. */
 void loom_error_set_collective(int collective);
 
+/* A test hook: LOOM_TEST_DIE=POINT:STEP:RANK[:signal|exit|input] makes world rank RANK die at POINT of
+ * training step STEP (1-based, the first time it gets there): raise SIGKILL (signal, the default), fail
+ * as a broken CHECK does (exit: "[rank R] ..." and exit status 1, every rank aborted), or fail as a bad
+ * input found by that rank alone does (input: "loom: error: ..." and exit status 2, every rank aborted).
+ * Points: backward (inside the backward pass), alltoall (inside an MoE expert-parallel exchange: its
+ * sends posted, not yet complete). The training loop names the step with loom_test_die_step. */
+void loom_test_die_step(long long step);
+void loom_test_die_at(const char *point);
+
 #define CHECK(cond, ...)                                                        \
     do {                                                                        \
         if (!(cond)) loom_fatal(__FILE__, __LINE__, #cond, __VA_ARGS__);        \

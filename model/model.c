@@ -821,6 +821,7 @@ static int backward_step(struct loom_model *m, struct loom_model_task *t) {
         } else {
             ops->copy_2d(s.dres, C, sl->dout, C, N, C, 0);
         }
+        loom_test_die_at("backward");
     }
     for (; t->layer >= 0; t->layer--, t->phase = 0) {
         struct loom_layer_acts *a = &sl->acts[t->layer];

@@ -51,19 +51,33 @@ static double now_s(void) {
 /* ---------------------------------------------------------------------------------------------- */
 /* run folder                                                                                       */
 
-static void make_dirs(const char *path) {
+/* Creates the run folder and its parents, and checks it can be written: 0, or the errno of the first
+ * failure, with a one-line account of it in why. */
+static int make_dirs(const char *path, char *why, size_t size) {
     char buf[4096];
     int len = snprintf(buf, sizeof buf, "%s", path);
-    if (len <= 0 || len >= (int)sizeof buf) loom_input_error("train.run_dir", NULL, "path too long");
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-            loom_input_error("train.run_dir", NULL, "cannot create %s (%s)", buf, strerror(errno));
-        *p = '/';
+    if (len <= 0 || len >= (int)sizeof buf) {
+        snprintf(why, size, "path too long");
+        return ENAMETOOLONG;
     }
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-        loom_input_error("train.run_dir", NULL, "cannot create %s (%s)", buf, strerror(errno));
+    for (char *p = buf + 1;; p++) {
+        if (*p != '/' && *p) continue;
+        char c = *p;
+        *p = 0;
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST) {
+            int err = errno;
+            snprintf(why, size, "cannot create %s (%s)", buf, strerror(err));
+            return err;
+        }
+        if (!c) break;
+        *p = c;
+    }
+    if (access(buf, W_OK) != 0) {
+        int err = errno;
+        snprintf(why, size, "%s is not writable (%s)", buf, strerror(err));
+        return err;
+    }
+    return 0;
 }
 
 static FILE *open_in_run(const char *run_dir, const char *name, const char *mode) {
@@ -349,17 +363,15 @@ int loom_train_main(int argc, char **argv) {
     int resuming = loom_ckpt_resume_path(&cfg, resume_path, sizeof resume_path);
     const char *init_from = !resuming && cfg.checkpoint.init_from[0] ? cfg.checkpoint.init_from : NULL;
 
-    /* the run folder belongs to rank 0; the verdict on an existing run is shared so every rank stops */
-    char existing[4096];
+    /* the run folder belongs to rank 0; its verdicts (not writable, an existing run) are shared so every rank
+     * stops */
+    char existing[4096], why[4400] = "";
     snprintf(existing, sizeof existing, "%s/metrics.jsonl", tc->run_dir);
     int exists = 0;
-    if (rank == 0) {
-        loom_error_set_collective(0);
-        make_dirs(tc->run_dir);
-        loom_error_set_collective(1);
-        exists = access(existing, F_OK) == 0;
-    }
+    if (rank == 0 && !make_dirs(tc->run_dir, why, sizeof why)) exists = access(existing, F_OK) == 0;
     MPI_CHECK(MPI_Bcast(&exists, 1, MPI_INT, 0, MPI_COMM_WORLD));
+    MPI_CHECK(MPI_Bcast(why, (int)sizeof why, MPI_CHAR, 0, MPI_COMM_WORLD));
+    if (why[0]) loom_input_error("train.run_dir", "choose a --train.run_dir this process can write", "%s", why);
     if (exists && !resuming)
         loom_input_error("train.run_dir", "choose another --train.run_dir, remove the old run, or resume it with "
                          "--checkpoint.resume=auto",
@@ -480,9 +492,13 @@ int loom_train_main(int argc, char **argv) {
     int probe_T = 0;
     struct loom_prefetch *prefetch = loom_prefetch_start(&sampler, &cur, start_step, tc->steps, topo.dp_rank, dp);
     double run_start = now_s();
+    /* from here on an error is one rank's own (a shard that turns out damaged, a failed call): that rank
+     * reports it and aborts the others, which may be waiting for it in a collective */
+    loom_error_set_collective(0);
 
     for (int64_t step = start_step; step < tc->steps; step++) {
         struct step_times tm = {0};
+        loom_test_die_step(step + 1);
         double t0 = now_s();
         const struct loom_batch *batch = loom_prefetch_next(prefetch);
         int T = (int)batch->T, accum = (int)(batch->rows / B);
@@ -595,7 +611,7 @@ int loom_train_main(int argc, char **argv) {
         /* a stop signal on any rank, and the wall-clock interval, decided alike on every rank */
         int due[2] = {stop_signal != 0, ckpt_minutes > 0 && now_s() - last_ckpt_time >= 60 * ckpt_minutes};
         MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, due, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD));
-        int ckpt_on = ckpt_every > 0 || ckpt_tokens > 0 || ckpt_minutes > 0;
+        int ckpt_on = ckpt_every > 0 || ckpt_tokens > 0 || ckpt_minutes > 0, written = 0;
         if (!nonfinite && (due[0] || due[1] || (ckpt_every > 0 && (step + 1) % ckpt_every == 0) ||
                            (ckpt_tokens > 0 && tokens / ckpt_tokens > (tokens - step_tokens) / ckpt_tokens) ||
                            (ckpt_on && cfg.checkpoint.final && step + 1 == tc->steps) ||
@@ -604,7 +620,7 @@ int loom_train_main(int argc, char **argv) {
                                          .seed = tc->seed, .loss_scale = scale, .scale_good_steps = scale_good,
                                          .schedule_tokens = sched_tokens, .skipped_steps = skipped_steps};
             ckpt_sampler = batch->after;
-            tm.checkpoint = loom_ckpt_save(&ckpt, &now, last_ckpt_tokens);
+            written = loom_ckpt_save(&ckpt, &now, last_ckpt_tokens, &tm.checkpoint);
             last_ckpt_tokens = tokens;
             last_ckpt_time = now_s();
         }
@@ -660,7 +676,7 @@ int loom_train_main(int argc, char **argv) {
                     (double)(topo.pp - 1) / (accum + topo.pp - 1));
             for (int r = 0; r < world; r++) fprintf(metrics, "%s%.1f", r ? ", " : "", mem_peak[r] / 1e6);
             fprintf(metrics, "]}\n");
-            fflush(metrics);
+            CHECK(fflush(metrics) == 0, "writing %s/metrics.jsonl: %s", tc->run_dir, strerror(errno));
             if ((step + 1) % cfg.log.every == 0 || step == start_step || step + 1 == tc->steps) {
                 char eta[32], rate[32], phase[512];
                 double elapsed = now_s() - run_start;
@@ -710,7 +726,8 @@ int loom_train_main(int argc, char **argv) {
         if (due[0] && step + 1 < tc->steps) {
             if (rank == 0)
                 printf("loom train: stopped by a signal after step %lld%s; resume with --checkpoint.resume=auto\n",
-                       (long long)(step + 1), nonfinite ? " (no checkpoint: the step was not finite)" : ", checkpoint written");
+                       (long long)(step + 1), nonfinite ? " (no checkpoint: the step was not finite)"
+                                              : written ? ", checkpoint written" : " (no checkpoint: it was skipped)");
             break;
         }
         if (step + 1 == tc->stop_after && step + 1 < tc->steps) {
