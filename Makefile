@@ -49,10 +49,12 @@ endif
 TEST_SRCS := $(wildcard tests/unit/test_*.c)
 TEST_BINS := $(TEST_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 TEST_EXTRA_OBJS := $(BUILD)/tests/ref/refdump.o
+# every GPU test links TEST_EXTRA_OBJS and these: the GPU op tests' harness (tests/gpu/gpu_check.h)
+GPU_TEST_EXTRA_OBJS := $(BUILD)/tests/gpu/gpu_check.o
 CLI_TESTS := $(sort $(wildcard tests/cli/test_*.sh))
 
 .PHONY: all deps test test-gpu demo bench bench-gpu clean FORCE
-.SECONDARY: $(TEST_EXTRA_OBJS)
+.SECONDARY: $(TEST_EXTRA_OBJS) $(GPU_TEST_EXTRA_OBJS)
 all: loom
 
 deps:
@@ -104,9 +106,9 @@ endif
 # MPI, training on NCCL, the staging fallback
 GPU_TEST_SRCS := $(wildcard tests/gpu/test_*.c)
 GPU_TEST_BINS := $(GPU_TEST_SRCS:tests/gpu/%.c=$(BUILD)/tests/gpu/%)
-$(BUILD)/tests/gpu/%: tests/gpu/%.c $(LIB_OBJS) $(TEST_EXTRA_OBJS) | deps
+$(BUILD)/tests/gpu/%: tests/gpu/%.c $(LIB_OBJS) $(TEST_EXTRA_OBJS) $(GPU_TEST_EXTRA_OBJS) | deps
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $< $(LIB_OBJS) $(TEST_EXTRA_OBJS) $(LDLIBS) -o $@
+	$(CC) $(CFLAGS) $< $(LIB_OBJS) $(TEST_EXTRA_OBJS) $(GPU_TEST_EXTRA_OBJS) $(LDLIBS) -o $@
 
 test-gpu: loom $(GPU_TEST_BINS)
 	@test -n "$(CUDA_OBJS)" || { echo "make test-gpu: this build has no CUDA backend (nvcc not found, or no model/cuda sources)"; exit 2; }

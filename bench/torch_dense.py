@@ -32,7 +32,8 @@ Usage: python3 bench/torch_dense.py --mode eager|compile [--layers 14 --seq 4096
 import argparse
 import math
 import sys
-import time
+
+from torch_common import cuda_torch, mfu, timed_steps
 
 
 def parse_args():
@@ -182,19 +183,12 @@ def flops_per_token(args, model):
 
 def main():
     args = parse_args()
-    try:
-        import torch
-    except ImportError:
-        print("torch_dense: PyTorch is not importable (pip install torch)", file=sys.stderr)
-        return 3
-    if not torch.cuda.is_available():
-        print("torch_dense: no CUDA device visible to PyTorch", file=sys.stderr)
-        return 2
+    torch, status = cuda_torch("torch_dense", args.seed)
+    if torch is None:
+        return status
     if args.global_batch % args.batch:
         print("torch_dense: --global-batch must be a multiple of --batch", file=sys.stderr)
         return 2
-    torch.manual_seed(args.seed)
-    torch.backends.cuda.matmul.allow_tf32 = False  # bf16 autocast covers the matmuls; nothing runs in TF32
     dev = torch.device("cuda")
     model = build(args, torch).to(dev)
     params = sum(p.numel() for p in model.parameters())
@@ -224,26 +218,15 @@ def main():
     print(f"torch_dense: mode={args.mode} attn={args.attn} torch={torch.__version__} "
           f"device=\"{torch.cuda.get_device_name(0)}\" params={params} flops_per_token={fpt:.4g} "
           f"micro_batch={args.batch}x{args.seq} global_batch={args.global_batch}", flush=True)
-    t_compile = time.perf_counter()
-    for _ in range(args.warmup):
-        loss = train_step()
-    torch.cuda.synchronize()
-    warm_s = time.perf_counter() - t_compile
-    torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        loss = train_step()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    warm_s, times, loss = timed_steps(torch, train_step, args.warmup, args.steps)
     tokens = args.global_batch * args.seq
     tok_s = tokens * len(times) / sum(times)
     line = (f"result mode={args.mode} attn={args.attn} tokens_per_s={tok_s:.1f} step_s={sum(times) / len(times):.4f} "
             f"loss={loss.item():.4f} params={params} flops_per_token={fpt:.6g} warmup_s={warm_s:.1f} "
             f"peak_mem_gib={torch.cuda.max_memory_allocated() / 2**30:.1f}")
     if args.peak_tflops > 0:
-        line += (f" mfu={fpt * tok_s / (args.peak_tflops * 1e12):.4f}"
-                 f" mfu_6n={6.0 * params * tok_s / (args.peak_tflops * 1e12):.4f}")
+        line += (f" mfu={mfu(fpt, tok_s, args.peak_tflops):.4f}"
+                 f" mfu_6n={mfu(6.0 * params, tok_s, args.peak_tflops):.4f}")
     print(line, flush=True)
     return 0
 

@@ -25,7 +25,8 @@ Usage: python3 bench/torch_moe.py --impl loop|grouped [--tokens 8192 --seq 1024 
 """
 import argparse
 import sys
-import time
+
+from torch_common import cuda_torch, mfu, timed_steps
 
 
 def parse_args():
@@ -130,22 +131,15 @@ def build(args, torch):
 
 def main():
     args = parse_args()
-    try:
-        import torch
-    except ImportError:
-        print("torch_moe: PyTorch is not importable (pip install torch)", file=sys.stderr)
-        return 3
-    if not torch.cuda.is_available():
-        print("torch_moe: no CUDA device visible to PyTorch", file=sys.stderr)
-        return 2
+    torch, status = cuda_torch("torch_moe", args.seed)
+    if torch is None:
+        return status
     if args.tokens % args.seq:
         print("torch_moe: --tokens must be a multiple of --seq", file=sys.stderr)
         return 2
     if args.impl == "grouped" and not hasattr(torch, "_grouped_mm"):
         print(f"torch_moe: PyTorch {torch.__version__} has no torch._grouped_mm", file=sys.stderr)
         return 4
-    torch.manual_seed(args.seed)
-    torch.backends.cuda.matmul.allow_tf32 = False
     dev = torch.device("cuda")
     layers = build(args, torch).to(dev)
     E, K, C, I = args.experts, args.top_k, args.width, args.expert_width
@@ -171,22 +165,13 @@ def main():
     print(f"torch_moe: impl={args.impl} torch={torch.__version__} device=\"{torch.cuda.get_device_name(0)}\" "
           f"tokens={args.tokens} layers={args.layers} experts={E} top_k={K} width={C} expert_width={I} "
           f"shared={args.shared} flops_per_token={fpt:.6g}", flush=True)
-    for _ in range(args.warmup):
-        step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        step()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    _, times, _ = timed_steps(torch, step, args.warmup, args.steps)
     best = min(times)
     tok_s = args.tokens / best
     line = (f"result impl={args.impl} tokens_per_s={tok_s:.1f} step_s={best:.4f} flops_per_token={fpt:.6g} "
             f"peak_mem_gib={torch.cuda.max_memory_allocated() / 2**30:.1f}")
     if args.peak_tflops > 0:
-        line += f" mfu={fpt * tok_s / (args.peak_tflops * 1e12):.4f}"
+        line += f" mfu={mfu(fpt, tok_s, args.peak_tflops):.4f}"
     print(line, flush=True)
     return 0
 

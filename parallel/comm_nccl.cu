@@ -42,13 +42,7 @@
 #include <nccl.h>
 
 #include "core/error.h"
-
-#define CUDA_CHECK(call)                                                                                               \
-    do {                                                                                                               \
-        cudaError_t cuda_rc_ = (call);                                                                                 \
-        if (cuda_rc_ != cudaSuccess)                                                                                   \
-            loom_fatal(__FILE__, __LINE__, #call, "CUDA error %d: %s", (int)cuda_rc_, cudaGetErrorString(cuda_rc_));   \
-    } while (0)
+#include "core/error_cuda.h"
 
 #define NCCL_CHECK(call)                                                                                               \
     do {                                                                                                               \

@@ -40,7 +40,8 @@ static inline uint64_t test_splitmix64(uint64_t *state) {
     return z ^ (z >> 31);
 }
 
-static int test_failures = 0;
+/* the failed checks; weak, so that a test made of several files (tests/gpu/gpu_check.c) keeps one count */
+__attribute__((weak)) int test_failures = 0;
 
 __attribute__((unused)) static void test_result(int ok, const char *name, const char *fmt, ...) {
     if (ok) {
@@ -74,6 +75,17 @@ __attribute__((unused)) static int test_close(const char *name, const float *got
     test_result(ok, name, "worst element %zu: got %.9g want %.9g (max |diff| %.3g, atol %.1g rtol %.1g, n %zu)",
                 worst, n ? (double)got[worst] : 0.0, n ? want[worst] : 0.0, max_abs, atol, rtol, n);
     return ok;
+}
+
+/* got against want, n ints: the first mismatch fails check NAME */
+__attribute__((unused)) static int test_same_ints(const char *name, const int *got, const int *want, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (got[i] != want[i]) {
+            test_result(0, name, "element %zu: got %d, want %d (n %zu)", i, got[i], want[i], n);
+            return 0;
+        }
+    test_result(1, name, "");
+    return 1;
 }
 
 /* xorshift64*: the next uniform double in [lo, hi) from *state (a fixed nonzero seed gives the same

@@ -17,15 +17,9 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/error_cuda.h"
 #include "model/cuda/ops_cuda.h"
 #include "model/ops.h"
-
-#define CUDA_CHECK(call)                                                                                               \
-    do {                                                                                                               \
-        cudaError_t cuda_rc_ = (call);                                                                                 \
-        if (cuda_rc_ != cudaSuccess)                                                                                   \
-            loom_fatal(__FILE__, __LINE__, #call, "CUDA error %d: %s", (int)cuda_rc_, cudaGetErrorString(cuda_rc_));   \
-    } while (0)
 
 #define CUBLAS_CHECK(call)                                                                                             \
     do {                                                                                                               \

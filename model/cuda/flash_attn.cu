@@ -217,6 +217,16 @@ template <int N, int NT> struct tile_acc<float, N, NT> {
     }
 };
 
+/* out[TILE, TILE] (fp32, pitch ldo) = A B^T for A and B [TILE, K] row-major in shared memory: a score tile (S, dP
+ * or their transposes). Every thread of the block calls it. */
+template <typename E, int K, int NT>
+static __device__ __forceinline__ void tile_abt(float *out, int ldo, const E *A, int lda, const E *B, int ldb) {
+    tile_acc<E, TILE, NT> s;
+    s.zero();
+    s.template mma<K, true>(A, lda, B, ldb);
+    s.store(out, ldo);
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* global <-> shared                                                                                */
 
@@ -289,12 +299,7 @@ static __global__ void __launch_bounds__(FWD_THREADS)
         load_tile<DQK, FWD_THREADS>(Ks, L::LQ, k, b, kv0, T, Hkv, hk);
         load_tile<DV, FWD_THREADS>(Vs, L::LV, v, b, kv0, T, Hkv, hk);
         __syncthreads();
-        {
-            tile_acc<E, TILE, FWD_THREADS> s; /* S = Q K^T */
-            s.zero();
-            s.template mma<DQK, true>(Qs, L::LQ, Ks, L::LQ);
-            s.store(S, L::LS);
-        }
+        tile_abt<E, DQK, FWD_THREADS>(S, L::LS, Qs, L::LQ, Ks, L::LQ); /* S = Q K^T */
         __syncthreads();
 
         /* online softmax of row r: masked scores are -inf and weigh 0. The row's threads combine their parts
@@ -401,18 +406,9 @@ static __global__ void __launch_bounds__(BWD_THREADS)
             load_tile<DV, BWD_THREADS>(dOs, L::LV, dout, b, q0, T, H, h);
             load_rows<BWD_THREADS>(lse_s, delta_s, lse, delta, b, h, H, q0, T);
             __syncthreads();
-            {
-                tile_acc<E, TILE, BWD_THREADS> s; /* S^T = K Q^T: row = key, column = query */
-                s.zero();
-                s.template mma<DQK, true>(Ks, L::LQ, Qs, L::LQ);
-                s.store(St, L::LS);
-            }
-            {
-                tile_acc<E, TILE, BWD_THREADS> s; /* dP^T = V dO^T */
-                s.zero();
-                s.template mma<DV, true>(Vs, L::LV, dOs, L::LV);
-                s.store(dPt, L::LS);
-            }
+            /* S^T = K Q^T and dP^T = V dO^T: row = key, column = query */
+            tile_abt<E, DQK, BWD_THREADS>(St, L::LS, Ks, L::LQ, Qs, L::LQ);
+            tile_abt<E, DV, BWD_THREADS>(dPt, L::LS, Vs, L::LV, dOs, L::LV);
             __syncthreads();
             /* P^T = exp(scale S^T - L), dS^T = P^T (dP^T - delta); each element read and written by one thread
              * (in fp32 P^T and dS^T are S^T and dP^T, overwritten in place) */
@@ -468,18 +464,9 @@ static __global__ void __launch_bounds__(BWD_THREADS)
         load_tile<DQK, BWD_THREADS>(Ks, L::LQ, k, b, kv0, T, Hkv, hk);
         load_tile<DV, BWD_THREADS>(Vs, L::LV, v, b, kv0, T, Hkv, hk);
         __syncthreads();
-        {
-            tile_acc<E, TILE, BWD_THREADS> s; /* S = Q K^T: row = query, column = key */
-            s.zero();
-            s.template mma<DQK, true>(Qs, L::LQ, Ks, L::LQ);
-            s.store(S, L::LS);
-        }
-        {
-            tile_acc<E, TILE, BWD_THREADS> s; /* dP = dO V^T */
-            s.zero();
-            s.template mma<DV, true>(dOs, L::LV, Vs, L::LV);
-            s.store(dP, L::LS);
-        }
+        /* S = Q K^T and dP = dO V^T: row = query, column = key */
+        tile_abt<E, DQK, BWD_THREADS>(S, L::LS, Qs, L::LQ, Ks, L::LQ);
+        tile_abt<E, DV, BWD_THREADS>(dP, L::LS, dOs, L::LV, Vs, L::LV);
         __syncthreads();
         /* dS = P (dP - delta), P = exp(scale S - L) (in fp32 dS is dP, overwritten in place) */
         for (int i = threadIdx.x; i < TILE * TILE; i += BWD_THREADS) {

@@ -582,15 +582,15 @@ static void widen_groups(enum loom_dtype dt, float *out, const char *h, int lo, 
     LAUNCH(widen_groups_kernel, grid, THREADS, out, h, lo, width, *gl, (int)dt);
 }
 
+/* The two grouped GEMMs that read the experts' weights W_g [OC, C] as cuBLAS's A: over the rows of each group,
+ * y[n, ny] (+)= x[n, nx] @ op(W_g), op(W) = W^T (ta CUBLAS_OP_T: nx = C, ny = OC) or W (CUBLAS_OP_N: nx = OC,
+ * ny = C); in cuBLAS's column-major terms y_g^T (+)= op(W_g)^T x_g^T */
 template <enum loom_dtype DT>
-static void cuda_grouped_matmul_forward(float *out, const float *inp, const float *weight, size_t stride,
-                                        const int *start, const int *count, int G, int C, int OC) {
-    /* group k: out_k[n_k, OC] = inp_k[n_k, C] @ W_k^T  <=>  out_k^T[OC, n_k] = W_k[OC, C] @ inp_k^T[C, n_k] */
-    int lo, hi;
-    row_span(start, count, G, &lo, &hi);
-    if (lo == hi || C == 0 || OC == 0) return;
-    const char *x = operand_rows(DT, inp, lo, hi, C, SCR_ROWS_A, 1);
-    char *y = operand_rows(DT, out, lo, hi, OC, SCR_ROWS_B, 0);
+static void weight_gemm(float *y, int ny, const float *x, int nx, const float *weight, size_t stride,
+                        cublasOperation_t ta, int lo, int hi, const int *start, const int *count, int G, int C, int OC,
+                        int accumulate) {
+    const char *xh = operand_rows(DT, x, lo, hi, nx, SCR_ROWS_A, 1);
+    char *yh = operand_rows(DT, y, lo, hi, ny, SCR_ROWS_B, accumulate);
     size_t numel = (size_t)OC * C, es = operand_bytes(DT);
     int limit = DT == LOOM_F32 ? CHUNK : chunk_limit(2 * slot_of(numel));
     struct group_list gl;
@@ -599,13 +599,23 @@ static void cuda_grouped_matmul_forward(float *out, const float *inp, const floa
         int m[CHUNK], nn[CHUNK], kk[CHUNK];
         operand_weights(DT, weight, stride, numel, &gl, p.a);
         for (int k = 0; k < gl.n; k++) {
-            m[k] = OC, nn[k] = gl.count[k], kk[k] = C;
-            p.b[k] = x + (size_t)(gl.start[k] - lo) * C * es;
-            p.c[k] = y + (size_t)(gl.start[k] - lo) * OC * es;
+            m[k] = ny, nn[k] = gl.count[k], kk[k] = nx;
+            p.b[k] = xh + (size_t)(gl.start[k] - lo) * nx * es;
+            p.c[k] = yh + (size_t)(gl.start[k] - lo) * ny * es;
         }
-        gemm_chunk(DT, CUBLAS_OP_T, CUBLAS_OP_N, m, nn, kk, &p, C, C, 0.0f, OC, gl.n);
-        if (DT != LOOM_F32) widen_groups(DT, out, y, lo, OC, &gl);
+        gemm_chunk(DT, ta, CUBLAS_OP_N, m, nn, kk, &p, C, nx, accumulate ? 1.0f : 0.0f, ny, gl.n);
+        if (DT != LOOM_F32) widen_groups(DT, y, yh, lo, ny, &gl);
     }
+}
+
+template <enum loom_dtype DT>
+static void cuda_grouped_matmul_forward(float *out, const float *inp, const float *weight, size_t stride,
+                                        const int *start, const int *count, int G, int C, int OC) {
+    /* group k: out_k[n_k, OC] = inp_k[n_k, C] @ W_k^T  <=>  out_k^T[OC, n_k] = W_k[OC, C] @ inp_k^T[C, n_k] */
+    int lo, hi;
+    row_span(start, count, G, &lo, &hi);
+    if (lo == hi || C == 0 || OC == 0) return;
+    weight_gemm<DT>(out, OC, inp, C, weight, stride, CUBLAS_OP_T, lo, hi, start, count, G, C, OC, 0);
 }
 
 template <enum loom_dtype DT>
@@ -617,23 +627,7 @@ static void cuda_grouped_matmul_backward_input(float *dinp, const float *dout, c
     row_span(start, count, G, &lo, &hi);
     if (lo == hi || C == 0) return;
     CHECK(OC > 0, "grouped_matmul_backward_input: OC = %d", OC);
-    const char *dy = operand_rows(DT, dout, lo, hi, OC, SCR_ROWS_A, 1);
-    char *dx = operand_rows(DT, dinp, lo, hi, C, SCR_ROWS_B, accumulate);
-    size_t numel = (size_t)OC * C, es = operand_bytes(DT);
-    int limit = DT == LOOM_F32 ? CHUNK : chunk_limit(2 * slot_of(numel));
-    struct group_list gl;
-    for (int g = next_chunk(&gl, start, count, 0, G, limit); gl.n; g = next_chunk(&gl, start, count, g, G, limit)) {
-        struct ptr_list p;
-        int m[CHUNK], nn[CHUNK], kk[CHUNK];
-        operand_weights(DT, weight, stride, numel, &gl, p.a);
-        for (int k = 0; k < gl.n; k++) {
-            m[k] = C, nn[k] = gl.count[k], kk[k] = OC;
-            p.b[k] = dy + (size_t)(gl.start[k] - lo) * OC * es;
-            p.c[k] = dx + (size_t)(gl.start[k] - lo) * C * es;
-        }
-        gemm_chunk(DT, CUBLAS_OP_N, CUBLAS_OP_N, m, nn, kk, &p, C, OC, accumulate ? 1.0f : 0.0f, C, gl.n);
-        if (DT != LOOM_F32) widen_groups(DT, dinp, dx, lo, C, &gl);
-    }
+    weight_gemm<DT>(dinp, C, dout, OC, weight, stride, CUBLAS_OP_N, lo, hi, start, count, G, C, OC, accumulate);
 }
 
 template <enum loom_dtype DT>

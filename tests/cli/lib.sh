@@ -11,6 +11,11 @@
 #   verdicts SCRIPT ARGS...  runs `python3 SCRIPT ARGS...` (ARGS[1] is the check's name), echoes its `ok` / `FAIL`
 #                   lines (output without any is a FAIL of that name) and counts the FAILs in $failures
 #   make_prose FILE CHARS  writes about CHARS characters of deterministic English-like text to FILE
+#   prep_text LABEL  20000 characters of make_prose text made into byte-level shards in $tmp/data (source web);
+#                   when `loom data prep` fails: fails LABEL/prep and returns non-zero
+#   text_run_ini FILE MODEL SHARDS  writes the config of a short run of configs/models/MODEL.ini on the shards
+#                   SHARDS (source web) to FILE: seed 5, global batch 4, a cosine schedule from 3e-3 to 3e-4,
+#                   peak_tflops 0.1, then the lines on stdin (the run's own keys; a section may appear again)
 # Not a test itself: its name does not match tests/cli/test_*.sh.
 
 LOOM=./loom
@@ -164,4 +169,38 @@ while sum(len(w) + 1 for w in out) < int(sys.argv[2]):
     out.append(words[i % len(words)])
 open(sys.argv[1], "w").write(" ".join(out) + "\n")
 PY
+}
+
+prep_text() {
+    make_prose "$tmp/web.txt" 20000
+    run data prep --tokenizer bytes --source web --in "$tmp/web.txt" --out "$tmp/data" --frame-tokens 512
+    if [ "$rc" -ne 0 ]; then
+        fail "$1/prep" "$(tail -c 400 "$tmp/err")"
+        return 1
+    fi
+}
+
+text_run_ini() {
+    {
+        cat <<EOF
+include = $PWD/configs/models/$2.ini
+
+[train]
+seed = 5
+global_batch = 4
+
+[schedule]
+kind = cosine
+lr = 3e-3
+min_lr = 3e-4
+
+[log]
+peak_tflops = 0.1
+
+[source.web]
+shards = $3
+
+EOF
+        cat
+    } >"$1"
 }

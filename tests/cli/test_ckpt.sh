@@ -103,28 +103,15 @@ for s in web code; do
     [ "$rc" -eq 0 ] || fail "ckpt/prep_$s" "$(tail -c 400 "$tmp/err")"
 done
 for model in tiny-mla tiny-moe; do
-    cat >"$tmp/$model.ini" <<EOF
-include = $PWD/configs/models/$model.ini
-
+    text_run_ini "$tmp/$model.ini" "$model" "$tmp/data/web" <<EOF
 [train]
 steps = 16
-seed = 5
 seq_len = 32
 micro_batch = 1
-global_batch = 4
 threads = 1
 
 [schedule]
-kind = cosine
-lr = 3e-3
-min_lr = 3e-4
 warmup_tokens = 256
-
-[log]
-peak_tflops = 0.1
-
-[source.web]
-shards = $tmp/data/web
 
 [source.code]
 shards = $tmp/data/code

@@ -116,32 +116,17 @@ attr() { h5dump -a "$2" "$1" 2>/dev/null | grep -o '(0): [0-9.e+-]*' | head -1 |
 # drift from fp32 over 50 steps on text
 
 t0=$SECONDS
-make_prose "$tmp/web.txt" 20000
-run data prep --tokenizer bytes --source web --in "$tmp/web.txt" --out "$tmp/data" --frame-tokens 512
-[ "$rc" -eq 0 ] || fail precision/prep "$(tail -c 300 "$tmp/err")"
+prep_text precision
 for model in tiny-mla tiny-moe; do
-    cat >"$tmp/$model.ini" <<EOF
-include = $PWD/configs/models/$model.ini
-
+    text_run_ini "$tmp/$model.ini" "$model" "$tmp/data" <<EOF
 [train]
 steps = 50
-seed = 5
 seq_len = 64
 micro_batch = 2
-global_batch = 4
 threads = 1
 
 [schedule]
-kind = cosine
-lr = 3e-3
-min_lr = 3e-4
 warmup_tokens = 512
-
-[log]
-peak_tflops = 0.1
-
-[source.web]
-shards = $tmp/data
 EOF
     for p in fp32 bf16 fp16; do
         run train -c "$tmp/$model.ini" --precision.compute=$p --precision.initial_scale=1024 \

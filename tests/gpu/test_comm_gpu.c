@@ -115,32 +115,33 @@ static void check_max(const struct loom_comm *nc, const struct loom_comm *mc) {
     free(h);
 }
 
-static void check_reduce_scatter(const struct loom_comm *nc, const struct loom_comm *mc, size_t n) {
+/* an operation from a send buffer of this rank's values into a receive buffer: reduce-scatter, all-gather */
+typedef void (*send_recv_start)(const struct loom_comm *c, const float *send, float *recv, size_t n,
+                                struct loom_comm_handle *h);
+
+/* start(n) from n_send floats into n_recv marked ones, on NCCL and on MPI: the receive buffers equal */
+static void check_send_recv(const char *name, send_recv_start start, const struct loom_comm *nc,
+                            const struct loom_comm *mc, size_t n, size_t n_send, size_t n_recv) {
     char why[256] = "";
-    float *s = host_values(n * (size_t)P, me), *ds = device_copy(s, n * (size_t)P);
-    float *r = host_marked(n), *dr = device_copy(r, n);
+    float *s = host_values(n_send, me), *ds = device_copy(s, n_send);
+    float *r = host_marked(n_recv), *dr = device_copy(r, n_recv);
     struct loom_comm_handle h;
-    loom_reduce_scatter_start(nc, ds, dr, n, &h);
+    start(nc, ds, dr, n, &h);
     loom_comm_wait(&h);
-    loom_reduce_scatter_start(mc, s, r, n, &h);
+    start(mc, s, r, n, &h);
     loom_comm_wait(&h);
-    verdict(test_name("comm_gpu.reduce_scatter.%zu", n), same(dr, r, n, why, sizeof why), why);
+    verdict(name, same(dr, r, n_recv, why, sizeof why), why);
     ops->free(ds), ops->free(dr);
     free(s), free(r);
 }
 
+static void check_reduce_scatter(const struct loom_comm *nc, const struct loom_comm *mc, size_t n) {
+    check_send_recv(test_name("comm_gpu.reduce_scatter.%zu", n), loom_reduce_scatter_start, nc, mc, n,
+                    n * (size_t)P, n);
+}
+
 static void check_allgather(const struct loom_comm *nc, const struct loom_comm *mc, size_t n) {
-    char why[256] = "";
-    float *s = host_values(n, me), *ds = device_copy(s, n);
-    float *r = host_marked(n * (size_t)P), *dr = device_copy(r, n * (size_t)P);
-    struct loom_comm_handle h;
-    loom_allgather_start(nc, ds, dr, n, &h);
-    loom_comm_wait(&h);
-    loom_allgather_start(mc, s, r, n, &h);
-    loom_comm_wait(&h);
-    verdict(test_name("comm_gpu.allgather.%zu", n), same(dr, r, n * (size_t)P, why, sizeof why), why);
-    ops->free(ds), ops->free(dr);
-    free(s), free(r);
+    check_send_recv(test_name("comm_gpu.allgather.%zu", n), loom_allgather_start, nc, mc, n, n, n * (size_t)P);
 }
 
 /* uneven shares (counts), laid out with a gap of `gap` floats after each one for the all-gatherv */

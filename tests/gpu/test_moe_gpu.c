@@ -9,20 +9,20 @@
  * GEMMs skip, token rows outside a slice, expert tensors outside the groups) must keep its poison bit for bit.
  * Routing covers uneven loads forced by the bias: one expert taking every token, the others none.
  *
- * Tolerances, by where the output lives (M = max |want| over the tensor):
+ * Tolerances, by where the output lives (M = max |want| over the tensor; the kinds of tests/gpu/gpu_check.h):
  *   exact    the choice (idx), counts, the plan (offsets, rows, weights, positions), the permutation, the combine
  *            (moe_unpermute adds each token's rows in the CPU's order with the multiply and add rounded
  *            separately, then rounds as the CPU does), the balance statistics f (the same float additions):
- *            bit for bit
+ *            bit for bit (KIND_EXACT)
  *   router   scores, weights, the router's gradient (fp32 in every dtype; CUDA's expf differs from glibc's by a few
- *            ulps, and sums run in another order): |got - want| <= 1e-5 M. The choice compared exactly is made
- *            robust by redrawing the logits of every token whose CPU choice has a margin under 1e-4 (two biased
- *            scores, or two group scores, that close), so that ulps of expf cannot flip it
+ *            ulps, and sums run in another order): |got - want| <= 1e-5 M (KIND_KEPT). The choice compared exactly
+ *            is made robust by redrawing the logits of every token whose CPU choice has a margin under 1e-4 (two
+ *            biased scores, or two group scores, that close), so that ulps of expf cannot flip it
  *   balance  the loss, a double sum in another order: relative 1e-10
- *   dscale   the routing weights' gradient, a double dot product: 1e-5 M
- *   GEMMs    the grouped GEMMs as tests/gpu/test_ops_gpu.c judges a GEMM: fp32 1e-4 M; bf16 / fp16 within 4 ulps of
- *            the dtype at max(|want|, M / 64), at most 1% of the elements over 1 ulp, relative L2 <= 1e-2 / 2e-3;
- *            the weight gradient is judged on what the call added (got - init against want - init)
+ *   dscale   the routing weights' gradient, a double dot product: 1e-5 M (KIND_KEPT)
+ *   GEMMs    the grouped GEMMs as tests/gpu/test_ops_gpu.c judges a GEMM (KIND_OUT_GEMM): fp32 1e-4 M; bf16 / fp16
+ *            within 4 ulps of the dtype at max(|want|, M / 64), at most 1% of the elements over 1 ulp, relative L2
+ *            <= 1e-2 / 2e-3; the weight gradient is judged on what the call added (got - init against want - init)
  *
  * Model. tests/ref/tiny-moe.bin's weights, router bias and batch (2 x 8 tokens, 8 experts, top-2, one shared)
  * train 10 AdamW steps (global-norm clipping, the aux-loss-free bias update after each step, the balance loss on)
@@ -35,14 +35,11 @@
  * One dtype per process (the mixed CPU table holds one): with no argument this program runs itself once per dtype.
  * Without a visible CUDA device it fails at once: `make test-gpu` runs on a GPU machine.
  */
-#include <errno.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include "core/config.h"
 #include "core/dtype.h"
@@ -55,89 +52,11 @@
 #include "tests/test.h"
 #ifdef LOOM_CUDA
 #include "model/cuda/ops_cuda.h"
+#include "tests/gpu/gpu_check.h"
 
-#define ROUTER_RTOL 1e-5
-#define GEMM_RTOL 1e-4
 #define BALANCE_RTOL 1e-10
 #define MARGIN 1e-4
-#define ULP_FLOOR 0x1p-6
-#define MAX_ULPS 4.0
-#define FRAC_OVER_1ULP 0.01
 #define MAXE 256
-
-enum kind { KIND_EXACT, KIND_ROUTER, KIND_GEMM };
-
-static enum loom_dtype dt;
-static const char *dt_name;
-static const struct loom_ops *be[2]; /* be[0] CUDA, be[1] the CPU reference */
-static int side;
-static int verbose;
-static uint64_t rng_state = 0x6a09e667f3bcc909ull;
-
-/* run op on both backends; S(p) / SI(p) is side `side`'s copy of pair p */
-#define ON_BOTH(op, ...)                                                                          \
-    do {                                                                                          \
-        for (side = 0; side < 2; side++) be[side]->op(__VA_ARGS__);                               \
-    } while (0)
-#define S(p) ((float *)(p).s[side])
-#define SI(p) ((int *)(p).s[side])
-
-/* ---------------------------------------------------------------------------------------------- */
-/* buffers                                                                                          */
-
-#define MAX_LIVE 512
-static void *host_live[MAX_LIVE], *dev_live[2][MAX_LIVE];
-static int n_host_live, n_dev_live[2];
-
-static void *host_alloc(size_t bytes) {
-    CHECK(n_host_live < MAX_LIVE, "too many live host buffers");
-    return host_live[n_host_live++] = calloc_check(1, bytes ? bytes : 1);
-}
-
-static void release_all(void) {
-    for (int i = 0; i < n_host_live; i++) free(host_live[i]);
-    for (int s = 0; s < 2; s++) {
-        for (int i = 0; i < n_dev_live[s]; i++) be[s]->free(dev_live[s][i]);
-        n_dev_live[s] = 0;
-    }
-    n_host_live = 0;
-}
-
-static float *rand_f32(size_t n, double lo, double hi) {
-    float *x = host_alloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = (float)test_rng_uniform(&rng_state, lo, hi);
-    return x;
-}
-
-static float *rand_act(size_t n, double lo, double hi) {
-    float *x = rand_f32(n, lo, hi);
-    loom_round_array(dt, x, n);
-    return x;
-}
-
-static float *poison_host(size_t n) {
-    float *x = host_alloc(n * sizeof(float));
-    memset(x, 0xFF, n * sizeof(float));
-    return x;
-}
-
-/* n 4-byte elements (floats or ints) on both sides */
-struct pair {
-    void *s[2];
-    size_t n;
-};
-
-static struct pair pair_of(const void *host, size_t n) {
-    struct pair p = {{NULL, NULL}, n};
-    for (int s = 0; s < 2; s++) {
-        CHECK(n_dev_live[s] < MAX_LIVE, "too many live device buffers");
-        p.s[s] = dev_live[s][n_dev_live[s]++] = be[s]->alloc(n * 4);
-        be[s]->from_host(p.s[s], host, n * 4);
-    }
-    return p;
-}
-
-static struct pair pair_poisoned(size_t n) { return pair_of(poison_host(n), n); }
 
 /* an int output: every byte 0x7F (-1, the padding marker, would hide a row left unwritten) */
 static struct pair pair_poisoned_int(size_t n) {
@@ -146,97 +65,10 @@ static struct pair pair_poisoned_int(size_t n) {
     return pair_of(x, n);
 }
 
-static void *fetch(struct pair p, int s) {
-    void *h = host_alloc(p.n * 4);
-    be[s]->to_host(h, p.s[s], p.n * 4);
-    return h;
-}
-
-/* ---------------------------------------------------------------------------------------------- */
-/* comparison                                                                                       */
-
-__attribute__((format(printf, 1, 2))) static const char *nm(const char *fmt, ...) {
-    static char buf[256];
-    int k = snprintf(buf, sizeof buf, "gpu.moe.%s.", dt_name);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf + k, sizeof buf - (size_t)k, fmt, ap);
-    va_end(ap);
-    return buf;
-}
-
-static double dtype_ulp(double x) {
-    int bits = dt == LOOM_BF16 ? 8 : 11, emin = dt == LOOM_BF16 ? -126 : -14, e = emin + 1;
-    if (x > 0) frexp(x, &e);
-    int b = e - 1 < emin ? emin : e - 1;
-    return ldexp(1.0, b - (bits - 1));
-}
-
-/* got (the GPU) against want (the CPU), n floats; a NaN in want is poison that must stay bit for bit */
-static int compare(const char *name, const float *got, const float *want, size_t n, enum kind kind) {
-    double M = 0;
-    for (size_t i = 0; i < n; i++)
-        if (isfinite(want[i])) M = fmax(M, fabs(want[i]));
-    for (size_t i = 0; i < n; i++) {
-        int poison = isnan(want[i]);
-        if ((poison || kind == KIND_EXACT || !isfinite(want[i])) ? f32_bits(got[i]) != f32_bits(want[i]) : isnan(got[i])) {
-            test_result(0, name, "element %zu: got %.9g (bits %08x), want %.9g (bits %08x)%s (n %zu)", i, (double)got[i],
-                        f32_bits(got[i]), (double)want[i], f32_bits(want[i]),
-                        poison ? ": outside the op's output, must keep the poison" : kind == KIND_EXACT ? " bit for bit" : "",
-                        n);
-            return 0;
-        }
-    }
-    if (kind == KIND_EXACT) {
-        test_result(1, name, "");
-        return 1;
-    }
-    if (kind == KIND_ROUTER || dt == LOOM_F32) {
-        double rtol = kind == KIND_ROUTER ? ROUTER_RTOL : GEMM_RTOL, worst_d = 0;
-        size_t worst = 0;
-        for (size_t i = 0; i < n; i++) {
-            if (!isfinite(want[i])) continue;
-            double d = fabs((double)got[i] - want[i]);
-            if (d > worst_d) worst_d = d, worst = i;
-        }
-        int ok = worst_d <= rtol * M;
-        if (verbose) printf("# %s: max |diff| %.3g = %.3g of max |want| %.3g\n", name, worst_d, M ? worst_d / M : 0.0, M);
-        test_result(ok, name, "element %zu: got %.9g want %.9g; max |diff| %.3g of max |want| %.3g (limit %.0e of it)",
-                    worst, (double)got[worst], (double)want[worst], worst_d, M, rtol);
-        return ok;
-    }
-    double max_u = 0, d2 = 0, w2 = 0;
-    size_t worst = 0, over = 0, counted = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(want[i])) continue;
-        double d = fabs((double)got[i] - want[i]), u = d / dtype_ulp(fmax(fabs(want[i]), M * ULP_FLOOR));
-        if (u > max_u) max_u = u, worst = i;
-        over += u > 1, counted++;
-        d2 += d * d, w2 += (double)want[i] * want[i];
-    }
-    double rel_l2 = w2 > 0 ? sqrt(d2 / w2) : sqrt(d2), l2_limit = dt == LOOM_BF16 ? 1e-2 : 2e-3;
-    double frac = counted ? (double)over / counted : 0;
-    int ok = max_u <= MAX_ULPS && frac <= FRAC_OVER_1ULP && rel_l2 <= l2_limit;
-    if (verbose) printf("# %s: max %.2f ulps, %.3g%% > 1 ulp, relative L2 %.3g\n", name, max_u, 100 * frac, rel_l2);
-    test_result(ok, name, "worst element %zu: got %.9g want %.9g (%.2f ulps, limit %.0f); %.3g%% > 1 ulp (limit 1%%); "
-                "relative L2 %.3g (limit %.0e)", worst, (double)got[worst], (double)want[worst], max_u, MAX_ULPS,
-                100 * frac, rel_l2, l2_limit);
-    return ok;
-}
-
-static int check(const char *name, struct pair p, enum kind kind) {
-    return compare(name, fetch(p, 0), fetch(p, 1), p.n, kind);
-}
-
+/* pair p's first n ints: the GPU's copy equal to the reference's */
 static int check_ints(const char *name, struct pair p, size_t n) {
     const int *got = fetch(p, 0), *want = fetch(p, 1);
-    for (size_t i = 0; i < n; i++)
-        if (got[i] != want[i]) {
-            test_result(0, name, "element %zu: got %d, want %d (n %zu)", i, got[i], want[i], n);
-            return 0;
-        }
-    test_result(1, name, "");
-    return 1;
+    return test_same_ints(name, got, want, n);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -316,9 +148,9 @@ static void route_case(const char *tag, const struct loom_moe_routing *r, int B,
     struct pair s = pair_poisoned((size_t)N * E), idx = pair_poisoned_int((size_t)N * K);
     struct pair w = pair_poisoned((size_t)N * K), cnt = pair_poisoned_int(E);
     for (side = 0; side < 2; side++) be[side]->exact->moe_route(S(s), SI(idx), S(w), SI(cnt), S(logits), S(bias), N, r);
-    check(nm("route%s.scores", tag), s, KIND_ROUTER);
+    check(nm("route%s.scores", tag), s, KIND_KEPT);
     int idx_ok = check_ints(nm("route%s.idx", tag), idx, (size_t)N * K);
-    check(nm("route%s.w", tag), w, KIND_ROUTER);
+    check(nm("route%s.w", tag), w, KIND_KEPT);
     check_ints(nm("route%s.counts", tag), cnt, E);
     if (!idx_ok) return;
 
@@ -341,7 +173,7 @@ static void route_case(const char *tag, const struct loom_moe_routing *r, int B,
         for (side = 0; side < 2; side++)
             be[side]->exact->moe_route_backward(S(dl), S(dw), SI(pos), S(sref), SI(idx), S(fref), bal ? 0.3f : 0.0f, n0,
                                                 n1, T, r);
-        check(nm("route_backward%s%s", tag, bal ? ".balance" : ""), dl, KIND_ROUTER);
+        check(nm("route_backward%s%s", tag, bal ? ".balance" : ""), dl, KIND_KEPT);
     }
 }
 
@@ -418,7 +250,7 @@ static void plan_case(const char *tag, int N, int K, int E, int only, int tile) 
     struct pair dsrc = pair_poisoned((size_t)cap * C), dscale = pair_poisoned(cap);
     ON_BOTH(moe_unpermute_backward, S(dsrc), S(dscale), S(dout), S(y), SI(rows_r), S(wperm_r), P, C);
     check(nm("unpermute_backward%s.tile%d.dsrc", tag, tile), dsrc, KIND_EXACT);
-    check(nm("unpermute_backward%s.tile%d.dscale", tag, tile), dscale, KIND_ROUTER);
+    check(nm("unpermute_backward%s.tile%d.dscale", tag, tile), dscale, KIND_KEPT);
     release_all();
 }
 
@@ -445,15 +277,15 @@ static void grouped_case(const char *tag, int G, const int *start, const int *co
 
     struct pair out = pair_poisoned((size_t)R * OC);
     ON_BOTH(grouped_matmul_forward, S(out), S(inp), S(wt), stride, start, count, G, C, OC);
-    check(nm("grouped%s.forward", tag), out, KIND_GEMM);
+    check(nm("grouped%s.forward", tag), out, KIND_OUT_GEMM);
 
     struct pair dx = pair_poisoned((size_t)R * C);
     ON_BOTH(grouped_matmul_backward_input, S(dx), S(dout), S(wt), stride, start, count, G, C, OC, 0);
-    check(nm("grouped%s.backward_input", tag), dx, KIND_GEMM);
+    check(nm("grouped%s.backward_input", tag), dx, KIND_OUT_GEMM);
     float *acc_h = rand_act((size_t)R * C, -1, 1);
     struct pair dx_acc = pair_of(acc_h, (size_t)R * C);
     ON_BOTH(grouped_matmul_backward_input, S(dx_acc), S(dout), S(wt), stride, start, count, G, C, OC, 1);
-    check(nm("grouped%s.backward_input.accumulate", tag), dx_acc, KIND_GEMM);
+    check(nm("grouped%s.backward_input.accumulate", tag), dx_acc, KIND_OUT_GEMM);
 
     float *init = poison_host(nw);
     for (int g = 0; g < G; g++) memcpy(init + g * stride, rand_f32(numel, -1, 1), sizeof(float) * numel);
@@ -462,7 +294,7 @@ static void grouped_case(const char *tag, int G, const int *start, const int *co
     float *got = fetch(dw, 0), *want = fetch(dw, 1);
     for (size_t i = 0; i < nw; i++)
         if (!isnan(init[i])) got[i] -= init[i], want[i] -= init[i];
-    compare(nm("grouped%s.backward_weight", tag), got, want, nw, KIND_GEMM);
+    compare(nm("grouped%s.backward_weight", tag), got, want, nw, KIND_OUT_GEMM);
     release_all();
 }
 
@@ -596,86 +428,20 @@ static void test_model(void) {
 }
 
 /* ---------------------------------------------------------------------------------------------- */
-/* one dtype per process; with no argument, one child process per dtype                            */
+/* every check, in one dtype (gpu_test_main runs one process per dtype)                             */
 
-static int run_dtype(const char *name) {
-    if (strcmp(name, "fp32") == 0) dt = LOOM_F32;
-    else if (strcmp(name, "bf16") == 0) dt = LOOM_BF16;
-    else if (strcmp(name, "fp16") == 0) dt = LOOM_F16;
-    else {
-        fprintf(stderr, "usage: test_moe_gpu [fp32|bf16|fp16]\n");
-        return 2;
-    }
-    dt_name = name;
-    verbose = getenv("LOOM_TEST_VERBOSE") && strcmp(getenv("LOOM_TEST_VERBOSE"), "0") != 0;
-    be[0] = loom_ops_cuda(0, dt);
-    if (!be[0]) {
-        test_result(0, nm("backend"), "loom_ops_cuda(0, %s) returned NULL (see its message on stderr)", name);
-        return test_exit();
-    }
-    be[1] = loom_ops_cpu_mixed(loom_ops_cpu(1), dt);
+static void run_checks(void) {
     test_result(be[0]->moe_tile > 1 && be[1]->moe_tile == 1, nm("moe_tile"), "cuda %d, cpu %d: want cuda > 1, cpu 1",
                 be[0]->moe_tile, be[1]->moe_tile);
     test_route();
     test_plan();
     test_grouped();
     test_model();
-    return test_exit();
-}
-
-/* Runs this program on one dtype, passing its output through; a child that fails without a FAIL line (a CHECK, a
- * crash) gets one here. The parent has touched CUDA, so the child execs at once. */
-static int run_child(const char *name) {
-    int fds[2];
-    CHECK(pipe(fds) == 0, "pipe: %s", strerror(errno));
-    fflush(stdout);
-    pid_t pid = fork();
-    CHECK(pid >= 0, "fork: %s", strerror(errno));
-    if (pid == 0) {
-        dup2(fds[1], STDOUT_FILENO);
-        close(fds[0]);
-        close(fds[1]);
-        execl("/proc/self/exe", "test_moe_gpu", name, (char *)NULL);
-        fprintf(stderr, "exec /proc/self/exe: %s\n", strerror(errno));
-        _exit(127);
-    }
-    close(fds[1]);
-    FILE *in = fdopen(fds[0], "r");
-    CHECK(in != NULL, "fdopen: %s", strerror(errno));
-    char *line = NULL;
-    size_t cap = 0;
-    int fails = 0;
-    while (getline(&line, &cap, in) > 0) {
-        fputs(line, stdout);
-        fflush(stdout);
-        fails += strncmp(line, "FAIL ", 5) == 0;
-    }
-    free(line);
-    fclose(in);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    int ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-    if (!ok && fails == 0) {
-        if (WIFSIGNALED(status))
-            printf("FAIL gpu.moe.%s: the test process was killed by signal %d (see stderr)\n", name, WTERMSIG(status));
-        else
-            printf("FAIL gpu.moe.%s: the test process exited with status %d without a FAIL line (a CHECK: see "
-                   "stderr)\n", name, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-    }
-    return ok ? 0 : 1;
 }
 
 int main(int argc, char **argv) {
-    if (argc == 2) return run_dtype(argv[1]);
-    if (loom_cuda_devices() == 0) {
-        printf("FAIL gpu.moe: no CUDA device is visible; make test-gpu must run on a GPU machine\n");
-        return 2;
-    }
-    int failed = 0;
-    failed |= run_child("fp32");
-    failed |= run_child("bf16");
-    failed |= run_child("fp16");
-    return failed;
+    static const struct gpu_test t = {.name = "moe", .seed = 0x6a09e667f3bcc909ull, .run = run_checks};
+    return gpu_test_main(argc, argv, &t);
 }
 
 #else /* !LOOM_CUDA */

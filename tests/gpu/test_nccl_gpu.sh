@@ -41,37 +41,21 @@ echo "# $gpus GPU(s) visible"
 # ---------------------------------------------------------------------------------------------------
 # data and configs
 
-make_prose "$tmp/web.txt" 20000
-run data prep --tokenizer bytes --source web --in "$tmp/web.txt" --out "$tmp/data" --frame-tokens 512
-if [ "$rc" -ne 0 ]; then
-    fail gpu/nccl/prep "$(tail -c 400 "$tmp/err")"
-    exit 1
-fi
+prep_text gpu/nccl || exit 1
 for model in tiny-mla tiny-moe; do
-    cat >"$tmp/$model.ini" <<EOF
-include = $PWD/configs/models/$model.ini
-
+    text_run_ini "$tmp/$model.ini" "$model" "$tmp/data" <<EOF
 [train]
 steps = 10
-seed = 5
 seq_len = 64
 micro_batch = 2
-global_batch = 4
 threads = 2
 device = cuda
 
 [schedule]
-kind = cosine
-lr = 3e-3
-min_lr = 3e-4
 warmup_tokens = 512
 
 [log]
 every = 1
-peak_tflops = 0.1
-
-[source.web]
-shards = $tmp/data
 EOF
 done
 

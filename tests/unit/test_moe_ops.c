@@ -87,16 +87,6 @@ static int same_floats(const char *name, const float *got, const float *want, si
     return 1;
 }
 
-static int same_ints(const char *name, const int *got, const int *want, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if (got[i] != want[i]) {
-            test_result(0, name, "element %zu: got %d, want %d (n %zu)", i, got[i], want[i], n);
-            return 0;
-        }
-    test_result(1, name, "");
-    return 1;
-}
-
 /* ---------------------------------------------------------------------------------------------- */
 /* route: a reimplementation by sorting                                                             */
 
@@ -162,9 +152,9 @@ static void route_case(const char *tag, const struct loom_moe_routing *r, int N,
     ops->moe_route(s, idx, w, cnt, logits, bias, N, r);
     ref_route(rs, ridx, rw, rcnt, logits, bias, N, r);
     same_floats(test_name("moe_ops.route%s.scores", tag), s, rs, (size_t)N * E);
-    same_ints(test_name("moe_ops.route%s.idx", tag), idx, ridx, (size_t)N * K);
+    test_same_ints(test_name("moe_ops.route%s.idx", tag), idx, ridx, (size_t)N * K);
     same_floats(test_name("moe_ops.route%s.w", tag), w, rw, (size_t)N * K);
-    same_ints(test_name("moe_ops.route%s.counts", tag), cnt, rcnt, (size_t)E);
+    test_same_ints(test_name("moe_ops.route%s.counts", tag), cnt, rcnt, (size_t)E);
 }
 
 static struct loom_moe_routing routing(int E, int K, int G, int TG, int softmax, int norm, float scaling) {
@@ -348,12 +338,12 @@ static void plan_case(const char *tag, const int *idx, const float *w, int a0, i
         while ((p - ro[e]) % tile) rr[p] = -1, rw[p] = 0, p++;
     }
     ro[E] = p;
-    same_ints(test_name("moe_ops.plan%s.tile%d.counts", tag, tile), counts, rc, (size_t)E);
-    same_ints(test_name("moe_ops.plan%s.tile%d.offs", tag, tile), offs, ro, (size_t)E + 1);
+    test_same_ints(test_name("moe_ops.plan%s.tile%d.counts", tag, tile), counts, rc, (size_t)E);
+    test_same_ints(test_name("moe_ops.plan%s.tile%d.offs", tag, tile), offs, ro, (size_t)E + 1);
     int P = offs[E] <= cap ? offs[E] : cap;
-    same_ints(test_name("moe_ops.plan%s.tile%d.rows", tag, tile), rows, rr, (size_t)P);
+    test_same_ints(test_name("moe_ops.plan%s.tile%d.rows", tag, tile), rows, rr, (size_t)P);
     same_floats(test_name("moe_ops.plan%s.tile%d.wperm", tag, tile), wperm, rw, (size_t)P);
-    same_ints(test_name("moe_ops.plan%s.tile%d.pos", tag, tile), pos, rp, (size_t)nk);
+    test_same_ints(test_name("moe_ops.plan%s.tile%d.pos", tag, tile), pos, rp, (size_t)nk);
     int aligned = 1;
     for (int e = 0; e <= E; e++) aligned &= offs[e] % tile == 0;
     test_result(aligned && offs[E] <= cap, test_name("moe_ops.plan%s.tile%d.block_starts", tag, tile),
