@@ -6,6 +6,8 @@
 #   make bench    CPU training throughput against the JAX reference (figures for bench/RESULTS.md)
 #   make test-gpu on a GPU machine: the CUDA backend against the CPU backend
 #   make bench-gpu on a GPU machine: loom against PyTorch on the same GPU
+#   make fuzz     libFuzzer targets (clang, ASan + UBSan) for every input loom reads, each run for
+#                 FUZZ_SECONDS (default 60); fails when one finds a crash
 #
 # `make`, `make test` and `make demo` first run scripts/install-deps.sh, a no-op when every Debian
 # package the project needs is present.
@@ -21,6 +23,8 @@ CFLAGS    += -std=c11 -D_GNU_SOURCE -fopenmp -Wall -Wextra -MMD -MP -I. -I$(BLAS
 LDLIBS    := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -L$(HDF5_DIR) -Wl,-rpath,$(HDF5_DIR) -lhdf5 \
              -linih -lzstd -lxxhash -lpcre2-8 -lcjson -lpthread -lm
 BUILD     := build
+# the fuzz build (below) links what the CPU build links
+FUZZ_LDLIBS := $(LDLIBS) $(shell mpicc --showme:link 2>/dev/null)
 # `make test SANITIZE=address,undefined`: everything built with those sanitizers, in its own build folder
 ifneq ($(SANITIZE),)
 CFLAGS    += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -53,7 +57,7 @@ TEST_EXTRA_OBJS := $(BUILD)/tests/ref/refdump.o
 GPU_TEST_EXTRA_OBJS := $(BUILD)/tests/gpu/gpu_check.o
 CLI_TESTS := $(sort $(wildcard tests/cli/test_*.sh))
 
-.PHONY: all deps test test-gpu demo bench bench-gpu clean FORCE
+.PHONY: all deps test test-gpu demo bench bench-gpu fuzz clean FORCE
 .SECONDARY: $(TEST_EXTRA_OBJS) $(GPU_TEST_EXTRA_OBJS)
 all: loom
 
@@ -95,11 +99,19 @@ $(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJS) $(TEST_EXTRA_OBJS) | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< $(LIB_OBJS) $(TEST_EXTRA_OBJS) $(LDLIBS) -o $@
 
-test: loom $(TEST_BINS)
+# the fuzz targets' entry points with a main() that feeds them files (tests/fuzz/replay.c): the seed corpora
+# and the regression inputs replayed by tests/cli/test_fuzz_regressions.sh, without libFuzzer
+FUZZ_NAMES   := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+REPLAY_BINS  := $(FUZZ_NAMES:%=$(BUILD)/tests/fuzz/replay_%)
+$(BUILD)/tests/fuzz/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c tests/fuzz/fuzz.c tests/fuzz/fuzz.h $(LIB_OBJS) | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(filter %.c,$^) $(LIB_OBJS) $(LDLIBS) -o $@
+
+test: loom $(TEST_BINS) $(REPLAY_BINS)
 ifeq ($(SANITIZE),)
 	@OMP_NUM_THREADS=2 tests/run.sh $(TEST_BINS) $(CLI_TESTS)
 else
-	@OMP_NUM_THREADS=2 tests/run.sh $(TEST_BINS)
+	@OMP_NUM_THREADS=2 FUZZ_REPLAY_DIR=$(BUILD)/tests/fuzz tests/run.sh $(TEST_BINS) tests/cli/test_fuzz_regressions.sh
 endif
 
 # On a GPU machine: every CUDA op against the CPU backend, whole training steps, the NCCL collectives against
@@ -133,7 +145,34 @@ bench: loom $(BUILD)/bench/bench_loader
 	@scripts/bench_ckpt.sh
 	@scripts/bench_precision.sh
 
-clean:
-	rm -rf $(BUILD) loom
+# `make fuzz`: every tests/fuzz/fuzz_NAME.c linked with libFuzzer, loom's sources built with clang, ASan and
+# UBSan (no CUDA) in build-fuzz/; scripts/fuzz.sh runs each on a scratch copy of its seed corpus
+# (tests/fuzz/corpus/NAME/) and regression inputs (tests/fuzz/regressions/NAME/) for FUZZ_SECONDS, keeps
+# what a crash leaves in build-fuzz/artifacts/ and fails when any target found one
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD   := build-fuzz
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS  := -O1 -g -std=c11 -D_GNU_SOURCE -fopenmp -Wall -Wextra -MMD -MP -I. -I$(BLAS_INC) -I$(HDF5_INC) \
+                $(shell mpicc --showme:compile 2>/dev/null) $(FUZZ_SAN)
+FUZZ_OBJS    := $(LIB_SRCS:%.c=$(FUZZ_BUILD)/%.o) $(FUZZ_BUILD)/tests/fuzz/fuzz.o
+FUZZ_BINS    := $(FUZZ_NAMES:%=$(FUZZ_BUILD)/fuzz_%)
+.SECONDARY: $(FUZZ_OBJS) $(FUZZ_NAMES:%=$(FUZZ_BUILD)/tests/fuzz/fuzz_%.o)
 
--include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+$(FUZZ_BUILD)/flags: FORCE
+	@mkdir -p $(FUZZ_BUILD)
+	@echo '$(FUZZ_CFLAGS) $(FUZZ_LDLIBS)' | cmp -s - $@ || echo '$(FUZZ_CFLAGS) $(FUZZ_LDLIBS)' >$@
+
+$(FUZZ_BUILD)/%.o: %.c $(FUZZ_BUILD)/flags | deps
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/tests/fuzz/fuzz_%.o $(FUZZ_OBJS)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $^ $(FUZZ_LDLIBS) -o $@
+
+fuzz: $(FUZZ_BINS)
+	@scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_NAMES)
+
+clean:
+	rm -rf $(BUILD) $(FUZZ_BUILD) loom
+
+-include $(shell find $(BUILD) $(FUZZ_BUILD) -name '*.d' 2>/dev/null)

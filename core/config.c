@@ -10,7 +10,8 @@
  *   - `;` or `#` after whitespace starts a comment, as does either at the start of a line;
  *   - section headers must be closed and name a known section (even a section with no keys);
  *   - other lines must be `key = value` (or `key: value`);
- *   - a line longer than libinih's line buffer is an error, not a silent split.
+ *   - a line longer than libinih's line buffer is an error, not a silent split;
+ *   - a NUL byte is an error (binary data, or a device like /dev/zero that would never end).
  * All errors are reported in line order and exit 2 through loom_input_error(). A string value is
  * refused when loom_config_write could not print it so that it reads back unchanged.
  */
@@ -21,6 +22,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
@@ -28,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include <ini.h>
 
@@ -365,8 +368,10 @@ static int string_check(const struct loom_key *k, const char *text, char *why, s
             snprintf(why, cap, "control characters (such as a newline) cannot be written to a config file");
             return -1;
         }
-        if ((text[i] == '#' || text[i] == ';') && i > 0 && isspace((unsigned char)text[i - 1])) {
-            snprintf(why, cap, "`%c` after whitespace starts a comment in a config file", text[i]);
+        if ((text[i] == '#' || text[i] == ';') && (i == 0 || isspace((unsigned char)text[i - 1]))) {
+            /* (at the start too: the writer puts a space after `=`) */
+            snprintf(why, cap, "`%c` %s starts a comment in a config file", text[i],
+                     i == 0 ? "at the start of a value" : "after whitespace");
             return -1;
         }
     }
@@ -529,13 +534,16 @@ void loom_config_set_arg(struct loom_config *cfg, const char *arg) {
 /* ---------------------------------------------------------------------------------------------- */
 /* files and includes                                                                               */
 
-/* One INI text being parsed: a file or a string, and the chain of files that included it. */
+/* One INI text being parsed: a file or a string, and the chain of files that included it. It lives on the
+ * stack and holds no heap memory, so an input error leaves nothing allocated but the open descriptor. */
 struct ini_source {
     struct loom_config *cfg;
     const char *name;                  /* shown in messages */
-    char *dir;                         /* prefix for relative includes: "" or ending in '/' */
-    char *real;                        /* canonical path for cycle detection; NULL for a string */
-    FILE *f;                           /* a file source, or ... */
+    char dir[PATH_MAX];                /* prefix for relative includes: "" or ending in '/' */
+    char real[PATH_MAX];               /* canonical path for cycle detection; "" for a string */
+    int fd;                            /* a file source, read through buf, or -1 and ... */
+    char buf[4096];
+    size_t buf_at, buf_len;            /* the unread bytes of buf */
     const char *text;                  /* ... the unread rest of a string source */
     int line;                          /* line last handed to libinih */
     int read_errno;                    /* nonzero when reading the file failed */
@@ -556,12 +564,32 @@ _Noreturn static void source_error(const struct ini_source *src, int line, const
     loom_input_error(where, hint, "%s", msg);
 }
 
-/* Fetch the next raw line (at most num - 1 characters) into str; 0 at the end. */
+/* Refills the buffer of a file source when it is empty; 0 at the end of the file or on a read error (then
+ * kept in read_errno). */
+static int source_fill(struct ini_source *src) {
+    if (src->buf_at < src->buf_len) return 1;
+    ssize_t n;
+    do n = read(src->fd, src->buf, sizeof src->buf);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) src->read_errno = errno ? errno : EIO;
+    src->buf_at = 0;
+    src->buf_len = n > 0 ? (size_t)n : 0;
+    return n > 0;
+}
+
+/* Fetch the next raw line (at most num - 1 characters) into str; 0 at the end. A NUL byte (a binary file,
+ * or a device such as /dev/zero that never ends) is an error: text after it would be lost unseen. */
 static int source_fetch(struct ini_source *src, char *str, int num) {
-    if (src->f) {
-        if (fgets(str, num, src->f)) return 1;
-        if (ferror(src->f)) src->read_errno = errno ? errno : EIO;
-        return 0;
+    if (src->fd >= 0) {
+        size_t n = 0;
+        while (n + 1 < (size_t)num && source_fill(src)) {
+            char c = src->buf[src->buf_at++];
+            if (c == '\0') source_error(src, src->line + 1, "a config file is text", "NUL byte (binary data)");
+            str[n++] = c;
+            if (c == '\n') break;
+        }
+        str[n] = '\0';
+        return n > 0;
     }
     if (*src->text == '\0') return 0;
     size_t n = 0;
@@ -575,11 +603,8 @@ static int source_fetch(struct ini_source *src, char *str, int num) {
 }
 
 static int source_at_end(struct ini_source *src) {
-    if (!src->f) return *src->text == '\0';
-    int c = getc(src->f);
-    if (c == EOF) return 1;
-    ungetc(c, src->f);
-    return 0;
+    if (src->fd < 0) return *src->text == '\0';
+    return !source_fill(src);
 }
 
 /* Normalise one line in place (see the top of the file) and check its shape. */
@@ -636,12 +661,11 @@ static void source_parse_file(struct loom_config *cfg, const char *path, const s
 static void source_include(struct ini_source *src, const char *value) {
     if (value[0] == '\0') source_error(src, src->line, NULL, "include: needs a file name");
     const char *prefix = value[0] == '/' ? "" : src->dir;
-    size_t n = strlen(prefix), m = strlen(value);
-    char *path = malloc_check(n + m + 1);
-    memcpy(path, prefix, n);
-    memcpy(path + n, value, m + 1);
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s%s", prefix, value) >= (int)sizeof path)
+        source_error(src, src->line, NULL, "include: the path %s%s is longer than %d characters", prefix, value,
+                     PATH_MAX - 1);
     source_parse_file(src->cfg, path, src);
-    free(path);
 }
 
 static int source_handle(void *user, const char *section, const char *name, const char *value) {
@@ -672,14 +696,15 @@ static void source_run(struct ini_source *src) {
 static void source_parse_file(struct loom_config *cfg, const char *path, const struct ini_source *parent) {
     char hint[HINT_MAX] = "";
     if (parent) str_append(hint, sizeof hint, "included from %s:%d", parent->name, parent->line);
-    FILE *f = fopen(path, "r");
-    if (!f) loom_input_error(path, hint, "cannot read config file (%s)", strerror(errno));
-    struct ini_source src = { .cfg = cfg, .name = path, .f = f, .parent = parent };
+    int fd;
+    do fd = open(path, O_RDONLY | O_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0) loom_input_error(path, hint, "cannot read config file (%s)", strerror(errno));
+    struct ini_source src = { .cfg = cfg, .name = path, .fd = fd, .parent = parent };
     src.depth = parent ? parent->depth + 1 : 0;
-    src.real = realpath(path, NULL);
-    if (!src.real) src.real = str_dup(path);
+    if (!realpath(path, src.real)) snprintf(src.real, sizeof src.real, "%s", path);
     for (const struct ini_source *p = parent; p; p = p->parent) {
-        if (!p->real || strcmp(p->real, src.real) != 0) continue;
+        if (!p->real[0] || strcmp(p->real, src.real) != 0) continue;
         const struct ini_source *chain[INCLUDE_DEPTH_MAX + 2];
         int n = 0;
         for (const struct ini_source *q = parent; q && n < INCLUDE_DEPTH_MAX + 2; q = q->parent) chain[n++] = q;
@@ -691,20 +716,16 @@ static void source_parse_file(struct loom_config *cfg, const char *path, const s
     if (src.depth > INCLUDE_DEPTH_MAX)
         source_error(parent, parent->line, NULL, "includes nested deeper than %d files", INCLUDE_DEPTH_MAX);
     const char *slash = strrchr(path, '/');
-    src.dir = str_dup_n(path, slash ? (size_t)(slash - path + 1) : 0);
+    snprintf(src.dir, sizeof src.dir, "%.*s", slash ? (int)(slash - path + 1) : 0, path);
     source_run(&src);
-    fclose(f);
-    free(src.dir);
-    free(src.real);
+    close(fd);
 }
 
 void loom_config_load(struct loom_config *cfg, const char *path) { source_parse_file(cfg, path, NULL); }
 
 void loom_config_load_string(struct loom_config *cfg, const char *text, const char *name) {
-    struct ini_source src = { .cfg = cfg, .name = name, .text = text };
-    src.dir = str_dup("");
+    struct ini_source src = { .cfg = cfg, .name = name, .fd = -1, .text = text };
     source_run(&src);
-    free(src.dir);
 }
 
 /* ---------------------------------------------------------------------------------------------- */

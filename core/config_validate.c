@@ -6,8 +6,8 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 #include <string.h>
 
 #include "core/error.h"
@@ -239,12 +239,22 @@ static void validate_parallel(const struct loom_config *cfg) {
                          (long long)per_rank, (long long)t->global_batch, (long long)p->dp, (long long)t->micro_batch);
 }
 
+/* dp x tp x pp, or -1 when the product does not fit (sizes not yet checked can be anything) */
+static int64_t layout_ranks(const struct loom_parallel_config *p) {
+    int64_t n;
+    if (__builtin_mul_overflow(p->dp, p->tp, &n) || __builtin_mul_overflow(n, p->pp, &n)) return -1;
+    return n;
+}
+
 void loom_config_validate(const struct loom_config *cfg, int world) {
     const struct loom_parallel_config *p = &cfg->parallel;
-    if (world > 0 && p->dp * p->tp * p->pp != world)
+    if (world > 0 && layout_ranks(p) != world) {
+        char ranks[32] = "more than 2^63";
+        if (layout_ranks(p) >= 0) snprintf(ranks, sizeof ranks, "%lld", (long long)layout_ranks(p));
         loom_input_error("parallel", "launch dp x tp x pp ranks, e.g. scripts/launch.sh -np N ./loom train ...",
-                         "dp(%lld)*tp(%lld)*pp(%lld) = %lld != world size %d", (long long)p->dp, (long long)p->tp,
-                         (long long)p->pp, (long long)(p->dp * p->tp * p->pp), world);
+                         "dp(%lld)*tp(%lld)*pp(%lld) = %s != world size %d", (long long)p->dp, (long long)p->tp,
+                         (long long)p->pp, ranks, world);
+    }
     validate_model(&cfg->model);
     validate_train(&cfg->train);
     validate_optim(&cfg->optim);
@@ -270,7 +280,7 @@ void loom_config_validate(const struct loom_config *cfg, int world) {
     require_nonneg("checkpoint.keep", cfg->checkpoint.keep);
     require_nonneg("checkpoint.release_every", cfg->checkpoint.release_every);
     require_nonneg("train.stop_after", cfg->train.stop_after);
-    if (cfg->log.dump_logits[0] && p->dp * p->tp * p->pp != 1)
+    if (cfg->log.dump_logits[0] && layout_ranks(p) != 1)
         loom_input_error("log.dump_logits", "run the study on one process", "needs dp = tp = pp = 1");
     require_positive("log.every", cfg->log.every);
     require_nonneg("eval.every", cfg->eval.every);

@@ -14,6 +14,8 @@
 static int g_rank = 0;
 static int g_world = 1;
 static int g_collective = 0;
+static const char *g_context = NULL;
+static jmp_buf *g_jump = NULL;
 
 void loom_error_set_rank(int rank, int world_size) {
     g_rank = rank;
@@ -21,6 +23,10 @@ void loom_error_set_rank(int rank, int world_size) {
 }
 
 void loom_error_set_collective(int collective) { g_collective = collective; }
+
+void loom_error_set_context(const char *context) { g_context = context; }
+
+void loom_error_set_jump(jmp_buf *env) { g_jump = env; }
 
 static int mpi_running(void) {
     int init = 0, fin = 0;
@@ -46,6 +52,10 @@ _Noreturn void loom_fatal(const char *file, int line, const char *stmt, const ch
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     fprintf(stderr, "[rank %d] %s:%d: %s: %s\n", g_rank, file, line, stmt, msg);
+    if (g_jump) {
+        fflush(stderr);
+        abort();
+    }
     exit_all(LOOM_EXIT_RUNTIME);
 }
 
@@ -57,11 +67,19 @@ _Noreturn void loom_input_error(const char *where, const char *hint, const char 
     va_end(ap);
     int print = !g_collective || g_rank == 0;
     if (print) {
-        if (where && where[0]) fprintf(stderr, "loom: error: %s: %s\n", where, msg);
-        else fprintf(stderr, "loom: error: %s\n", msg);
+        char at[8192] = "";
+        if (g_context) snprintf(at, sizeof at, "%s: ", g_context);
+        if (where && where[0]) snprintf(at + strlen(at), sizeof at - strlen(at), "%s: ", where);
+        fprintf(stderr, "loom: error: %s%s\n", at, msg);
         if (hint && hint[0]) fprintf(stderr, "hint: %s\n", hint);
     }
     fflush(stderr);
+    if (g_jump) {
+        jmp_buf *env = g_jump;
+        g_jump = NULL;
+        g_context = NULL;
+        longjmp(*env, LOOM_EXIT_INPUT);
+    }
     if (g_collective && mpi_running()) {
         /* every rank reached the same verdict: leave together, no abort banner */
         MPI_Finalize();

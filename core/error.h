@@ -10,6 +10,7 @@
 #ifndef LOOM_CORE_ERROR_H
 #define LOOM_CORE_ERROR_H
 
+#include <setjmp.h>
 #include <stdio.h>
 #include <stddef.h>
 
@@ -42,6 +43,16 @@ void loom_error_set_rank(int rank, int world_size);
  * cleanly. When clear (the default for rank-local checks such as data files), the failing rank
  * prints and aborts the others with status 2. */
 void loom_error_set_collective(int collective);
+/* Names the input being checked, for errors whose `where` alone would mislead: a checkpoint's stored config,
+ * validated like a config file, reports "loom: error: CONTEXT: model.num_heads: ...". NULL (the default)
+ * clears it; the string is not copied. */
+void loom_error_set_context(const char *context);
+/* A test hook for the fuzz targets (tests/fuzz/), which must return from bad input rather than exit. While
+ * env is set, loom_input_error prints its lines as usual, clears the hook and the context above, and
+ * longjmps to *env with value LOOM_EXIT_INPUT; loom_fatal prints its line and abort()s (so the fuzzer
+ * reports the broken invariant with a stack trace) instead of exiting through MPI. NULL, the default,
+ * restores normal exits. What the abandoned call had allocated or opened may stay so: the caller cleans up. */
+void loom_error_set_jump(jmp_buf *env);
 
 /* A test hook: LOOM_TEST_DIE=POINT:STEP:RANK[:signal|exit|input] makes world rank RANK die at POINT of
  * training step STEP (1-based, the first time it gets there): raise SIGKILL (signal, the default), fail

@@ -12,6 +12,7 @@
 #include "data/bpe.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
@@ -162,7 +163,7 @@ int64_t *loom_bpe_strmap_get(struct loom_bpe_strmap *m, const char *key, size_t 
         while (m->keys_len + len > m->keys_cap) m->keys_cap = m->keys_cap ? 2 * m->keys_cap : 16384;
         m->keys = bpe_realloc(m->keys, m->keys_cap, 1);
     }
-    memcpy(m->keys + m->keys_len, key, len);
+    if (len) memcpy(m->keys + m->keys_len, key, len);
     m->entries[m->n] = (struct strmap_entry){.hash = h, .key_off = m->keys_len, .key_len = len, .value = 0};
     m->keys_len += len;
     m->slots[s] = (uint32_t)(++m->n);
@@ -265,7 +266,7 @@ int32_t loom_bpe_add_token(struct loom_bpe *b, const char *bytes, size_t len, in
         while (at + len > b->cap_bytes) b->cap_bytes = b->cap_bytes ? 2 * b->cap_bytes : 65536;
         b->bytes = bpe_realloc(b->bytes, b->cap_bytes, 1);
     }
-    memcpy(b->bytes + at, bytes, len);
+    if (len) memcpy(b->bytes + at, bytes, len); /* a file may hold an empty token: no buffer yet */
     int32_t id = (int32_t)b->n_tokens++;
     b->offset[id + 1] = at + len;
     b->special[id] = special ? 1 : 0;
@@ -310,16 +311,21 @@ static const struct bpe_pair *bpe_pair_find(const struct loom_bpe_index *ix, int
     }
 }
 
-void loom_bpe_build(struct loom_bpe *b, const char *where) {
+int loom_bpe_try_build(struct loom_bpe *b, const char *where, char *why, size_t cap, const char **hint) {
     CHECK(b->index == NULL, "tokenizer built twice");
-    struct loom_bpe_index *ix = calloc_check(1, sizeof *ix);
+    *hint = NULL;
+    int32_t byte_id[256];
     for (int c = 0; c < 256; c++) {
         char byte = (char)c;
-        ix->byte_id[c] = loom_bpe_find(b, &byte, 1);
-        if (ix->byte_id[c] < 0)
-            loom_input_error(where, "byte-level BPE needs a token for each of the 256 bytes",
-                             "byte 0x%02x has no token", c);
+        byte_id[c] = loom_bpe_find(b, &byte, 1);
+        if (byte_id[c] < 0) {
+            *hint = "byte-level BPE needs a token for each of the 256 bytes";
+            snprintf(why, cap, "byte 0x%02x has no token", c);
+            return -1;
+        }
     }
+    struct loom_bpe_index *ix = calloc_check(1, sizeof *ix);
+    memcpy(ix->byte_id, byte_id, sizeof byte_id);
     uint64_t slots = 1024;
     while (slots < 2 * (uint64_t)b->n_merges) slots *= 2;
     ix->pair_mask = slots - 1;
@@ -334,21 +340,37 @@ void loom_bpe_build(struct loom_bpe *b, const char *where) {
         uint64_t rl = b->offset[m->right + 1] - b->offset[m->right];
         uint64_t ol = b->offset[m->result + 1] - b->offset[m->result];
         if (ol != ll + rl || memcmp(b->bytes + b->offset[m->result], b->bytes + b->offset[m->left], ll) != 0 ||
-            memcmp(b->bytes + b->offset[m->result] + ll, b->bytes + b->offset[m->right], rl) != 0)
-            loom_input_error(where, NULL, "merge %u (tokens %d and %d) does not make token %d", r, m->left, m->right,
-                             m->result);
+            memcmp(b->bytes + b->offset[m->result] + ll, b->bytes + b->offset[m->right], rl) != 0) {
+            snprintf(why, cap, "merge %u (tokens %d and %d) does not make token %d", r, m->left, m->right, m->result);
+            free(ix->pairs);
+            free(ix);
+            return -1;
+        }
         /* a pair listed twice takes its last rank, as `tokenizers` does */
         uint64_t key = bpe_pair_key(m->left, m->right);
         uint64_t s = bpe_pair_slot(key, ix->pair_mask);
         while (ix->pairs[s].key != BPE_PAIR_EMPTY && ix->pairs[s].key != key) s = (s + 1) & ix->pair_mask;
         ix->pairs[s] = (struct bpe_pair){.key = key, .rank = r, .result = m->result};
     }
+    ix->pretok = loom_pretok_compile(b->regex, where, why, cap);
+    if (!ix->pretok) {
+        *hint = "the pre-tokenizer regex must compile with PCRE2 (UTF mode)";
+        free(ix->pairs);
+        free(ix);
+        return -1;
+    }
     ix->specials = calloc_check(b->n_tokens, sizeof *ix->specials);
     for (uint32_t id = 0; id < b->n_tokens; id++)
         if (b->special[id]) ix->specials[ix->n_specials++] = (int32_t)id;
-    ix->pretok = loom_pretok_init(b->regex, where);
     CHECK(pthread_mutex_init(&ix->lock, NULL) == 0, "pthread_mutex_init failed");
     b->index = ix;
+    return 0;
+}
+
+void loom_bpe_build(struct loom_bpe *b, const char *where) {
+    char why[512];
+    const char *hint;
+    if (loom_bpe_try_build(b, where, why, sizeof why, &hint) != 0) loom_input_error(where, hint, "%s", why);
 }
 
 /* ---------------------------------------------------------------------------------------------- */

@@ -62,8 +62,11 @@ void loom_bpe_add_merge(struct loom_bpe *b, int32_t left, int32_t right, int32_t
 
 /* Makes the lookup tables and compiles the regex. Problems of the definition (a byte without its
  * token, a merge whose result is not left+right, a regex that does not compile) are input errors
- * naming `where`. */
+ * naming `where` (which also names the regex in errors while encoding). */
 void loom_bpe_build(struct loom_bpe *b, const char *where);
+/* The same, but a problem returns -1 with it in why and what to do in *hint (or NULL), b unchanged; 0 when
+ * built. */
+int loom_bpe_try_build(struct loom_bpe *b, const char *where, char *why, size_t cap, const char **hint);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* using a built tokenizer                                                                          */

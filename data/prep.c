@@ -453,16 +453,22 @@ struct prep_jsonl {
     char *line;                /* [cap] getline's buffer; the current line, NUL-terminated */
     size_t cap, len;
     long long lineno;          /* 1-based number of the current line */
+    cJSON *root;               /* the record being checked */
 };
 
+static void prep_jsonl_close(struct prep_jsonl *j);
+
+/* The input error for the current line; the file and the record are released first (so that a caller that
+ * survives the error, the fuzz targets of tests/fuzz/, is left with nothing open). */
 _Noreturn __attribute__((format(printf, 3, 4)))
-static void prep_jsonl_bad(const struct prep_jsonl *j, const char *hint, const char *fmt, ...) {
+static void prep_jsonl_bad(struct prep_jsonl *j, const char *hint, const char *fmt, ...) {
     char where[4096], msg[768];
     snprintf(where, sizeof where, "%s:%lld", j->path, j->lineno);
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    prep_jsonl_close(j);
     loom_input_error(where, hint, "%s", msg);
 }
 
@@ -476,6 +482,10 @@ static void prep_jsonl_open(struct prep_jsonl *j, const char *path) {
 static void prep_jsonl_close(struct prep_jsonl *j) {
     fclose(j->f);
     free(j->line);
+    cJSON_Delete(j->root);
+    j->f = NULL;
+    j->line = NULL;
+    j->root = NULL;
 }
 
 /* Read the next line that is not blank into j->line; adds every byte read to *bytes. Returns 0 at the
@@ -495,10 +505,10 @@ static int prep_jsonl_next(struct prep_jsonl *j, uint64_t *bytes) {
     }
 }
 
-/* Parse the current line as a record and check it. Returns the parsed JSON (the caller deletes it) with
+/* Parse the current line as a record and check it. Returns the parsed JSON (then the caller's to delete) with
  * *text set for a text record, or *segments set (to a non-empty array of valid segments) for a
  * trajectory. */
-static cJSON *prep_jsonl_record(const struct prep_jsonl *j, const cJSON **text, const cJSON **segments) {
+static cJSON *prep_jsonl_record(struct prep_jsonl *j, const cJSON **text, const cJSON **segments) {
     if (strlen(j->line) != j->len) prep_jsonl_bad(j, PREP_JSONL_HINT, "the line holds a NUL byte");
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithOpts(j->line, &end, 1);
@@ -506,6 +516,7 @@ static cJSON *prep_jsonl_record(const struct prep_jsonl *j, const cJSON **text, 
         long long col = end && end >= j->line ? (long long)(end - j->line) + 1 : 1;
         prep_jsonl_bad(j, PREP_JSONL_HINT, "not valid JSON (at column %lld)", col);
     }
+    j->root = root;
     if (!cJSON_IsObject(root)) prep_jsonl_bad(j, PREP_JSONL_HINT, "a record must be a JSON object");
     *text = cJSON_GetObjectItemCaseSensitive(root, "text");
     *segments = cJSON_GetObjectItemCaseSensitive(root, "segments");
@@ -513,6 +524,7 @@ static cJSON *prep_jsonl_record(const struct prep_jsonl *j, const cJSON **text, 
     if (!*text && !*segments) prep_jsonl_bad(j, PREP_JSONL_HINT, "the record has neither `text` nor `segments`");
     if (*text) {
         if (!cJSON_IsString(*text)) prep_jsonl_bad(j, PREP_JSONL_HINT, "`text` is not a string");
+        j->root = NULL;
         return root;
     }
     if (!cJSON_IsArray(*segments)) prep_jsonl_bad(j, PREP_JSONL_HINT, "`segments` is not an array");
@@ -534,6 +546,7 @@ static cJSON *prep_jsonl_record(const struct prep_jsonl *j, const cJSON **text, 
             prep_jsonl_bad(j, PREP_JSONL_HINT, "segment %d: `text` is %s", k, seg_text ? "not a string" : "missing");
         k++;
     }
+    j->root = NULL;
     return root;
 }
 
@@ -573,7 +586,8 @@ static void prep_trajectory(struct prep_run *r, const cJSON *segments) {
             CHECK(r->mask != NULL, "out of memory growing a loss mask to %zu tokens", r->mask_cap);
         }
         last_assistant = strcmp(role, PREP_ROLE_NAMES[PREP_ROLE_ASSISTANT]) == 0;
-        memset(r->mask + before, last_assistant, r->ids.n - before);
+        /* (an empty text adds no token, and before the first token there is no mask buffer yet) */
+        if (r->ids.n > before) memset(r->mask + before, last_assistant, r->ids.n - before);
     }
     prep_emit(r, r->ids.ids, r->mask, r->ids.n);
     prep_end_document(r, last_assistant);

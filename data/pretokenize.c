@@ -6,6 +6,7 @@
 #include "data/pretokenize.h"
 
 #include <pcre2.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -52,13 +53,14 @@ const char LOOM_PRETOKENIZE_REGEX[] =
 
 struct loom_pretok {
     pcre2_code *code;
+    char *where;
 };
 
 struct loom_pretok_match {
     pcre2_match_data *md;
 };
 
-struct loom_pretok *loom_pretok_init(const char *regex, const char *where) {
+struct loom_pretok *loom_pretok_compile(const char *regex, const char *where, char *why, size_t cap) {
     int err = 0;
     PCRE2_SIZE err_at = 0;
     uint32_t options = PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF;
@@ -66,19 +68,30 @@ struct loom_pretok *loom_pretok_init(const char *regex, const char *where) {
     if (!code) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(err, msg, sizeof msg);
-        loom_input_error(where, "the pre-tokenizer regex must compile with PCRE2 (UTF mode)",
-                         "bad pre-tokenizer regex at offset %zu: %s", (size_t)err_at, (const char *)msg);
+        snprintf(why, cap, "bad pre-tokenizer regex at offset %zu: %s", (size_t)err_at, (const char *)msg);
+        return NULL;
     }
     /* without JIT (a platform PCRE2 lacks it for) matching is slower but the same */
     pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);
     struct loom_pretok *p = calloc_check(1, sizeof *p);
     p->code = code;
+    size_t n = strlen(where);
+    p->where = malloc_check(n + 1);
+    memcpy(p->where, where, n + 1);
+    return p;
+}
+
+struct loom_pretok *loom_pretok_init(const char *regex, const char *where) {
+    char why[512];
+    struct loom_pretok *p = loom_pretok_compile(regex, where, why, sizeof why);
+    if (!p) loom_input_error(where, "the pre-tokenizer regex must compile with PCRE2 (UTF mode)", "%s", why);
     return p;
 }
 
 void loom_pretok_free(struct loom_pretok *p) {
     if (!p) return;
     pcre2_code_free(p->code);
+    free(p->where);
     free(p);
 }
 
@@ -99,6 +112,13 @@ size_t loom_pretok_next(const struct loom_pretok *p, struct loom_pretok_match *m
                         size_t pos) {
     int rc = pcre2_match(p->code, (PCRE2_SPTR)text, len, pos, 0, m->md, NULL);
     if (rc == PCRE2_ERROR_NOMATCH) return len;
+    if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT || rc == PCRE2_ERROR_HEAPLIMIT ||
+        rc == PCRE2_ERROR_JIT_STACKLIMIT) {
+        PCRE2_UCHAR msg[256];
+        pcre2_get_error_message(rc, msg, sizeof msg);
+        loom_input_error(p->where, "simplify the pre-tokenizer regex (nested repeats can backtrack without end)",
+                         "the pre-tokenizer regex fails on the text at byte %zu: %s", pos, (const char *)msg);
+    }
     CHECK(rc > 0, "PCRE2 match failed with code %d at byte %zu", rc, pos);
     PCRE2_SIZE *ov = pcre2_get_ovector_pointer(m->md);
     /* an empty match would never advance: take one byte */

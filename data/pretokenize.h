@@ -29,7 +29,10 @@ extern const char LOOM_PRETOKENIZE_REGEX[];
 struct loom_pretok;        /* a compiled regex; read-only once made, shared by threads */
 struct loom_pretok_match;  /* per-thread match state */
 
-/* Compiles regex (UTF-8). A regex PCRE2 cannot compile is an input error naming `where`. */
+/* Compiles regex (UTF-8); `where` (copied) names it in later errors. NULL when PCRE2 cannot compile it, with
+ * the reason in why. */
+struct loom_pretok *loom_pretok_compile(const char *regex, const char *where, char *why, size_t cap);
+/* The same; a regex PCRE2 cannot compile is an input error naming `where`. */
 struct loom_pretok *loom_pretok_init(const char *regex, const char *where);
 void loom_pretok_free(struct loom_pretok *p);
 
@@ -37,7 +40,9 @@ struct loom_pretok_match *loom_pretok_match_init(const struct loom_pretok *p);
 void loom_pretok_match_free(struct loom_pretok_match *m);
 
 /* The end of the piece of text[0..len) that starts at pos (< len): the end of the match found at
- * pos, or where the next match starts (the stretch of invalid UTF-8 before it), or len. */
+ * pos, or where the next match starts (the stretch of invalid UTF-8 before it), or len. A regex that PCRE2
+ * gives up on (its backtracking or memory limit: a pattern of nested repeats, from a tokenizer file) is an
+ * input error naming the `where` of the regex. */
 size_t loom_pretok_next(const struct loom_pretok *p, struct loom_pretok_match *m, const char *text, size_t len,
                         size_t pos);
 

@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -393,14 +394,28 @@ struct loom_shard {
 static const char *const SHARD_HINT_DAMAGED =
     "the file is damaged or incomplete; make it again with `loom data prep`";
 
+static void shard_free(struct loom_shard *s) {
+    if (s->map) munmap((void *)s->map, s->size);
+    ZSTD_freeDCtx(s->dctx);
+    free(s->raw);
+    free(s->cache);
+    free(s->mask_cache);
+    free(s->path);
+    free(s);
+}
+
+/* The input error for a shard that failed validation; the reader is freed first, so a caller that survives
+ * the error (the fuzz targets, tests/fuzz/) is left with nothing allocated or mapped. */
 _Noreturn __attribute__((format(printf, 3, 4)))
-static void shard_bad(const struct loom_shard *s, const char *hint, const char *fmt, ...) {
-    char msg[768];
+static void shard_bad(struct loom_shard *s, const char *hint, const char *fmt, ...) {
+    char msg[768], where[PATH_MAX];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    loom_input_error(s->path, hint, "%s", msg);
+    snprintf(where, sizeof where, "%s", s->path);
+    shard_free(s);
+    loom_input_error(where, hint, "%s", msg);
 }
 
 static int64_t frame_ntokens(const struct loom_shard *s, int64_t f) {
@@ -580,18 +595,20 @@ static void shard_validate_docs(struct loom_shard *s) {
 }
 
 struct loom_shard *loom_shard_open(const char *path) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) loom_input_error(path, NULL, "cannot open shard: %s", strerror(errno));
+    struct stat st;
+    CHECK(fstat(fd, &st) == 0, "fstat %s: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        loom_input_error(path, NULL, "not a regular file");
+    }
     struct loom_shard *s = calloc_check(1, sizeof *s);
     size_t len = strlen(path);
     s->path = malloc_check(len + 1);
     memcpy(s->path, path, len + 1);
     s->cache_frame = -1;
     s->mask_cache_frame = -1;
-
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) loom_input_error(path, NULL, "cannot open shard: %s", strerror(errno));
-    struct stat st;
-    CHECK(fstat(fd, &st) == 0, "fstat %s: %s", path, strerror(errno));
-    if (!S_ISREG(st.st_mode)) loom_input_error(path, NULL, "not a regular file");
     s->size = (size_t)st.st_size;
     if (s->size >= LOOM_SHARD_HEADER_BYTES + LOOM_SHARD_FOOTER_BYTES) {
         void *map = mmap(NULL, s->size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -601,10 +618,11 @@ struct loom_shard *loom_shard_open(const char *path) {
     close(fd);
 
     shard_validate_layout(s);
-    size_t raw_bytes = (size_t)s->h.frame_tokens * s->h.token_bytes;
-    s->raw = malloc_check(raw_bytes);
-    s->cache = malloc_check((size_t)s->h.frame_tokens * sizeof *s->cache);
-    if (s->has_mask) s->mask_cache = malloc_check(s->h.frame_tokens);
+    /* the longest frame: frame_tokens, or all the tokens of a shard that has fewer */
+    size_t frame_max = s->h.token_count < s->h.frame_tokens ? (size_t)s->h.token_count : s->h.frame_tokens;
+    s->raw = malloc_check(frame_max * s->h.token_bytes);
+    s->cache = malloc_check(frame_max * sizeof *s->cache);
+    if (s->has_mask) s->mask_cache = malloc_check(frame_max);
     s->dctx = ZSTD_createDCtx();
     CHECK(s->dctx != NULL, "ZSTD_createDCtx failed");
     shard_validate_frames(s);
@@ -692,12 +710,4 @@ int64_t loom_shard_doc_start(const struct loom_shard *s, int64_t doc) {
     return (int64_t)get_u64(s->doc_index + 8 * doc);
 }
 
-void loom_shard_close(struct loom_shard *s) {
-    if (s->map) munmap((void *)s->map, s->size);
-    ZSTD_freeDCtx(s->dctx);
-    free(s->raw);
-    free(s->cache);
-    free(s->mask_cache);
-    free(s->path);
-    free(s);
-}
+void loom_shard_close(struct loom_shard *s) { shard_free(s); }

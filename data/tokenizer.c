@@ -31,13 +31,10 @@ void loom_ids_free(struct loom_ids *v) {
 }
 
 struct loom_tokenizer *loom_tokenizer_load(const char *name_or_path) {
+    struct loom_bpe *bpe = strcmp(name_or_path, "bytes") == 0 ? NULL : loom_bpe_load_json(name_or_path);
     struct loom_tokenizer *t = calloc_check(1, sizeof *t);
-    if (strcmp(name_or_path, "bytes") == 0) {
-        t->hash = loom_bytetok_hash();
-    } else {
-        t->bpe = loom_bpe_load_json(name_or_path);
-        t->hash = loom_bpe_hash(t->bpe);
-    }
+    t->bpe = bpe;
+    t->hash = bpe ? loom_bpe_hash(bpe) : loom_bytetok_hash();
     return t;
 }
 

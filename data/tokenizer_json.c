@@ -19,6 +19,8 @@
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -46,9 +48,43 @@ static const char *json_type(const cJSON *obj) {
     return cJSON_IsString(t) ? t->valuestring : "";
 }
 
+/* One file being loaded: everything allocated so far, freed before an input error, so that a caller that
+ * survives the error (the fuzz targets, tests/fuzz/) is left with nothing allocated. */
+struct json_load {
+    const char *path;
+    char *text;                  /* the file */
+    cJSON *root;
+    struct json_token *tokens;   /* [max_id + 1] */
+    struct loom_bpe *b;
+    char *scratch, *pair;        /* buffers of the token and merge readers */
+    size_t scratch_cap, pair_cap;
+};
+
+static void json_load_free(struct json_load *l) {
+    free(l->text);
+    cJSON_Delete(l->root);
+    free(l->tokens);
+    loom_bpe_free(l->b);
+    free(l->scratch);
+    free(l->pair);
+    memset(l, 0, sizeof *l);
+}
+
+_Noreturn __attribute__((format(printf, 3, 4)))
+static void json_bad(struct json_load *l, const char *hint, const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    const char *path = l->path;
+    json_load_free(l);
+    loom_input_error(path, hint ? hint : JSON_HINT, "%s", msg);
+}
+
 /* The regex of the one pre-tokenizer form loom reads. */
-static const char *json_pre_tokenizer_regex(const cJSON *root, const char *path) {
-    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer");
+static const char *json_pre_tokenizer_regex(struct json_load *l) {
+    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(l->root, "pre_tokenizer");
     const cJSON *seq = cJSON_GetObjectItemCaseSensitive(pt, "pretokenizers");
     const cJSON *split = cJSON_GetArrayItem(seq, 0), *bl = cJSON_GetArrayItem(seq, 1);
     const cJSON *pattern = cJSON_GetObjectItemCaseSensitive(split, "pattern");
@@ -60,23 +96,23 @@ static const char *json_pre_tokenizer_regex(const cJSON *root, const char *path)
              strcmp(json_type(bl), "ByteLevel") == 0 && json_false_or_absent(bl, "add_prefix_space") &&
              json_false_or_absent(bl, "use_regex");
     if (!ok)
-        loom_input_error(path, JSON_HINT,
-                         "unsupported pre_tokenizer: loom reads a Sequence of Split (Regex, Isolated) and ByteLevel "
-                         "(add_prefix_space and use_regex false)");
+        json_bad(l, NULL,
+                 "unsupported pre_tokenizer: loom reads a Sequence of Split (Regex, Isolated) and ByteLevel "
+                 "(add_prefix_space and use_regex false)");
     return regex->valuestring;
 }
 
-static void json_check_model_options(const cJSON *model, const char *path) {
+static void json_check_model_options(struct json_load *l, const cJSON *model) {
     static const char *const nulls[] = {"dropout", "continuing_subword_prefix", "end_of_word_suffix"};
     for (size_t i = 0; i < sizeof nulls / sizeof *nulls; i++) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(model, nulls[i]);
         if (!json_null_or_absent(model, nulls[i]) && !(cJSON_IsString(v) && v->valuestring[0] == '\0'))
-            loom_input_error(path, JSON_HINT, "BPE option model.%s is not supported", nulls[i]);
+            json_bad(l, NULL, "BPE option model.%s is not supported", nulls[i]);
     }
     static const char *const falses[] = {"byte_fallback", "ignore_merges"};
     for (size_t i = 0; i < sizeof falses / sizeof *falses; i++)
         if (!json_false_or_absent(model, falses[i]))
-            loom_input_error(path, JSON_HINT, "BPE option model.%s is not supported", falses[i]);
+            json_bad(l, NULL, "BPE option model.%s is not supported", falses[i]);
 }
 
 /* What the file says of one id. */
@@ -93,32 +129,6 @@ static int json_id(const cJSON *v, int64_t *id) {
     return 0;
 }
 
-/* Token i of the file into b: ids come in order, so the new token gets id i. */
-static void json_add_token(struct loom_bpe *b, const struct json_token *t, int64_t i, char *scratch, const char *path) {
-    if (!t->vocab) {
-        loom_bpe_add_token(b, t->added, strlen(t->added), 1);
-        return;
-    }
-    long n = loom_bpe_unspell(t->vocab, scratch);
-    if (n < 0)
-        loom_input_error(path, JSON_HINT, "token '%s' (id %lld) is not spelled in the byte-level alphabet", t->vocab,
-                         (long long)i);
-    int32_t other = loom_bpe_find(b, scratch, (size_t)n);
-    if (other >= 0)
-        loom_input_error(path, JSON_HINT, "token '%s' has two ids, %d and %lld", t->vocab, other, (long long)i);
-    loom_bpe_add_token(b, scratch, (size_t)n, 0);
-    if (t->added) loom_bpe_set_special(b, (int32_t)i);
-}
-
-/* The id of a merge's left or right part. */
-static int32_t json_merge_part(const struct loom_bpe *b, const char *spelling, char *scratch, size_t rank,
-                               const char *path) {
-    long n = loom_bpe_unspell(spelling, scratch);
-    int32_t id = n < 0 ? -1 : loom_bpe_find(b, scratch, (size_t)n);
-    if (id < 0) loom_input_error(path, JSON_HINT, "merge %zu: '%s' is not in the vocabulary", rank, spelling);
-    return id;
-}
-
 static void json_reserve(char **buf, size_t *cap, size_t need) {
     if (need <= *cap) return;
     *cap = 2 * need;
@@ -126,41 +136,62 @@ static void json_reserve(char **buf, size_t *cap, size_t need) {
     CHECK(*buf != NULL, "out of memory growing a buffer to %zu bytes", *cap);
 }
 
-static void json_add_merges(struct loom_bpe *b, const cJSON *merges, const char *path) {
-    size_t rank = 0, pair_cap = 0, scratch_cap = 0;
-    char *pair = NULL, *scratch = NULL;
+/* Token i of the file into l->b: ids come in order, so the new token gets id i. */
+static void json_add_token(struct json_load *l, const struct json_token *t, int64_t i) {
+    struct loom_bpe *b = l->b;
+    if (!t->vocab) {
+        loom_bpe_add_token(b, t->added, strlen(t->added), 1);
+        return;
+    }
+    json_reserve(&l->scratch, &l->scratch_cap, strlen(t->vocab) + 1);
+    long n = loom_bpe_unspell(t->vocab, l->scratch);
+    if (n < 0)
+        json_bad(l, NULL, "token '%s' (id %lld) is not spelled in the byte-level alphabet", t->vocab, (long long)i);
+    int32_t other = loom_bpe_find(b, l->scratch, (size_t)n);
+    if (other >= 0) json_bad(l, NULL, "token '%s' has two ids, %d and %lld", t->vocab, other, (long long)i);
+    loom_bpe_add_token(b, l->scratch, (size_t)n, 0);
+    if (t->added) loom_bpe_set_special(b, (int32_t)i);
+}
+
+/* The id of a merge's left or right part. */
+static int32_t json_merge_part(struct json_load *l, const char *spelling, size_t rank) {
+    long n = loom_bpe_unspell(spelling, l->scratch);
+    int32_t id = n < 0 ? -1 : loom_bpe_find(l->b, l->scratch, (size_t)n);
+    if (id < 0) json_bad(l, NULL, "merge %zu: '%s' is not in the vocabulary", rank, spelling);
+    return id;
+}
+
+static void json_add_merges(struct json_load *l, const cJSON *merges) {
+    struct loom_bpe *b = l->b;
+    size_t rank = 0;
     for (const cJSON *m = merges->child; m; m = m->next, rank++) {
         const char *left, *right;
         if (cJSON_IsString(m)) {
             const char *space = strchr(m->valuestring, ' ');
             if (!space || strchr(space + 1, ' '))
-                loom_input_error(path, JSON_HINT, "merge %zu: '%s' is not two tokens separated by one space", rank,
-                                 m->valuestring);
-            json_reserve(&pair, &pair_cap, strlen(m->valuestring) + 1);
-            strcpy(pair, m->valuestring);
-            pair[space - m->valuestring] = '\0';
-            left = pair;
-            right = pair + (space - m->valuestring) + 1;
+                json_bad(l, NULL, "merge %zu: '%s' is not two tokens separated by one space", rank, m->valuestring);
+            json_reserve(&l->pair, &l->pair_cap, strlen(m->valuestring) + 1);
+            strcpy(l->pair, m->valuestring);
+            l->pair[space - m->valuestring] = '\0';
+            left = l->pair;
+            right = l->pair + (space - m->valuestring) + 1;
         } else if (cJSON_IsArray(m) && cJSON_GetArraySize(m) == 2 && cJSON_IsString(m->child) &&
                    cJSON_IsString(m->child->next)) {
             left = m->child->valuestring;
             right = m->child->next->valuestring;
         } else {
-            loom_input_error(path, JSON_HINT, "merge %zu is neither \"left right\" nor [\"left\", \"right\"]", rank);
+            json_bad(l, NULL, "merge %zu is neither \"left right\" nor [\"left\", \"right\"]", rank);
         }
-        json_reserve(&scratch, &scratch_cap, strlen(left) + strlen(right) + 1);
-        int32_t l = json_merge_part(b, left, scratch, rank, path);
-        int32_t r = json_merge_part(b, right, scratch, rank, path);
-        uint64_t ll = b->offset[l + 1] - b->offset[l], rl = b->offset[r + 1] - b->offset[r];
-        memcpy(scratch, b->bytes + b->offset[l], ll);
-        memcpy(scratch + ll, b->bytes + b->offset[r], rl);
-        int32_t result = loom_bpe_find(b, scratch, ll + rl);
-        if (result < 0)
-            loom_input_error(path, JSON_HINT, "merge %zu: '%s%s' is not in the vocabulary", rank, left, right);
-        loom_bpe_add_merge(b, l, r, result);
+        json_reserve(&l->scratch, &l->scratch_cap, strlen(left) + strlen(right) + 1);
+        int32_t lid = json_merge_part(l, left, rank);
+        int32_t rid = json_merge_part(l, right, rank);
+        uint64_t ll = b->offset[lid + 1] - b->offset[lid], rl = b->offset[rid + 1] - b->offset[rid];
+        memcpy(l->scratch, b->bytes + b->offset[lid], ll);
+        memcpy(l->scratch + ll, b->bytes + b->offset[rid], rl);
+        int32_t result = loom_bpe_find(b, l->scratch, ll + rl);
+        if (result < 0) json_bad(l, NULL, "merge %zu: '%s%s' is not in the vocabulary", rank, left, right);
+        loom_bpe_add_merge(b, lid, rid, result);
     }
-    free(scratch);
-    free(pair);
 }
 
 struct loom_bpe *loom_bpe_load_json(const char *path) {
@@ -169,48 +200,45 @@ struct loom_bpe *loom_bpe_load_json(const char *path) {
     if (!S_ISREG(st.st_mode)) loom_input_error(path, JSON_HINT, "tokenizer file is not a regular file");
     FILE *f = fopen(path, "rb");
     if (!f) loom_input_error(path, JSON_HINT, "cannot read tokenizer file: %s", strerror(errno));
+    struct json_load l = {.path = path};
     size_t size = (size_t)st.st_size;
-    char *text = malloc_check(size + 1);
-    size_t got = fread(text, 1, size, f);
+    l.text = malloc_check(size + 1);
+    size_t got = fread(l.text, 1, size, f);
     CHECK(got == size && !ferror(f), "reading %s: %s", path, strerror(errno));
     fclose(f);
-    text[size] = '\0';
+    l.text[size] = '\0';
 
     const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(text, size, &end, 0);
-    if (!root) {
+    l.root = cJSON_ParseWithLengthOpts(l.text, size, &end, 0);
+    if (!l.root) {
         const char *at = cJSON_GetErrorPtr();
-        loom_input_error(path, JSON_HINT, "not valid JSON (near byte %zu)", at ? (size_t)(at - text) : (size_t)0);
+        json_bad(&l, NULL, "not valid JSON (near byte %zu)", at ? (size_t)(at - l.text) : (size_t)0);
     }
     end += strspn(end, " \t\r\n");
-    if (end != text + size)
-        loom_input_error(path, JSON_HINT, "not valid JSON: more text after the end (at byte %zu)",
-                         (size_t)(end - text));
-    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
-    if (!cJSON_IsObject(model)) loom_input_error(path, JSON_HINT, "no \"model\" object: not a tokenizer.json");
-    if (strcmp(json_type(model), "BPE") != 0)
-        loom_input_error(path, JSON_HINT, "model type is '%s', not BPE", json_type(model));
+    if (end != l.text + size)
+        json_bad(&l, NULL, "not valid JSON: more text after the end (at byte %zu)", (size_t)(end - l.text));
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(l.root, "model");
+    if (!cJSON_IsObject(model)) json_bad(&l, NULL, "no \"model\" object: not a tokenizer.json");
+    if (strcmp(json_type(model), "BPE") != 0) json_bad(&l, NULL, "model type is '%s', not BPE", json_type(model));
     const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
     const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
-    if (!cJSON_IsObject(vocab)) loom_input_error(path, JSON_HINT, "model.vocab is missing or not an object");
-    if (!cJSON_IsArray(merges)) loom_input_error(path, JSON_HINT, "model.merges is missing or not an array");
-    json_check_model_options(model, path);
-    if (!json_null_or_absent(root, "normalizer"))
-        loom_input_error(path, JSON_HINT, "a normalizer is not supported (loom applies none)");
-    const cJSON *decoder = cJSON_GetObjectItemCaseSensitive(root, "decoder");
-    if (!json_null_or_absent(root, "decoder") && strcmp(json_type(decoder), "ByteLevel") != 0)
-        loom_input_error(path, JSON_HINT, "decoder '%s' is not supported (loom decodes ByteLevel)", json_type(decoder));
-    const char *regex = json_pre_tokenizer_regex(root, path);
-    const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
-    if (added && !cJSON_IsNull(added) && !cJSON_IsArray(added))
-        loom_input_error(path, JSON_HINT, "added_tokens is not an array");
+    if (!cJSON_IsObject(vocab)) json_bad(&l, NULL, "model.vocab is missing or not an object");
+    if (!cJSON_IsArray(merges)) json_bad(&l, NULL, "model.merges is missing or not an array");
+    json_check_model_options(&l, model);
+    if (!json_null_or_absent(l.root, "normalizer"))
+        json_bad(&l, NULL, "a normalizer is not supported (loom applies none)");
+    const cJSON *decoder = cJSON_GetObjectItemCaseSensitive(l.root, "decoder");
+    if (!json_null_or_absent(l.root, "decoder") && strcmp(json_type(decoder), "ByteLevel") != 0)
+        json_bad(&l, NULL, "decoder '%s' is not supported (loom decodes ByteLevel)", json_type(decoder));
+    const char *regex = json_pre_tokenizer_regex(&l);
+    const cJSON *added = cJSON_GetObjectItemCaseSensitive(l.root, "added_tokens");
+    if (added && !cJSON_IsNull(added) && !cJSON_IsArray(added)) json_bad(&l, NULL, "added_tokens is not an array");
 
     /* every id, from the vocabulary and the added tokens */
     int64_t max_id = -1, n_entries = 0;
     for (const cJSON *e = vocab->child; e; e = e->next, n_entries++) {
         int64_t id;
-        if (json_id(e, &id) != 0)
-            loom_input_error(path, JSON_HINT, "model.vocab: token '%s' has no valid id", e->string);
+        if (json_id(e, &id) != 0) json_bad(&l, NULL, "model.vocab: token '%s' has no valid id", e->string);
         if (id > max_id) max_id = id;
     }
     for (const cJSON *e = added ? added->child : NULL; e; e = e->next, n_entries++) {
@@ -218,49 +246,46 @@ struct loom_bpe *loom_bpe_load_json(const char *path) {
         const cJSON *content = cJSON_GetObjectItemCaseSensitive(e, "content");
         if (json_id(cJSON_GetObjectItemCaseSensitive(e, "id"), &id) != 0 || !cJSON_IsString(content) ||
             content->valuestring[0] == '\0')
-            loom_input_error(path, JSON_HINT, "added_tokens: each needs an id and a non-empty content");
+            json_bad(&l, NULL, "added_tokens: each needs an id and a non-empty content");
         if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "special")))
-            loom_input_error(path, JSON_HINT, "added token '%s' is not special: loom supports special ones only",
-                             content->valuestring);
+            json_bad(&l, NULL, "added token '%s' is not special: loom supports special ones only",
+                     content->valuestring);
         if (id > max_id) max_id = id;
     }
-    if (max_id < 0) loom_input_error(path, JSON_HINT, "the vocabulary is empty");
+    if (max_id < 0) json_bad(&l, NULL, "the vocabulary is empty");
     if (max_id >= n_entries)
-        loom_input_error(path, JSON_HINT, "ids must run 0..N-1 without a gap, but id %lld is past %lld tokens",
-                         (long long)max_id, (long long)n_entries);
-    struct json_token *tokens = calloc_check((size_t)max_id + 1, sizeof *tokens);
-    size_t longest = 0;
+        json_bad(&l, NULL, "ids must run 0..N-1 without a gap, but id %lld is past %lld tokens", (long long)max_id,
+                 (long long)n_entries);
+    l.tokens = calloc_check((size_t)max_id + 1, sizeof *l.tokens);
     for (const cJSON *e = vocab->child; e; e = e->next) {
         int64_t id = (int64_t)e->valuedouble;
-        if (tokens[id].vocab)
-            loom_input_error(path, JSON_HINT, "id %lld is given to both '%s' and '%s'", (long long)id,
-                             tokens[id].vocab, e->string);
-        tokens[id].vocab = e->string;
-        if (strlen(e->string) > longest) longest = strlen(e->string);
+        if (l.tokens[id].vocab)
+            json_bad(&l, NULL, "id %lld is given to both '%s' and '%s'", (long long)id, l.tokens[id].vocab, e->string);
+        l.tokens[id].vocab = e->string;
     }
     for (const cJSON *e = added ? added->child : NULL; e; e = e->next) {
         int64_t id = (int64_t)cJSON_GetObjectItemCaseSensitive(e, "id")->valuedouble;
         const char *content = cJSON_GetObjectItemCaseSensitive(e, "content")->valuestring;
-        if (tokens[id].added || (tokens[id].vocab && strcmp(tokens[id].vocab, content) != 0))
-            loom_input_error(path, JSON_HINT, "id %lld is given to both '%s' and '%s'", (long long)id,
-                             tokens[id].added ? tokens[id].added : tokens[id].vocab, content);
-        tokens[id].added = content;
+        if (l.tokens[id].added || (l.tokens[id].vocab && strcmp(l.tokens[id].vocab, content) != 0))
+            json_bad(&l, NULL, "id %lld is given to both '%s' and '%s'", (long long)id,
+                     l.tokens[id].added ? l.tokens[id].added : l.tokens[id].vocab, content);
+        l.tokens[id].added = content;
     }
 
-    struct loom_bpe *b = loom_bpe_init(regex);
-    char *scratch = malloc_check(longest + 1);
+    l.b = loom_bpe_init(regex);
     for (int64_t i = 0; i <= max_id; i++) {
-        if (!tokens[i].vocab && !tokens[i].added)
-            loom_input_error(path, JSON_HINT, "ids must run 0..%lld without a gap; id %lld has no token",
-                             (long long)max_id, (long long)i);
-        json_add_token(b, &tokens[i], i, scratch, path);
+        if (!l.tokens[i].vocab && !l.tokens[i].added)
+            json_bad(&l, NULL, "ids must run 0..%lld without a gap; id %lld has no token", (long long)max_id,
+                     (long long)i);
+        json_add_token(&l, &l.tokens[i], i);
     }
-    free(scratch);
-    json_add_merges(b, merges, path);
-    loom_bpe_build(b, path);
-    free(tokens);
-    cJSON_Delete(root);
-    free(text);
+    json_add_merges(&l, merges);
+    char why[512];
+    const char *hint;
+    if (loom_bpe_try_build(l.b, path, why, sizeof why, &hint) != 0) json_bad(&l, hint, "%s", why);
+    struct loom_bpe *b = l.b;
+    l.b = NULL;
+    json_load_free(&l);
     return b;
 }
 

@@ -14,6 +14,8 @@ packages=(
     libhdf5-openmpi-dev               # checkpoints: parallel HDF5 over MPI-IO
     hdf5-tools                        # h5dump, for the checkpoint tests
     bible-kjv                         # public-domain English text for `make demo`
+    clang libclang-rt-14-dev          # `make fuzz`: clang 14 with libFuzzer and the sanitizer runtimes
+    libomp-14-dev llvm-14             # OpenMP for clang; llvm-symbolizer for the fuzzers' stack traces
 )
 
 missing=()

@@ -139,7 +139,9 @@ static hid_t ckpt_open(const char *path) {
     return f;
 }
 
-/* The run's config, from the config attribute; 0 when the file has none. */
+/* The run's config, from the config attribute; 0 when the file has none. It is validated as the run
+ * validated it (so a damaged one cannot reach the parameter table or a division by a zero size), with
+ * errors naming the file. */
 static int ckpt_config(hid_t f, const char *path, struct loom_config *cfg) {
     char *text = attr_string(f, "config");
     if (!text) return 0;
@@ -148,6 +150,9 @@ static int ckpt_config(hid_t f, const char *path, struct loom_config *cfg) {
     loom_config_init(cfg);
     loom_config_load_string(cfg, text, where);
     free(text);
+    loom_error_set_context(where);
+    loom_config_validate(cfg, 0);
+    loom_error_set_context(NULL);
     return 1;
 }
 
@@ -210,47 +215,70 @@ static int entry_cmp(const void *a, const void *b) {
     return natural_cmp(((const struct entry *)a)->name, ((const struct entry *)b)->name);
 }
 
+/* H5Literate's callback cannot stop the program (exiting inside an HDF5 call crashes HDF5's own clean-up at
+ * exit): it stops the iteration with the problem in `error`, which list_group then reports. */
 struct list_ctx {
     struct entries *list;
     const char *path, *group;
+    char error[2 * NAME_MAX_LEN];
 };
 
 static herr_t list_one(hid_t g, const char *name, const H5L_info_t *info, void *data) {
     (void)info;
     struct list_ctx *c = data;
     hid_t o = H5Oopen(g, name, H5P_DEFAULT);
-    if (o < 0) loom_input_error(c->path, NULL, "%s/%s: cannot open", c->group, name);
+    if (o < 0) {
+        snprintf(c->error, sizeof c->error, "%s/%.*s: cannot open", c->group, NAME_MAX_LEN, name);
+        return -1;
+    }
     int is_dataset = H5Iget_type(o) == H5I_DATASET;
     H5Oclose(o);
     if (!is_dataset) return 0;
-    if (strlen(name) >= NAME_MAX_LEN) loom_input_error(c->path, NULL, "%s/%s: name too long", c->group, name);
+    if (strlen(name) >= NAME_MAX_LEN) {
+        snprintf(c->error, sizeof c->error, "%s/%.*s...: name too long", c->group, NAME_MAX_LEN, name);
+        return -1;
+    }
     struct entries *l = c->list;
     if (l->n == l->cap) {
         l->cap = l->cap ? 2 * l->cap : 64;
         l->e = realloc(l->e, (size_t)l->cap * sizeof *l->e);
         CHECK(l->e != NULL, "out of memory");
     }
-    struct entry *e = &l->e[l->n++];
+    struct entry *e = &l->e[l->n];
     memset(e, 0, sizeof *e);
     snprintf(e->name, sizeof e->name, "%s", name);
     hid_t d = H5Dopen2(g, name, H5P_DEFAULT);
-    hid_t space = H5Dget_space(d), type = H5Dget_type(d);
-    if (d < 0 || space < 0 || type < 0)
-        loom_input_error(c->path, NULL, "%s/%s: cannot open the dataset", c->group, name);
-    e->ndim = H5Sget_simple_extent_ndims(space);
-    if (e->ndim < 0 || e->ndim > LOOM_MAX_DIMS)
-        loom_input_error(c->path, NULL, "%s/%s: %d dimensions (at most %d)", c->group, name, e->ndim, LOOM_MAX_DIMS);
-    H5Sget_simple_extent_dims(space, e->dims, NULL);
-    e->numel = 1;
-    for (int i = 0; i < e->ndim; i++) e->numel *= (int64_t)e->dims[i];
-    e->dtype = dtype_name(type);
-    e->type_size = H5Tget_size(type);
-    e->is_float = H5Tget_class(type) == H5T_FLOAT;
-    e->stored = H5Dget_storage_size(d);
-    H5Tclose(type);
-    H5Sclose(space);
-    H5Dclose(d);
-    return 0;
+    hid_t space = d >= 0 ? H5Dget_space(d) : -1, type = d >= 0 ? H5Dget_type(d) : -1;
+    int ok = space >= 0 && type >= 0;
+    if (!ok) snprintf(c->error, sizeof c->error, "%s/%s: cannot open the dataset", c->group, name);
+    e->ndim = ok ? H5Sget_simple_extent_ndims(space) : 0;
+    if (ok && (e->ndim < 0 || e->ndim > LOOM_MAX_DIMS)) {
+        snprintf(c->error, sizeof c->error, "%s/%s: %d dimensions (at most %d)", c->group, name, e->ndim,
+                 LOOM_MAX_DIMS);
+        ok = 0;
+    }
+    if (ok) {
+        H5Sget_simple_extent_dims(space, e->dims, NULL);
+        e->type_size = H5Tget_size(type);
+        /* numel and its bytes fit int64 (a damaged file can claim any shape) */
+        int64_t n = 1;
+        for (int i = 0; ok && i < e->ndim; i++)
+            ok = e->dims[i] <= INT64_MAX && !__builtin_mul_overflow(n, (int64_t)e->dims[i], &n);
+        int64_t bytes;
+        ok = ok && !__builtin_mul_overflow(n, (int64_t)e->type_size, &bytes);
+        if (!ok) snprintf(c->error, sizeof c->error, "%s/%s: the shape is too large", c->group, name);
+        e->numel = n;
+    }
+    if (ok) {
+        e->dtype = dtype_name(type);
+        e->is_float = H5Tget_class(type) == H5T_FLOAT;
+        e->stored = H5Dget_storage_size(d);
+        l->n++;
+    }
+    if (type >= 0) H5Tclose(type);
+    if (space >= 0) H5Sclose(space);
+    if (d >= 0) H5Dclose(d);
+    return ok ? 0 : -1;
 }
 
 /* The datasets directly under GROUP (e.g. "/model"), in natural name order; 0 when there is no such group. */
@@ -259,9 +287,12 @@ static int list_group(hid_t f, const char *path, const char *group, struct entri
     if (H5Lexists(f, group, H5P_DEFAULT) <= 0) return 0;
     hid_t g = H5Gopen2(f, group, H5P_DEFAULT);
     if (g < 0) loom_input_error(path, NULL, "%s is not a group", group);
-    struct list_ctx c = {out, path, group};
-    if (H5Literate(g, H5_INDEX_NAME, H5_ITER_INC, NULL, list_one, &c) < 0)
+    struct list_ctx c = {.list = out, .path = path, .group = group};
+    if (H5Literate(g, H5_INDEX_NAME, H5_ITER_INC, NULL, list_one, &c) < 0) {
+        H5Gclose(g);
+        if (c.error[0]) loom_input_error(path, NULL, "%s", c.error);
         loom_input_error(path, NULL, "%s: cannot list its datasets", group);
+    }
     H5Gclose(g);
     if (out->n) qsort(out->e, (size_t)out->n, sizeof *out->e, entry_cmp);
     return 1;
@@ -299,6 +330,33 @@ struct blocks {
     float *buf;                    /* [per_block * row_elems] */
 };
 
+/* Whether the file stores every element of dataset d: contiguous data of its whole size, or every chunk. A
+ * dataset created but not (wholly) written reads as its fill value, which would pass for data, and its shape
+ * alone could claim any size. (H5Dget_space_status cannot tell: HDF5 1.10 calls compressed chunks partly
+ * allocated.) */
+static int dataset_written(hid_t d, const struct entry *e) {
+    if (e->numel == 0) return 1;
+    hid_t dcpl = H5Dget_create_plist(d);
+    H5D_layout_t layout = dcpl >= 0 ? H5Pget_layout(dcpl) : H5D_LAYOUT_ERROR;
+    int ok = layout != H5D_LAYOUT_ERROR;
+    if (layout == H5D_CONTIGUOUS) {
+        ok = H5Dget_storage_size(d) >= (hsize_t)e->numel * e->type_size;
+    } else if (layout == H5D_CHUNKED) {
+        hsize_t chunk[H5S_MAX_RANK], want = 1, have = 0;
+        hid_t space = H5Dget_space(d); /* HDF5 1.10 does not take H5S_ALL here */
+        ok = space >= 0 && H5Pget_chunk(dcpl, H5S_MAX_RANK, chunk) == e->ndim &&
+             H5Dget_num_chunks(d, space, &have) >= 0;
+        if (space >= 0) H5Sclose(space);
+        for (int i = 0; ok && i < e->ndim; i++) {
+            ok = chunk[i] > 0;
+            if (ok) want *= (e->dims[i] + chunk[i] - 1) / chunk[i];
+        }
+        ok = ok && have == want;
+    }
+    if (dcpl >= 0) H5Pclose(dcpl);
+    return ok;
+}
+
 /* rows_multiple: blocks hold a multiple of this many rows (a chunk's rows, for whole-chunk writes) */
 static void blocks_open(struct blocks *b, hid_t f, const char *path, const char *group, const struct entry *e,
                         hsize_t rows_multiple) {
@@ -307,6 +365,9 @@ static void blocks_open(struct blocks *b, hid_t f, const char *path, const char 
     snprintf(b->dset_path, sizeof b->dset_path, "%s/%s", group, e->name);
     b->dset = H5Dopen2(f, b->dset_path, H5P_DEFAULT);
     if (b->dset < 0) loom_input_error(path, NULL, "%s: cannot open the dataset", b->dset_path);
+    if (!dataset_written(b->dset, e))
+        loom_input_error(path, "the file is incomplete: use an earlier checkpoint",
+                         "%s: the data were never written (wholly)", b->dset_path);
     b->fspace = H5Dget_space(b->dset);
     b->ndim = e->ndim;
     memcpy(b->dims, e->dims, sizeof b->dims);
@@ -441,7 +502,8 @@ static int ckpt_info(const char *path) {
     }
     printf("\n# tensors\n");
     printf("  %-*s %-16s %-6s %12s\n", width, "name", "shape", "dtype", "MB");
-    int64_t numel[N_TENSOR_GROUPS] = {0}, bytes[N_TENSOR_GROUPS] = {0};
+    /* totals of a damaged file's claimed shapes may wrap around; each tensor's own size fits (list_one) */
+    uint64_t numel[N_TENSOR_GROUPS] = {0}, bytes[N_TENSOR_GROUPS] = {0};
     hsize_t stored = 0;
     for (int k = 0; k < N_TENSOR_GROUPS; k++) {
         for (int i = 0; i < lists[k].n; i++) {
@@ -451,26 +513,27 @@ static int ckpt_info(const char *path) {
             shape_text(e, shape, sizeof shape);
             int64_t b = e->numel * (int64_t)e->type_size;
             printf("  %-*s %-16s %-6s %12.3f\n", width, full, shape, e->dtype, b / 1e6);
-            numel[k] += e->numel;
-            bytes[k] += b;
+            numel[k] += (uint64_t)e->numel;
+            bytes[k] += (uint64_t)b;
             stored += e->stored;
         }
     }
     printf("\n# totals\n");
-    int64_t all_n = 0, all_b = 0;
+    uint64_t all_n = 0, all_b = 0;
     int all_t = 0;
     for (int k = 0; k < N_TENSOR_GROUPS; k++) {
         if (!exists[k]) continue;
-        printf("  %-18s %6d tensors %16lld %s %16lld bytes (%.3f MB)\n", TENSOR_GROUPS[k], lists[k].n,
-               (long long)numel[k], k == 0 ? "parameters" : "values    ", (long long)bytes[k], bytes[k] / 1e6);
+        printf("  %-18s %6d tensors %16llu %s %16llu bytes (%.3f MB)\n", TENSOR_GROUPS[k], lists[k].n,
+               (unsigned long long)numel[k], k == 0 ? "parameters" : "values    ", (unsigned long long)bytes[k],
+               bytes[k] / 1e6);
         all_t += lists[k].n;
         all_n += numel[k];
         all_b += bytes[k];
     }
     for (int k = 0; k < N_TENSOR_GROUPS; k++) free(lists[k].e);
-    printf("  %-18s %6d tensors %16lld values     %16lld bytes (%.3f MB; %.3f MB stored)\n", "all", all_t,
-           (long long)all_n, (long long)all_b, all_b / 1e6, stored / 1e6);
-    printf("  parameters         %lld (%.3f M)\n", (long long)numel[0], numel[0] / 1e6);
+    printf("  %-18s %6d tensors %16llu values     %16llu bytes (%.3f MB; %.3f MB stored)\n", "all", all_t,
+           (unsigned long long)all_n, (unsigned long long)all_b, all_b / 1e6, stored / 1e6);
+    printf("  parameters         %llu (%.3f M)\n", (unsigned long long)numel[0], numel[0] / 1e6);
     H5Fclose(f);
     return 0;
 }
@@ -549,6 +612,15 @@ static int ckpt_verify(const char *path) {
     struct loom_config cfg;
     if (!ckpt_config(f, path, &cfg))
         loom_input_error(path, NULL, "no config attribute: the tensors cannot be checked against a parameter table");
+    struct entries model, buffers, m1 = {0}, m2 = {0};
+    if (!list_group(f, path, "/model", &model)) loom_input_error(path, NULL, "no /model group");
+    /* a tensor per layer at least, and three per routed expert: a config that describes far more than the
+     * file holds is refused before its parameter table is built */
+    int64_t L = cfg.model.num_layers, E = cfg.model.moe.experts;
+    int64_t least = L + (E > 0 ? (L - cfg.model.moe.first_dense) * 3 * E : 0);
+    if (least > model.n)
+        loom_input_error(path, NULL, "/model holds %d tensors; the config describes a model with at least %lld",
+                         model.n, (long long)least);
     struct loom_param_table t;
     loom_params_build(&t, &cfg.model, &cfg.optim);
     struct want *params = calloc_check((size_t)t.count, sizeof *params);
@@ -566,8 +638,6 @@ static int ckpt_verify(const char *path) {
     qsort(params, (size_t)t.count, sizeof *params, want_cmp);
     qsort(biases, (size_t)n_bias, sizeof *biases, want_cmp);
 
-    struct entries model, buffers, m1 = {0}, m2 = {0};
-    if (!list_group(f, path, "/model", &model)) loom_input_error(path, NULL, "no /model group");
     check_names(path, "/model", &model, params, t.count, "the parameter table of the config");
     list_group(f, path, "/buffers", &buffers);
     check_names(path, "/buffers", &buffers, biases, n_bias, "the MoE blocks of the config");

@@ -4,14 +4,17 @@
  * reading back to identical values.
  *
  * loom_input_error() exits the process, so each error case runs in a forked child whose stderr is
- * captured; the parent checks the exit status (2), the message and the hint.
+ * captured; the parent checks the exit status (2), the message and the hint. The error module's hooks for
+ * the fuzz targets (a jump instead of the exit) and for messages about stored configs (a context) too.
  */
 #define _XOPEN_SOURCE 700
 
 #include "core/config.h"
+#include "core/error.h"
 #include "tests/test.h"
 
 #include <errno.h>
+#include <setjmp.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -112,6 +115,62 @@ static void expect_input_error(const char *name, void (*fn)(const char *), const
     snprintf(hint_name, sizeof hint_name, "%s.hint", name);
     test_result(hint && strstr(hint, want_hint) != NULL, hint_name, "stderr was:\n%s(want a hint line with \"%s\")",
                 out, want_hint);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* binary input, and the error module's hooks (core/error.h)                                        */
+
+static void call_error_twice(const char *arg) {
+    (void)arg;
+    jmp_buf env;
+    if (setjmp(env) == 0) {
+        loom_error_set_jump(&env);
+        loom_input_error("first", NULL, "taken by the hook");
+    }
+    loom_input_error("second", NULL, "exits: the hook was cleared");
+}
+
+static void call_error_in_context(const char *arg) {
+    loom_error_set_context(arg);
+    loom_input_error("model.num_heads", NULL, "must be positive");
+}
+
+static void test_binary_and_hooks(void) {
+    static const char nul_text[] = "[train]\nsteps = 5\0junk\n";
+    char *p = tmp_path("e_nul.ini");
+    FILE *f = fopen(p, "wb");
+    fwrite(nul_text, 1, sizeof nul_text - 1, f);
+    fclose(f);
+    tmp_remember(p);
+    expect_input_error("config.nul_byte", call_load, p, "e_nul.ini:2: NUL byte (binary data)", "a config file is text");
+    expect_input_error("config.include_device", call_load, tmp_write("e_zero.ini", "include = /dev/zero\n"),
+                       "/dev/zero:1: NUL byte", NULL);
+
+    /* the fuzz targets' hook: the error comes back here, once */
+    struct loom_config cfg;
+    loom_config_init(&cfg);
+    jmp_buf env;
+    volatile int jumped = 0;
+    int code = setjmp(env);
+    if (code == 0) {
+        loom_error_set_jump(&env);
+        loom_config_load_string(&cfg, "[train]\nsteps = many\n", "hook.ini");
+        loom_error_set_jump(NULL);
+    } else {
+        jumped = 1;
+    }
+    test_result(jumped && code == LOOM_EXIT_INPUT, "error.hook.returns", "setjmp gave %d (want %d)", code,
+                LOOM_EXIT_INPUT);
+    loom_config_free(&cfg);
+    char out[4096];
+    code = test_run_child(call_error_twice, "", out, sizeof out);
+    test_result(code == 2 && strstr(out, "loom: error: first: taken by the hook\n") &&
+                    strstr(out, "loom: error: second: exits"),
+                "error.hook.once", "exit status %d (want 2); stderr was:\n%s", code, out);
+    code = test_run_child(call_error_in_context, "ckpt.h5 (config attribute)", out, sizeof out);
+    const char *want = "loom: error: ckpt.h5 (config attribute): model.num_heads: must be positive\n";
+    test_result(code == 2 && strcmp(out, want) == 0, "error.context", "exit status %d (want 2); stderr was:\n%s",
+                code, out);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -458,6 +517,8 @@ static void test_errors(void) {
     snprintf(long_text, sizeof long_text, "[data]\ntrain = %0500d\n[train]\nsteps = x\n", 7);
     p = tmp_write("e_long.ini", long_text);
     expect_input_error("config.long_line", call_load, p, "e_long.ini:2: line is longer than", NULL);
+    expect_input_error("config.string.comment_at_start", call_set_arg, "--data.train=#x",
+                       "`#` at the start of a value starts a comment in a config file", NULL);
     expect_input_error("config.string.error_names_source", call_load_string, "[log]\nevery = 1\nevery = often\n",
                        "ref.ini:3: [log] every = often", NULL);
 
@@ -601,6 +662,7 @@ int main(void) {
     test_files();
     test_overrides();
     test_errors();
+    test_binary_and_hooks();
     test_roundtrip();
     test_named();
     tmp_cleanup();

@@ -14,7 +14,8 @@
  *
  * zstd: a chunked, filtered dataset of 1M compressible floats round-trips bit for bit, the file is far smaller
  * than the raw data, and the dataset's creation list names filter 32015; 1M random floats (incompressible)
- * round-trip too; registering twice is harmless.
+ * round-trip too; registering twice is harmless. The filter refuses damaged frames (cut short, bytes after
+ * the frame, a header claiming a size the data do not have) and grows its output for highly compressed ones.
  */
 #include <float.h>
 #include <math.h>
@@ -23,8 +24,10 @@
 #include <sys/stat.h>
 
 #include <hdf5.h>
+#include <zstd.h>
 
 #include "checkpoints/h5x.h"
+#include "checkpoints/zstd_filter.h"
 #include "core/dtype.h"
 #include "tests/test.h"
 
@@ -254,6 +257,48 @@ static void test_zstd(void) {
     free(got);
 }
 
+/* The filter itself on frames from a damaged file. A frame header claiming more than the data hold must be
+ * refused without allocating the claim: an allocation of that size is what ASan reports (under `make test
+ * SANITIZE=address,undefined`, and in the fuzz target tests/fuzz/fuzz_ckpt.c, which found it). */
+static size_t filter_decode(const void *frame, size_t n, void **out) {
+    void *buf = malloc(n ? n : 1);
+    memcpy(buf, frame, n);
+    size_t buf_size = n;
+    size_t got = loom_zstd_filter_class.filter(H5Z_FLAG_REVERSE, 0, NULL, n, &buf_size, &buf);
+    *out = buf;
+    return got;
+}
+
+static void test_zstd_damaged(void) {
+    enum { N = 1 << 20 };
+    unsigned char *zeros = calloc(N, 1), *frame = malloc(ZSTD_compressBound(N) + 16);
+    size_t n = ZSTD_compress(frame, ZSTD_compressBound(N), zeros, N, 3);
+    void *out;
+    size_t got = filter_decode(frame, n, &out);
+    test_result(got == N && memcmp(out, zeros, N) == 0, "h5x/zstd_filter_grows_output",
+                "%zu bytes from a %zu-byte frame of %d zeros", got, n, N);
+    free(out);
+    got = filter_decode(frame, n - 1, &out);
+    test_result(got == 0, "h5x/zstd_filter_cut_short", "a frame missing its last byte gave %zu bytes", got);
+    free(out);
+    memcpy(frame + n, "junk", 4);
+    got = filter_decode(frame, n + 4, &out);
+    test_result(got == 0, "h5x/zstd_filter_trailing_bytes", "a frame with 4 bytes after it gave %zu bytes", got);
+    free(out);
+    /* the frame header's descriptor byte (after the 4-byte magic) set to an 8-byte content size: the next 8
+     * bytes, whatever they are, become the claimed size */
+    unsigned char small[64];
+    size_t m = ZSTD_compress(small, sizeof small, "hello", 5, 3);
+    small[4] = (unsigned char)(0xC0 | (small[4] & 0x3F));
+    memset(small + 5, 0x7f, 8);
+    got = filter_decode(small, m, &out);
+    test_result(got == 0, "h5x/zstd_filter_claimed_size", "a frame claiming %llu bytes gave %zu bytes",
+                ZSTD_getFrameContentSize(small, m), got);
+    free(out);
+    free(zeros);
+    free(frame);
+}
+
 int main(void) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     snprintf(dir, sizeof dir, "/tmp/loom_test_h5x_XXXXXX");
@@ -266,6 +311,7 @@ int main(void) {
     test_bf16_store_rne();
     test_bf16_hdf5_conversion();
     test_zstd();
+    test_zstd_damaged();
     const char *files[] = {"widen.h5", "store.h5", "convert.h5", "zstd.h5", "zstd_random.h5"};
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
         char p[128];
