@@ -40,6 +40,17 @@ LIMIT=60
 mounts=()
 trap 'for m in "${mounts[@]}"; do umount "$m" 2>/dev/null || umount -l "$m"; done; rm -rf "$tmp"' EXIT
 
+# tmpfs_at DIR SIZE NAME: a tmpfs of SIZE mounted at DIR (unmounted at exit), or a skip line for check NAME and
+# false where mounting is not allowed
+tmpfs_at() {
+    mkdir -p "$1"
+    if ! mount -t tmpfs -o size="$2" tmpfs "$1" 2>/dev/null; then
+        echo "skip $3: cannot mount a tmpfs here (needs root)"
+        return 1
+    fi
+    mounts+=("$1")
+}
+
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 ranks_of() { pgrep -f -- "^$LOOM train .*--train.run_dir=$1( |$)" | wc -l; }
 
@@ -134,12 +145,7 @@ fill() {
     local name=$1 np=$2 want=$3
     shift 3
     local m="$tmp/$name-disk" d="$tmp/$name"
-    mkdir -p "$m"
-    if ! mount -t tmpfs -o size=8m tmpfs "$m" 2>/dev/null; then
-        echo "skip $name: cannot mount a small tmpfs here (needs root)"
-        return
-    fi
-    mounts+=("$m")
+    tmpfs_at "$m" 8m "$name" || return
     env LOOM_TEST_CKPT_FREE_BYTES=1000000000 "$@" timeout -k 10 "$LIMIT" scripts/launch.sh -np "$np" "$LOOM" train \
         -c configs/runs/debug.ini --train.steps=6 --train.threads=1 --parallel.dp="$np" --train.micro_batch=1 \
         --checkpoint.every=2 --checkpoint.dir="$m/ck" --train.run_dir="$d" >"$d.out" 2>"$d.err"
@@ -169,11 +175,7 @@ fill faults/disk_full_write 2 "writing /[^ ]+ to $tmpname: No space left on devi
 # a full run folder (a 16 KiB tmpfs, no checkpoints): the run stops when metrics.jsonl cannot be written,
 # with exit 1 naming the file and the cause, on every rank
 m="$tmp/metrics-disk"
-mkdir -p "$m"
-if ! mount -t tmpfs -o size=16k tmpfs "$m" 2>/dev/null; then
-    echo "skip faults/metrics_full: cannot mount a small tmpfs here (needs root)"
-else
-    mounts+=("$m")
+if tmpfs_at "$m" 16k faults/metrics_full; then
     launch 2 train -c configs/runs/debug.ini --train.steps=100000 --train.threads=1 --parallel.dp=2 \
         --train.run_dir="$m/run"
     if timed_out; then
@@ -191,11 +193,7 @@ fi
 # a read-only run folder
 
 ro="$tmp/ro"
-mkdir -p "$ro"
-if ! mount -t tmpfs -o size=1m tmpfs "$ro" 2>/dev/null; then
-    echo "skip faults/readonly_start: cannot mount a tmpfs here (needs root)"
-else
-    mounts+=("$ro")
+if tmpfs_at "$ro" 1m faults/readonly_start; then
     mkdir "$ro/run"
     mount -o remount,ro "$ro"
     RUN_DIR="$ro/run" expect_launch_error faults/readonly_start 2 train.run_dir \
